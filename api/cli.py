@@ -1,0 +1,87 @@
+"""The ``lamina`` command line. Commands live in api/commands/; this module wires them up.
+
+Heavy libraries (torch, faiss, duckdb) are imported inside commands, so ``lamina --help``
+and the client-backed commands stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api.errors import DOMAIN_ERRORS, error_body
+
+
+@dataclass
+class CliContext:
+    home: Path
+    url: str | None
+
+    def store(self) -> Any:
+        from search import Store
+
+        return Store(self.home)
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str, allow_nan=False))
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn domain errors into a clear message (or a JSON error document) and exit 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DOMAIN_ERRORS as exc:
+            as_json = bool(kwargs.get("as_json"))
+            if as_json:
+                emit_json(error_body(exc))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store location (default: $LAMINA_HOME or ./lamina-data).")
+@click.option("--url", default=None, help="Talk to a running server (default: $LAMINA_URL).")
+@click.version_option(package_name="lamina", prog_name="lamina")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
+    """Lamina: embedding search for pathology slides and dermatology photos."""
+    home = home or Path(os.environ.get("LAMINA_HOME") or "lamina-data")
+    ctx.obj = CliContext(home=home, url=url or os.environ.get("LAMINA_URL") or None)
+
+
+def _register() -> None:
+    from api.commands import encoders as encoders_cmd
+    from api.commands import index as index_cmd
+    from api.commands import search as search_cmd
+    from api.commands import status as status_cmd
+
+    from api.commands import extra_commands
+
+    for module in (encoders_cmd, index_cmd, status_cmd, search_cmd, *extra_commands()):
+        module.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="lamina")
+
+
+if __name__ == "__main__":
+    main()

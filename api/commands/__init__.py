@@ -1,0 +1,19 @@
+"""CLI commands, one module per command group; each exposes ``register(cli)``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def extra_commands() -> list[ModuleType]:
+    """Command modules beyond the core four (serve, cohort, export, probe), when present."""
+    import importlib
+
+    out = []
+    for name in ("serve", "cohorts", "exports", "probes"):
+        try:
+            out.append(importlib.import_module(f"api.commands.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"api.commands.{name}":
+                raise
+    return out

@@ -1,0 +1,93 @@
+"""Images -> vectors. Knows nothing of slides, FAISS, DuckDB or Flask.
+
+    >>> from encoders import create_encoder
+    >>> enc = create_encoder("classic/stain-texture")
+    >>> vectors = enc.embed(images)          # uint8 (n, h, w, 3) -> float32 (n, dim), L2 = 1
+"""
+
+from __future__ import annotations
+
+import os
+
+from encoders.base import Encoder, TorchEncoder, resolve_device
+from encoders.config import EncoderConfig, WeightsSpec, fingerprint_of
+from encoders.errors import (
+    DuplicateEncoderError,
+    EncoderError,
+    InvalidImageBatchError,
+    TestEncoderRefusedError,
+    UnknownEncoderError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+)
+from encoders.registry import get_config, list_encoders, register_encoder
+from encoders.weights import find_weights, weights_locations
+
+__all__ = [
+    "DuplicateEncoderError",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderError",
+    "InvalidImageBatchError",
+    "TestEncoderRefusedError",
+    "TorchEncoder",
+    "UnknownEncoderError",
+    "WeightsMismatchError",
+    "WeightsNotFoundError",
+    "WeightsSpec",
+    "create_encoder",
+    "encoder_table",
+    "fingerprint_of",
+    "get_config",
+    "list_encoders",
+    "register_encoder",
+    "resolve_device",
+]
+
+
+def create_encoder(key: str, weights: str | os.PathLike[str] | None = None, device: str = "auto",
+                   batch_size: int | None = None, allow_test: bool = True) -> Encoder:
+    """The one factory: build the registered encoder ``key`` on ``device``.
+
+    ``weights`` is an explicit local weights file; otherwise LAMINA_WEIGHTS_DIR and the local
+    Hugging Face cache are searched. ``allow_test=False`` refuses ``test/*`` entries.
+    """
+    from encoders.registry import get_entry
+
+    entry = get_entry(key)
+    if entry.config.test_only and not allow_test:
+        raise TestEncoderRefusedError(
+            f"{key} is a test encoder whose vectors mean nothing; pass --allow-test-encoder to use it"
+        )
+    kwargs = {"weights": None if weights is None else str(weights), "device": resolve_device(device)}
+    if batch_size:
+        kwargs["batch_size"] = batch_size
+    return entry.builder(entry.config, **kwargs)
+
+
+def encoder_table() -> list[dict[str, object]]:
+    """Rows for `lamina encoders`: key, modality, dims and whether weights are on this machine."""
+    rows = []
+    for cfg in list_encoders():
+        if cfg.weights is None:
+            available, where = True, "built in (no weights needed)"
+        else:
+            try:
+                found = find_weights(cfg)
+            except EncoderError:
+                found = None
+            available = found is not None
+            where = str(found) if found else "missing: " + "; ".join(weights_locations(cfg))
+        rows.append({
+            "key": cfg.key,
+            "modality": cfg.modality,
+            "embed_dim": cfg.embed_dim,
+            "input_px": cfg.input_px,
+            "mpp": cfg.mpp,
+            "weights_available": available,
+            "weights": where,
+            "licence": cfg.licence,
+            "test_only": cfg.test_only,
+            "description": cfg.description,
+        })
+    return rows

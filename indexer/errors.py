@@ -1,0 +1,23 @@
+"""Errors raised by the indexer. All derive from IndexerError."""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Base class of every error the indexer raises on purpose."""
+
+
+class ManifestError(IndexerError):
+    """The manifest CSV is unreadable, lacks the source column, or matches ambiguously."""
+
+
+class UnreadableSourceError(IndexerError):
+    """A file could not be read as an image or slide (the message names file and reason)."""
+
+
+class MissingMppError(IndexerError):
+    """A slide has no microns-per-pixel in its properties, the manifest or --mpp-override."""
+
+
+class UnsupportedSourceError(IndexerError):
+    """A file type Lamina does not index."""

@@ -1,0 +1,286 @@
+"""The ingest pipeline: discover -> open -> (tiles) -> read -> embed -> segment -> commit.
+
+Sources are prepared (hashed, opened, planned) by a pool of worker threads ahead of the
+encoder, through a bounded window; the encoder runs in large batches that may span sources.
+A source is committed as a whole: its tiles all become visible in one segment, or none do.
+One bad file never stops the run: it is recorded with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders import Encoder
+from encoders.base import resize_rgb
+from indexer.errors import IndexerError
+from indexer.manifest import Manifest
+from indexer.photos import read_photo
+from indexer.sources import SourceFile, content_id, discover
+from search.segments import SegmentWriter
+from search.store import Collection, Store
+
+
+@dataclass
+class IngestOptions:
+    tile_px: int = 224
+    mpp: float = 0.5
+    mpp_override: float | None = None
+    min_tissue: float = 0.5
+    batch_size: int = 64
+    workers: int = max(1, min(8, (os.cpu_count() or 2)))
+    commit_tiles: int = 50_000
+    commit_seconds: float = 30.0
+    progress: bool = True
+
+
+@dataclass
+class PreparedSource:
+    """A source ready for encoding: its row, its tile rows, and a lazy stream of tile images."""
+
+    file: SourceFile
+    source: dict[str, Any]
+    tiles: list[dict[str, Any]]
+    images: Iterator[np.ndarray]
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Skipped:
+    """A file already committed (same content at the same path)."""
+
+    file: SourceFile
+    source_id: str
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    collection: str
+    encoder: str
+    indexed: int = 0
+    tiles: int = 0
+    unchanged: int = 0
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    unmatched_manifest: list[str] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
+    cleaned_up: list[str] = field(default_factory=list)
+    snapshot: str = ""
+    seconds: float = 0.0
+    started_at: str = ""
+    finished_at: str = ""
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Ingest:
+    """One ingest run into one collection."""
+
+    def __init__(self, collection: Collection, encoder: Encoder, options: IngestOptions | None = None,
+                 manifest: Manifest | None = None) -> None:
+        collection.check_fingerprint(encoder.fingerprint)
+        self.collection = collection
+        self.encoder = encoder
+        self.options = options or IngestOptions()
+        self.manifest = manifest
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        self.report = RunReport(run_id=self.run_id, collection=collection.name,
+                                encoder=encoder.fingerprint)
+        self._known: dict[str, list[str]] = {}
+
+    # -- preparation (worker threads) ---------------------------------------------------------
+    def _metadata(self, file: SourceFile) -> dict[str, Any]:
+        if self.manifest is None:
+            return {}
+        row = self.manifest.match(file.path)
+        if row is None:
+            self.report.unmatched_manifest.append(str(file.path))
+            return {}
+        return row
+
+    def _prepare(self, file: SourceFile) -> PreparedSource | Skipped:
+        if file.kind == "slide":
+            from indexer.slides import prepare_slide
+
+            sid = content_id(path=file.path)
+            if self._committed(sid, file):
+                return Skipped(file, sid)
+            return prepare_slide(file, sid, self._metadata(file), self.options, self.encoder)
+        data, rgb = read_photo(file.path)
+        sid = content_id(data)
+        if self._committed(sid, file):
+            return Skipped(file, sid)
+        meta = self._metadata(file)
+        h, w = rgb.shape[:2]
+        mpp = meta.get("mpp") if isinstance(meta.get("mpp"), int | float) else None
+        source = {"source_id": sid, "source": str(file.path.resolve()), "kind": "photo", "width": w,
+                  "height": h, "mpp": mpp, "properties": None, **meta}
+        tile = {"kind": "photo", "x": 0, "y": 0, "level": 0, "size_px": max(w, h),
+                "tile_px": self.encoder.input_px, "mpp": mpp, "tissue_fraction": None, **meta}
+        image = resize_rgb(rgb, self.encoder.input_px)
+        return PreparedSource(file, source, [tile], iter([image]))
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
+        t0 = time.perf_counter()
+        self.report.started_at = _now()
+        self.report.cleaned_up = self.collection.cleanup()
+        files, problems = discover(paths)
+        for path, reason in problems:
+            self.report.failed.append({"file": path, "reason": reason})
+        self._known = self.collection.committed_sources()
+        bar = _progress(len(files), self.options.progress, self.collection.name)
+        writer: SegmentWriter | None = None
+        last_commit = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=self.options.workers,
+                                    thread_name_prefix="lamina-read") as pool:
+                for file, outcome in self._prepared(pool, files):
+                    if isinstance(outcome, BaseException):
+                        self._fail(file, outcome)
+                    elif isinstance(outcome, Skipped):
+                        self.report.unchanged += 1
+                    else:
+                        writer = writer or self.collection.writer(self.run_id)
+                        self._encode_source(outcome, writer)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(tiles=self.report.tiles, failed=len(self.report.failed))
+                    if writer is not None and (
+                        writer.n_tiles >= self.options.commit_tiles
+                        or time.monotonic() - last_commit >= self.options.commit_seconds
+                    ):
+                        self._commit(writer)
+                        writer, last_commit = None, time.monotonic()
+            if writer is not None:
+                self._commit(writer)
+                writer = None
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.report.seconds = round(time.perf_counter() - t0, 3)
+            self.report.finished_at = _now()
+            self.report.snapshot = self.collection.snapshot().id
+            self.collection.write_run(self.report.to_dict())
+        return self.report
+
+    def _prepared(self, pool: ThreadPoolExecutor,
+                  files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
+        """Yield (file, PreparedSource | Skipped | exception) in order, preparing ahead."""
+        window: deque[tuple[SourceFile, Future[Any]]] = deque()
+        ahead = max(2, self.options.workers * 4)
+        it = iter(files)
+        for f in it:
+            window.append((f, pool.submit(self._prepare, f)))
+            if len(window) >= ahead:
+                break
+        while window:
+            f, fut = window.popleft()
+            try:
+                yield f, fut.result()
+            except Exception as exc:  # noqa: BLE001 - every failure is reported per file
+                yield f, exc
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(self._prepare, nxt)))
+
+    def _encode_source(self, prepared: PreparedSource, writer: SegmentWriter) -> None:
+        bs = self.options.batch_size
+        parts: list[np.ndarray] = []
+        batch: list[np.ndarray] = []
+        try:
+            for image in prepared.images:
+                batch.append(image)
+                if len(batch) >= bs:
+                    parts.append(self.encoder.embed(np.stack(batch)))
+                    batch = []
+            if batch:
+                parts.append(self.encoder.embed(np.stack(batch)))
+        except Exception as exc:  # noqa: BLE001 - an unreadable region fails this source only
+            self._fail(prepared.file, exc)
+            return
+        finally:
+            prepared.close()
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.encoder.embed_dim),
+                                                               np.float32)
+        if len(vectors) != len(prepared.tiles):
+            self._fail(prepared.file, IndexerError(
+                f"{prepared.file.path}: read {len(vectors)} tiles, planned {len(prepared.tiles)}"))
+            return
+        writer.add_source(prepared.source, prepared.tiles, vectors)
+        sid, path = prepared.source["source_id"], prepared.source["source"]
+        if self._known.get(sid):
+            self.report.duplicates.append({"file": path, "same_as": self._known[sid][0]})
+        self._known.setdefault(sid, []).append(path)
+        self.report.indexed += 1
+        self.report.tiles += len(prepared.tiles)
+
+    def _commit(self, writer: SegmentWriter) -> None:
+        info = writer.commit()
+        if info is not None:
+            self.report.segments.append(info.segment_id)
+
+    def _fail(self, file: SourceFile, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, IndexerError) else f"{type(exc).__name__}: {exc}"
+        prefix = str(file.path)
+        if reason.startswith(prefix + ": "):
+            reason = reason[len(prefix) + 2:]
+        self.report.failed.append({"file": prefix, "reason": reason})
+
+    def _committed(self, source_id: str, file: SourceFile) -> bool:
+        return str(file.path.resolve()) in self._known.get(source_id, ())
+
+
+def _progress(total: int, enabled: bool, name: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="src", desc=f"indexing {name}", file=sys.stderr,
+                dynamic_ncols=True, leave=True)
+
+
+def open_collection_for(store: Store, name: str, encoder: Encoder, options: IngestOptions,
+                        weights: str | None = None) -> Collection:
+    """Open or create collection ``name`` bound to ``encoder`` (refusing a different one)."""
+    extra = {"encoder_weights": encoder.weights_path or weights}
+    return store.open_or_create(name, encoder=encoder.key, fingerprint=encoder.fingerprint,
+                                embed_dim=encoder.embed_dim, tile_px=options.tile_px,
+                                mpp=options.mpp, extra=extra)
+
+
+def ingest(store: Store, collection: str, paths: Sequence[str | os.PathLike[str]],
+           encoder: Encoder, options: IngestOptions | None = None,
+           manifest: Manifest | None = None) -> RunReport:
+    """Index ``paths`` into ``collection`` (created on first use) and return the run report."""
+    options = options or IngestOptions()
+    col = open_collection_for(store, collection, encoder, options)
+    return Ingest(col, encoder, options, manifest).run(paths)

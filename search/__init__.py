@@ -1,0 +1,33 @@
+"""The store: segments, FAISS indexes, DuckDB queries. No torch, no Flask."""
+
+from search.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    EncoderMismatchError,
+    FilterError,
+    InvalidQueryError,
+    SourceNotFoundError,
+    StoreError,
+    TileNotFoundError,
+)
+from search.service import Group, Hit, SearchResult, SearchService
+from search.store import Collection, Snapshot, Store, default_home
+
+__all__ = [
+    "Collection",
+    "CollectionExistsError",
+    "CollectionNotFoundError",
+    "EncoderMismatchError",
+    "FilterError",
+    "Group",
+    "Hit",
+    "InvalidQueryError",
+    "SearchResult",
+    "SearchService",
+    "Snapshot",
+    "SourceNotFoundError",
+    "Store",
+    "StoreError",
+    "TileNotFoundError",
+    "default_home",
+]

@@ -1,0 +1,324 @@
+"""Immutable segments: the durable source of truth of a collection.
+
+A segment is a directory ``segments/<segment_id>/`` holding
+
+- ``tiles.parquet``    one row per vector (tile or photo), metadata columns denormalised;
+- ``vectors.f32``      row-aligned float32 vectors (n, dim), raw little-endian;
+- ``sources.parquet``  one row per source (slide or photo) with its allowlisted properties;
+- ``source_vectors.f32`` row-aligned per-source vectors (mean of its tiles, L2-normalised);
+- ``segment.json``     counts, dim, encoder fingerprint, run id.
+
+It is written under ``segments/.tmp-<segment_id>/`` while an exclusive ``flock`` is held on a
+file inside it, fsynced, then made visible by one atomic ``rename`` (the commit). A crash
+leaves only the temporary directory; :func:`remove_stale` deletes those whose lock is free.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".writer.lock"
+
+# Columns every tile row has. Metadata columns (from a manifest) may not use these names.
+TILE_CORE_COLUMNS: dict[str, pa.DataType] = {
+    "tile_id": pa.int64(),
+    "source_id": pa.string(),
+    "source": pa.string(),
+    "kind": pa.string(),
+    "x": pa.int64(),
+    "y": pa.int64(),
+    "level": pa.int32(),
+    "size_px": pa.int32(),
+    "tile_px": pa.int32(),
+    "mpp": pa.float64(),
+    "tissue_fraction": pa.float32(),
+    "segment_id": pa.string(),
+    "row": pa.int64(),
+}
+SOURCE_CORE_COLUMNS: dict[str, pa.DataType] = {
+    "source_id": pa.string(),
+    "source": pa.string(),
+    "kind": pa.string(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "mpp": pa.float64(),
+    "n_tiles": pa.int64(),
+    "properties": pa.string(),
+    "segment_id": pa.string(),
+    "row": pa.int64(),
+}
+RESERVED_COLUMNS = frozenset(TILE_CORE_COLUMNS) | frozenset(SOURCE_CORE_COLUMNS)
+
+
+def new_segment_id() -> str:
+    """Time-ordered, collision-free id: ``20261126T034512Z-1a2b3c4d``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON next to ``path``, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    segment_id: str
+    path: Path
+    n_tiles: int
+    n_sources: int
+    dim: int
+    fingerprint: str
+    run_id: str
+    created_at: str
+
+    @classmethod
+    def load(cls, path: Path) -> SegmentInfo:
+        meta = json.loads((path / "segment.json").read_text())
+        return cls(segment_id=meta["segment_id"], path=path, n_tiles=meta["n_tiles"],
+                   n_sources=meta["n_sources"], dim=meta["dim"], fingerprint=meta["fingerprint"],
+                   run_id=meta.get("run_id", ""), created_at=meta.get("created_at", ""))
+
+    @property
+    def tiles_path(self) -> Path:
+        return self.path / "tiles.parquet"
+
+    @property
+    def sources_path(self) -> Path:
+        return self.path / "sources.parquet"
+
+    def vectors(self) -> np.ndarray:
+        """Memory-mapped (n_tiles, dim) float32 vectors."""
+        if self.n_tiles == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.memmap(self.path / "vectors.f32", dtype="<f4", mode="r",
+                         shape=(self.n_tiles, self.dim))
+
+    def source_vectors(self) -> np.ndarray:
+        if self.n_sources == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.memmap(self.path / "source_vectors.f32", dtype="<f4", mode="r",
+                         shape=(self.n_sources, self.dim))
+
+
+def list_segments(segments_dir: Path) -> list[SegmentInfo]:
+    """Committed segments, oldest first. Temporary directories are never listed."""
+    if not segments_dir.is_dir():
+        return []
+    out = []
+    for entry in sorted(os.listdir(segments_dir)):
+        if entry.startswith("."):
+            continue
+        path = segments_dir / entry
+        if (path / "segment.json").is_file():
+            out.append(SegmentInfo.load(path))
+    return out
+
+
+def remove_stale(segments_dir: Path) -> list[str]:
+    """Delete temporary segment directories whose writer is gone (its flock is free)."""
+    removed: list[str] = []
+    if not segments_dir.is_dir():
+        return removed
+    for entry in os.listdir(segments_dir):
+        if not entry.startswith(TMP_PREFIX):
+            continue
+        path = segments_dir / entry
+        lock_path = path / LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+def _table(rows: list[dict[str, Any]], core: dict[str, pa.DataType]) -> pa.Table:
+    """Build a table with typed core columns first and metadata columns (inferred) after."""
+    names = list(core)
+    extra: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in core and k not in extra:
+                extra.append(k)
+    arrays = [pa.array([r.get(n) for r in rows], type=core[n]) for n in names]
+    for n in extra:
+        values = [r.get(n) for r in rows]
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values], pa.string()))
+    return pa.Table.from_arrays(arrays, names=names + extra)
+
+
+class SegmentWriter:
+    """Accumulates whole sources and commits them as one immutable segment.
+
+    Vectors are streamed to disk as they arrive; rows are kept in memory until commit.
+    """
+
+    def __init__(self, segments_dir: Path, dim: int, fingerprint: str, run_id: str,
+                 allocate_ids: Any) -> None:
+        self.segments_dir = segments_dir
+        self.dim = dim
+        self.fingerprint = fingerprint
+        self.run_id = run_id
+        self._allocate_ids = allocate_ids
+        self.segment_id = new_segment_id()
+        segments_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = segments_dir / (TMP_PREFIX + self.segment_id)
+        self.tmp.mkdir()
+        self._lock_fd = os.open(self.tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._vec = open(self.tmp / "vectors.f32", "wb")  # noqa: SIM115 - closed in commit/abort
+        self._tiles: list[dict[str, Any]] = []
+        self._sources: list[dict[str, Any]] = []
+        self._source_vectors: list[np.ndarray] = []
+        self.closed = False
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self._tiles)
+
+    @property
+    def n_sources(self) -> int:
+        return len(self._sources)
+
+    def add_source(self, source: dict[str, Any], tiles: list[dict[str, Any]],
+                   vectors: np.ndarray) -> list[int]:
+        """Add one whole source with its tile rows and (n, dim) vectors; returns the tile ids."""
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.shape != (len(tiles), self.dim):
+            raise ValueError(f"vectors {vectors.shape} do not match {len(tiles)} tiles x {self.dim}")
+        ids = self._allocate_ids(len(tiles)) if tiles else []
+        base_row = len(self._tiles)
+        for i, (tile, tid) in enumerate(zip(tiles, ids, strict=True)):
+            row = dict(tile)
+            row["tile_id"] = int(tid)
+            row["source_id"] = source["source_id"]
+            row["source"] = source["source"]
+            row.setdefault("kind", source.get("kind", "photo"))
+            row["segment_id"] = self.segment_id
+            row["row"] = base_row + i
+            self._tiles.append(row)
+        self._vec.write(vectors.tobytes())
+        src = dict(source)
+        src["n_tiles"] = len(tiles)
+        src["segment_id"] = self.segment_id
+        src["row"] = len(self._sources)
+        if isinstance(src.get("properties"), dict):
+            src["properties"] = json.dumps(src["properties"], sort_keys=True)
+        self._sources.append(src)
+        mean = vectors.mean(axis=0) if len(vectors) else np.zeros(self.dim, np.float32)
+        norm = float(np.linalg.norm(mean))
+        self._source_vectors.append((mean / norm if norm > 0 else mean).astype("<f4"))
+        return [int(t) for t in ids]
+
+    def commit(self) -> SegmentInfo | None:
+        """fsync everything and rename into place. Returns None if nothing was added."""
+        if self.closed:
+            raise RuntimeError("segment already closed")
+        if not self._sources:
+            self.abort()
+            return None
+        self._vec.flush()
+        os.fsync(self._vec.fileno())
+        self._vec.close()
+        pq.write_table(_table(self._tiles, TILE_CORE_COLUMNS), self.tmp / "tiles.parquet")
+        pq.write_table(_table(self._sources, SOURCE_CORE_COLUMNS), self.tmp / "sources.parquet")
+        with open(self.tmp / "source_vectors.f32", "wb") as f:
+            f.write(np.stack(self._source_vectors).astype("<f4").tobytes())
+        meta = {
+            "segment_id": self.segment_id,
+            "n_tiles": len(self._tiles),
+            "n_sources": len(self._sources),
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "run_id": self.run_id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": 1,
+        }
+        with open(self.tmp / "segment.json", "w") as f:
+            json.dump(meta, f, indent=2)
+        for name in ("tiles.parquet", "sources.parquet", "source_vectors.f32", "segment.json"):
+            _fsync_file(self.tmp / name)
+        fsync_dir(self.tmp)
+        final = self.segments_dir / self.segment_id
+        os.rename(self.tmp, final)
+        fsync_dir(self.segments_dir)
+        self._release()
+        (final / LOCK_NAME).unlink(missing_ok=True)
+        return SegmentInfo.load(final)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        if not self._vec.closed:
+            self._vec.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        self.closed = True
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._lock_fd)
+
+
+def committed_source_ids(segments: Iterable[SegmentInfo]) -> dict[str, list[str]]:
+    """source_id (content hash) -> the source paths committed with it, over the segments."""
+    out: dict[str, list[str]] = {}
+    for seg in segments:
+        t = pq.read_table(seg.sources_path, columns=["source_id", "source"])
+        for sid, src in zip(t.column("source_id").to_pylist(), t.column("source").to_pylist(),
+                            strict=True):
+            out.setdefault(sid, []).append(src)
+    return out

@@ -1,0 +1,224 @@
+"""A Lamina home: collections, each bound to one encoder fingerprint, made of segments.
+
+Layout::
+
+    <home>/collections/<name>/collection.json    encoder key + fingerprint, dim, tile_px, mpp
+    <home>/collections/<name>/segments/<id>/     committed, immutable segments
+    <home>/collections/<name>/runs/<run>.json    one record per ingest run (counts, failures)
+    <home>/collections/<name>/index/             derived FAISS indexes (rebuildable)
+    <home>/collections/<name>/next_tile_id       tile id counter (updated under ids.lock)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.errors import CollectionExistsError, CollectionNotFoundError, EncoderMismatchError
+from search.segments import (
+    SegmentInfo,
+    SegmentWriter,
+    committed_source_ids,
+    list_segments,
+    remove_stale,
+    write_json_atomic,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HOME_ENV = "LAMINA_HOME"
+DEFAULT_HOME = "lamina-data"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def snapshot_id_of(segment_ids: list[str]) -> str:
+    """A snapshot is the set of committed segments; its id is a short hash of their ids."""
+    if not segment_ids:
+        return "empty"
+    h = hashlib.sha256("\n".join(sorted(segment_ids)).encode()).hexdigest()[:12]
+    return f"{len(segment_ids)}-{h}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    segments: tuple[SegmentInfo, ...]
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(s.n_tiles for s in self.segments)
+
+    @property
+    def n_sources(self) -> int:
+        return sum(s.n_sources for s in self.segments)
+
+
+class Collection:
+    """One vector space: one encoder fingerprint, one dimension, inner product on unit vectors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+        info_path = path / "collection.json"
+        if not info_path.is_file():
+            raise CollectionNotFoundError(f"collection {self.name!r} does not exist in {path.parent}")
+        self.info: dict[str, Any] = json.loads(info_path.read_text())
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.path / "segments"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / "index"
+
+    @property
+    def encoder_key(self) -> str:
+        return str(self.info["encoder"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.info["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["embed_dim"])
+
+    def segments(self) -> list[SegmentInfo]:
+        return list_segments(self.segments_dir)
+
+    def snapshot(self) -> Snapshot:
+        segs = tuple(self.segments())
+        return Snapshot(id=snapshot_id_of([s.segment_id for s in segs]), segments=segs)
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise EncoderMismatchError(
+                f"collection {self.name!r} holds vectors of {self.fingerprint}; "
+                f"this encoder is {fingerprint}. Use the same encoder and weights, "
+                "or index into another collection."
+            )
+
+    def cleanup(self) -> list[str]:
+        """Remove what interrupted runs left behind (temporary segment directories)."""
+        return remove_stale(self.segments_dir)
+
+    def committed_sources(self) -> dict[str, list[str]]:
+        return committed_source_ids(self.segments())
+
+    @contextmanager
+    def _ids_lock(self) -> Iterator[None]:
+        fd = os.open(self.path / "ids.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def allocate_tile_ids(self, n: int) -> range:
+        """Reserve ``n`` consecutive tile ids (safe across processes; gaps after crashes are fine)."""
+        counter = self.path / "next_tile_id"
+        with self._ids_lock():
+            start = int(counter.read_text()) if counter.exists() else 0
+            tmp = counter.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(str(start + n))
+            os.replace(tmp, counter)
+        return range(start, start + n)
+
+    def writer(self, run_id: str) -> SegmentWriter:
+        return SegmentWriter(self.segments_dir, self.dim, self.fingerprint, run_id,
+                             self.allocate_tile_ids)
+
+    def write_run(self, record: dict[str, Any]) -> None:
+        self.runs_dir.mkdir(exist_ok=True)
+        write_json_atomic(self.runs_dir / f"{record['run_id']}.json", record)
+
+    def runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        if not self.runs_dir.is_dir():
+            return []
+        files = sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith("."))
+        out = []
+        for p in files[-limit:]:
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
+
+class Store:
+    """The collections under one home directory."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    def names(self) -> list[str]:
+        if not self.collections_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.collections_dir.iterdir()
+                      if (p / "collection.json").is_file())
+
+    def collection(self, name: str) -> Collection:
+        if not NAME_RE.match(name):
+            raise CollectionNotFoundError(f"invalid collection name {name!r}")
+        path = self.collections_dir / name
+        if not (path / "collection.json").is_file():
+            known = ", ".join(self.names()) or "none"
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist in {self.home} (collections: {known})"
+            )
+        return Collection(path)
+
+    def open_or_create(self, name: str, *, encoder: str, fingerprint: str, embed_dim: int,
+                       tile_px: int | None, mpp: float | None,
+                       extra: dict[str, Any] | None = None) -> Collection:
+        """Open ``name`` if it exists with the same encoder fingerprint, else create it."""
+        if not NAME_RE.match(name):
+            raise CollectionExistsError(
+                f"invalid collection name {name!r}: letters, digits, '_', '.', '-' (max 64)"
+            )
+        path = self.collections_dir / name
+        if (path / "collection.json").is_file():
+            col = Collection(path)
+            col.check_fingerprint(fingerprint)
+            return col
+        path.mkdir(parents=True, exist_ok=True)
+        info = {
+            "name": name,
+            "encoder": encoder,
+            "fingerprint": fingerprint,
+            "embed_dim": int(embed_dim),
+            "metric": "inner_product",
+            "tile_px": tile_px,
+            "mpp": mpp,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "index_factory": "Flat",
+            "patient_column": "patient_id",
+        }
+        info.update(extra or {})
+        info_path = path / "collection.json"
+        if not info_path.exists():  # another process may have just created it
+            write_json_atomic(info_path, info)
+        col = Collection(path)
+        col.check_fingerprint(fingerprint)
+        return col
