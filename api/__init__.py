@@ -1,0 +1,1 @@
+"""The faces of Lamina: the Flask app, the CLI, the web page and the Python client."""

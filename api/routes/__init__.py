@@ -1,0 +1,1 @@
+"""HTTP routes, one blueprint module per concept; api/app.py registers them."""
