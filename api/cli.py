@@ -82,6 +82,3 @@ _register()
 def main() -> None:
     cli(prog_name="lamina")
 
-
-if __name__ == "__main__":
-    main()

@@ -32,3 +32,5 @@ class InvalidImageBatchError(EncoderError, ValueError):
 
 class TestEncoderRefusedError(EncoderError):
     """A test/* encoder was requested where only real encoders are allowed."""
+
+    __test__ = False  # not a pytest test class despite the name

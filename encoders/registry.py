@@ -76,5 +76,6 @@ def _ensure_loaded() -> None:
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
     from encoders import classic, testing, timm_models  # noqa: F401
+
+    _LOADED = True

@@ -55,14 +55,13 @@ register_encoder(
     EncoderConfig(
         key="test/tiny-resnet",
         modality="any",
-        architecture="resnetv2_50x1_bit",
-        embed_dim=2048,
+        architecture="resnetv2_18",
+        embed_dim=512,
         input_px=64,
         mean=HALF_MEAN,
         std=HALF_STD,
         licence="n/a (random initialisation)",
-        description="Seeded random-init BiT-style ResNetV2 (reduced to 1 block/stage) for tests.",
-        model_kwargs=(("layers", (1, 1, 1, 1)),),
+        description="Seeded random-init pre-activation ResNetV2-18 (BiT family, 512-d) for tests.",
         test_only=True,
     )
 )(build_seeded_timm)

@@ -1,0 +1,131 @@
+"""`lamina encoders|index|status|search` end to end on the real PAD-UFES-20 photos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAMINA = [sys.executable, "-m", "api"]
+
+
+def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*LAMINA, "--home", str(home), *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def derm_home(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path) -> Path:
+    home = tmp_path_factory.mktemp("cli-home")
+    proc = run(home, "index", str(derm_dir / "images"), "--manifest", str(derm_dir / "labels.csv"),
+               "--source-column", "filename", "--collection", "derm",
+               "--encoder", "classic/stain-texture", "--json")
+    report = json.loads(proc.stdout)
+    assert report["indexed"] == 686 and report["failed"] == [] and report["ok"] is True
+    assert "indexing derm" in proc.stderr  # progress on stderr, JSON alone on stdout
+    return home
+
+
+def test_rerun_adds_nothing(derm_home: Path, derm_dir: Path) -> None:
+    proc = run(derm_home, "index", str(derm_dir / "images"), "--manifest",
+               str(derm_dir / "labels.csv"), "--source-column", "filename", "--collection", "derm",
+               "--json")
+    report = json.loads(proc.stdout)
+    assert report["indexed"] == 0 and report["unchanged"] == 686 and report["segments"] == []
+
+
+def test_status(derm_home: Path) -> None:
+    doc = json.loads(run(derm_home, "status", "--json").stdout)
+    (col,) = doc["collections"]
+    assert col["name"] == "derm" and col["encoder"] == "classic/stain-texture"
+    assert col["tiles"] == 686 and col["sources"] == 686 and col["index_type"] == "Flat"
+    assert col["fingerprint"].startswith("classic/stain-texture@")
+    assert len(col["last_runs"]) >= 1
+    assert "derm" in run(derm_home, "status").stdout
+
+
+def test_search_by_image_finds_itself(derm_home: Path, derm_dir: Path) -> None:
+    photo = derm_dir / "images" / "PAT_46_881_939.jpg"
+    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", str(photo),
+                         "-k", "5", "--json").stdout)
+    assert doc["ok"] is True and doc["collection"] == "derm" and doc["snapshot"]
+    assert len(doc["hits"]) == 5
+    top = doc["hits"][0]
+    assert Path(top["source"]).name == photo.name and top["score"] >= 0.999
+    assert set(top) >= {"tile_id", "score", "source_id", "source", "x", "y", "size_px", "mpp",
+                        "metadata"}
+    assert top["metadata"]["patient_id"] == "PAT_46"
+
+
+def test_search_filters(derm_home: Path, derm_dir: Path) -> None:
+    photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
+    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", photo, "-k", "5",
+                         "--filter", "diagnostic=MEL", "--json").stdout)
+    assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
+    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", photo, "-k", "50",
+                         "--filter", "diagnostic=MEL,BCC", "--filter", "age>=60", "--json").stdout)
+    assert len(doc["hits"]) == 50
+    assert all(h["metadata"]["diagnostic"] in ("MEL", "BCC") and h["metadata"]["age"] >= 60
+               for h in doc["hits"])
+
+
+def test_search_by_tile_and_grouping(derm_home: Path) -> None:
+    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "4",
+                         "--group-by", "patient", "--exclude-same", "patient_id", "--json").stdout)
+    assert len(doc["groups"]) == 4
+    own = json.loads(run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "1",
+                         "--json").stdout)["hits"][0]
+    assert own["tile_id"] == 7 and own["score"] >= 0.999
+    assert all(g["value"] != own["metadata"]["patient_id"] for g in doc["groups"])
+    text = run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "3").stdout
+    assert "snapshot" in text and text.count("tile ") >= 3
+
+
+def test_usage_errors_exit_2(derm_home: Path, derm_dir: Path) -> None:
+    photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
+    p = run(derm_home, "search", "--collection", "nope", "--image", photo, check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = run(derm_home, "search", "--collection", "derm", "--image", photo, "--filter", "nope=1",
+            "--json", check=False)
+    assert p.returncode == 2 and json.loads(p.stdout)["code"] == "INVALID_FILTER"
+    p = run(derm_home, "search", "--collection", "derm", check=False)
+    assert p.returncode == 2 and "exactly one" in p.stderr
+    p = run(derm_home, "index", photo, "--collection", "t", "--encoder", "test/tiny-vit",
+            check=False)
+    assert p.returncode == 2 and "--allow-test-encoder" in p.stderr
+    p = run(derm_home, "index", photo, "--collection", "derm", "--encoder", "test/tiny-vit",
+            "--allow-test-encoder", check=False)
+    assert p.returncode == 2 and "uses classic/stain-texture" in p.stderr
+
+
+def test_failed_inputs_exit_1(tmp_path: Path, bad_images: dict[str, Path]) -> None:
+    p = run(tmp_path / "h", "index", str(bad_images["empty"].parent), "--collection", "bad",
+            "--json", check=False)
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert len(report["failed"]) == 4 and report["indexed"] == 0
+    p = run(tmp_path / "h", "status", "--json")
+    failures = json.loads(p.stdout)["collections"][0]["failures"]
+    assert {Path(f["file"]).name for f in failures} == {b.name for b in bad_images.values()}
+
+
+def test_encoders_command() -> None:
+    p = subprocess.run([*LAMINA, "encoders", "--json"], capture_output=True, text=True, check=True)
+    rows = {r["key"]: r for r in json.loads(p.stdout)["encoders"]}
+    assert rows["classic/stain-texture"]["weights_available"] is True
+    assert rows["derm/bit_resnet101x3"]["embed_dim"] == 6144
+    p = subprocess.run([*LAMINA, "encoders"], capture_output=True, text=True, check=True)
+    assert "path/vit_small_patch16" in p.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "lamina"
+    assert script.is_file()
+    assert "index" in subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                                     check=True).stdout

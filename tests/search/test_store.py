@@ -1,0 +1,225 @@
+"""Segments commit atomically, leftovers are cleaned, views and search follow the snapshot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import (
+    EncoderMismatchError,
+    InvalidQueryError,
+    SearchService,
+    Store,
+    TileNotFoundError,
+)
+from search.segments import TMP_PREFIX, list_segments, remove_stale
+
+DIM = 16
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _collection(home: Path, name: str = "c"):  # noqa: ANN202
+    return Store(home).open_or_create(name, encoder="test/x", fingerprint="test/x@1",
+                                      embed_dim=DIM, tile_px=224, mpp=0.5)
+
+
+def _add(col, rng, n_sources: int = 3, tiles: int = 4, labels=("A", "B")):  # noqa: ANN001, ANN202
+    w = col.writer("run")
+    all_vecs = []
+    for s in range(n_sources):
+        vecs = _unit(rng, tiles)
+        rows = [{"x": i * 224, "y": 0, "level": 0, "size_px": 224, "tile_px": 224, "mpp": 0.5,
+                 "tissue_fraction": 1.0, "kind": "tile", "label": labels[(s + i) % len(labels)],
+                 "patient_id": f"P{s % 2}", "age": 40 + s} for i in range(tiles)]
+        src = {"source_id": f"src{rng.integers(1e9)}-{s}", "source": f"/data/s{s}.svs",
+               "kind": "slide", "width": 1000, "height": 1000, "mpp": 0.5, "properties": {"v": 1}}
+        w.add_source(src, rows, vecs)
+        all_vecs.append(vecs)
+    return w, np.concatenate(all_vecs)
+
+
+def test_commit_is_atomic_and_visible_only_after_rename(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(0)
+    w, vecs = _add(col, rng)
+    assert col.segments() == []  # nothing visible before commit
+    assert any(p.name.startswith(TMP_PREFIX) for p in col.segments_dir.iterdir())
+    info = w.commit()
+    assert info is not None and info.n_tiles == 12 and info.n_sources == 3
+    assert [s.segment_id for s in col.segments()] == [info.segment_id]
+    assert not any(p.name.startswith(TMP_PREFIX) for p in col.segments_dir.iterdir())
+    np.testing.assert_array_equal(np.asarray(info.vectors()), vecs)
+    assert info.source_vectors().shape == (3, DIM)
+
+
+def test_abort_and_stale_cleanup(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(1)
+    w, _ = _add(col, rng)
+    # a live writer's directory is not removed
+    assert remove_stale(col.segments_dir) == []
+    w.abort()
+    assert list(col.segments_dir.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_writer_are_removed(home: Path) -> None:
+    col = _collection(home)
+    code = (
+        "import numpy as np, os, sys\n"
+        "from search import Store\n"
+        f"col = Store({str(home)!r}).collection('c')\n"
+        "w = col.writer('r')\n"
+        "w.add_source({'source_id': 's', 'source': 'x', 'kind': 'photo'}, "
+        "[{'x': 0, 'y': 0, 'level': 0, 'size_px': 1, 'tile_px': 1}], "
+        f"np.ones((1, {DIM}), np.float32))\n"
+        "os._exit(0)\n"  # dies without commit or cleanup, like a SIGKILL
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    leftovers = [p.name for p in col.segments_dir.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(TMP_PREFIX)
+    assert col.segments() == []
+    assert col.cleanup() == leftovers
+    assert list(col.segments_dir.iterdir()) == []
+
+
+def test_tile_ids_are_unique_across_writers(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(2)
+    w1, _ = _add(col, rng)
+    w2, _ = _add(col, rng)
+    w2.commit()
+    w1.commit()
+    view = SearchService(Store(home)).view("c")
+    ids = view.index.tile_ids
+    assert len(ids) == 24 and len(set(ids.tolist())) == 24
+
+
+def test_search_filters_before_ranking_and_returns_k(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(3)
+    w, vecs = _add(col, rng, n_sources=10, tiles=10, labels=("A", "B", "C", "D", "E"))
+    w.commit()
+    svc = SearchService(Store(home))
+    q = vecs[0]
+    res = svc.search("c", q, k=5)
+    assert res.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert len(res.hits) == 5
+    # a rare value: exactly 20 tiles have label E; k=20 returns all of them, ranked
+    res = svc.search("c", -q, k=20, filters=["label=E"])
+    assert len(res.hits) == 20 and {h.metadata["label"] for h in res.hits} == {"E"}
+    assert [h.score for h in res.hits] == sorted((h.score for h in res.hits), reverse=True)
+    res = svc.search("c", q, k=50, filters=["label=E", "age>=45"])
+    assert len(res.hits) == 10 and all(h.metadata["age"] >= 45 for h in res.hits)
+    assert svc.search("c", q, k=5, filters=["label=Z"]).hits == []
+    # exact scores: brute force over the filtered set
+    view = svc.view("c")
+    allowed = [i for i, t in enumerate(view.index.tile_ids)
+               if view.tile(int(t))["label"] == "E"]
+    best = max(allowed, key=lambda i: float(view.vectors[i] @ -q))
+    assert svc.search("c", -q, k=1, filters=["label=E"]).hits[0].tile_id == view.index.tile_ids[best]
+
+
+def test_group_by_and_exclude_same(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(4)
+    w, vecs = _add(col, rng, n_sources=6, tiles=5)
+    w.commit()
+    svc = SearchService(Store(home))
+    res = svc.search("c", vecs[0], k=3, group_by="slide")
+    assert res.groups is not None and len(res.groups) == 3
+    assert len({g.value for g in res.groups}) == 3
+    assert [g.score for g in res.groups] == sorted((g.score for g in res.groups), reverse=True)
+    res = svc.search("c", vecs[0], k=5, group_by="patient")
+    assert res.groups is not None and {g.value for g in res.groups} == {"P0", "P1"}
+    tid = int(svc.view("c").index.tile_ids[0])
+    res = svc.search_tile("c", tid, k=10, exclude_same="patient_id")
+    own = svc.view("c").tile(tid)["patient_id"]
+    assert res.hits and all(h.metadata["patient_id"] != own for h in res.hits)
+    with pytest.raises(InvalidQueryError):
+        svc.search("c", vecs[0], k=3, exclude_same="patient_id")
+    with pytest.raises(InvalidQueryError):
+        svc.search("c", vecs[0], k=3, group_by="ward")
+
+
+def test_view_follows_new_commits_and_names_the_snapshot(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(5)
+    svc = SearchService(Store(home))
+    empty = svc.search("c", _unit(rng, 1)[0], k=3)
+    assert empty.hits == [] and empty.snapshot == "empty"
+    w, vecs = _add(col, rng)
+    w.commit()
+    first = svc.search("c", vecs[0], k=3)
+    w, vecs2 = _add(col, rng)
+    w.commit()
+    second = svc.search("c", vecs2[0], k=3)
+    assert first.snapshot != second.snapshot
+    assert second.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert svc.view("c").n_tiles == 24
+    # a fresh service loads the saved index (manifest covers both segments) and agrees
+    again = SearchService(Store(home)).search("c", vecs2[0], k=3)
+    assert [h.tile_id for h in again.hits] == [h.tile_id for h in second.hits]
+
+
+def test_saved_index_is_reused_and_extended(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(6)
+    w, _ = _add(col, rng)
+    w.commit()
+    SearchService(Store(home)).view("c")
+    manifest = col.index_dir / "Flat.json"
+    assert manifest.is_file()
+    w, vecs = _add(col, rng)
+    w.commit()
+    view = SearchService(Store(home)).view("c")
+    assert view.index.segment_ids == [s.segment_id for s in list_segments(col.segments_dir)]
+    pos = view.positions_of([int(view.index.tile_ids[-1])])
+    np.testing.assert_allclose(view.vectors[pos[0]], vecs[-1])
+
+
+def test_query_validation_and_fingerprint(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(7)
+    w, vecs = _add(col, rng)
+    w.commit()
+    svc = SearchService(Store(home))
+    with pytest.raises(InvalidQueryError, match="dimensions"):
+        svc.search("c", np.ones(3), k=3)
+    with pytest.raises(InvalidQueryError, match="zeros"):
+        svc.search("c", np.zeros(DIM), k=3)
+    with pytest.raises(InvalidQueryError, match="k must"):
+        svc.search("c", vecs[0], k=0)
+    with pytest.raises(EncoderMismatchError):
+        svc.search("c", vecs[0], k=3, fingerprint="other@2")
+    with pytest.raises(TileNotFoundError):
+        svc.search_tile("c", 10_000, k=3)
+    with pytest.raises(EncoderMismatchError):
+        Store(home).open_or_create("c", encoder="test/x", fingerprint="test/x@2", embed_dim=DIM,
+                                   tile_px=224, mpp=0.5)
+
+
+def test_index_factories_give_k_filtered_hits(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(8)
+    w, vecs = _add(col, rng, n_sources=20, tiles=20, labels=("A", "B", "C", "D"))
+    w.commit()
+    info = col.path / "collection.json"
+    import json
+
+    data = json.loads(info.read_text())
+    data["index_factory"] = "HNSW16"
+    info.write_text(json.dumps(data))
+    svc = SearchService(Store(home))
+    res = svc.search("c", vecs[3], k=10, filters=["label=A"])
+    assert len(res.hits) == 10 and all(h.metadata["label"] == "A" for h in res.hits)
+    assert svc.view("c").index.factory == "HNSW16"
+    assert os.path.exists(col.index_dir / "HNSW16.faiss")

@@ -1,0 +1,63 @@
+"""The dependency rules of ARCHITECTURE.md, checked on every module's imports (static AST)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = {"encoders", "indexer", "search", "api"}
+
+# package -> top-level modules it must never import (ours and third-party)
+FORBIDDEN = {
+    "encoders": {"indexer", "search", "api", "flask", "faiss", "duckdb", "openslide"},
+    "search": {"encoders", "indexer", "api", "torch", "timm", "torchvision", "flask"},
+    "indexer": {"api", "flask"},
+}
+CLIENT_FORBIDDEN = {"flask", "torch", "faiss", "duckdb", "werkzeug", "encoders", "indexer",
+                    "search", "numpy", "timm"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_respects_dependency_rules(package: str) -> None:
+    bad = {}
+    for path in _modules(package):
+        hit = _imports(path) & FORBIDDEN[package]
+        if hit:
+            bad[str(path.relative_to(REPO))] = sorted(hit)
+    assert not bad, f"forbidden imports: {bad}"
+
+
+def test_client_is_light() -> None:
+    client = REPO / "api" / "client.py"
+    if not client.exists():
+        pytest.skip("api/client.py not present")
+    assert not (_imports(client) & CLIENT_FORBIDDEN)
+
+
+def test_request_handlers_never_run_an_ingest() -> None:
+    for path in (REPO / "api" / "routes").rglob("*.py"):
+        text = path.read_text()
+        assert "indexer.pipeline" not in text and "import ingest" not in text, path
+
+
+def test_no_grab_bag_module_names() -> None:
+    names = {p.stem for pkg in OURS for p in _modules(pkg)}
+    assert not names & {"utils", "helpers", "misc", "common"}
