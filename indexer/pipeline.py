@@ -31,6 +31,16 @@ from search.segments import SegmentWriter
 from search.store import Collection, Store
 
 
+COMMIT_SOURCES_ENV = "LAMINA_COMMIT_EVERY_SOURCES"
+
+
+def _env_int(name: str) -> int:
+    try:
+        return max(0, int(os.environ.get(name, "0") or 0))
+    except ValueError:
+        return 0
+
+
 @dataclass
 class IngestOptions:
     tile_px: int = 224
@@ -41,6 +51,9 @@ class IngestOptions:
     workers: int = max(1, min(8, (os.cpu_count() or 2)))
     commit_tiles: int = 50_000
     commit_seconds: float = 30.0
+    commit_sources: int = field(default_factory=lambda: _env_int(COMMIT_SOURCES_ENV))
+    """Also commit after this many sources (0: no such limit). Default from the environment
+    variable LAMINA_COMMIT_EVERY_SOURCES; 1 makes every slide its own segment (resume tests)."""
     progress: bool = True
 
 
@@ -53,6 +66,8 @@ class PreparedSource:
     tiles: list[dict[str, Any]]
     images: Iterator[np.ndarray]
     close: Callable[[], None] = lambda: None
+    note: str | None = None
+    """Why a source has no tiles (e.g. a slide without tissue); reported, not a failure."""
 
 
 @dataclass
@@ -72,6 +87,7 @@ class RunReport:
     tiles: int = 0
     unchanged: int = 0
     duplicates: list[dict[str, str]] = field(default_factory=list)
+    empty: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     unmatched_manifest: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
@@ -172,6 +188,7 @@ class Ingest:
                     if writer is not None and (
                         writer.n_tiles >= self.options.commit_tiles
                         or time.monotonic() - last_commit >= self.options.commit_seconds
+                        or 0 < self.options.commit_sources <= writer.n_sources
                     ):
                         self._commit(writer)
                         writer, last_commit = None, time.monotonic()
@@ -242,6 +259,9 @@ class Ingest:
         self._known.setdefault(sid, []).append(path)
         self.report.indexed += 1
         self.report.tiles += len(prepared.tiles)
+        if not prepared.tiles:
+            self.report.empty.append({"file": str(prepared.file.path),
+                                      "reason": prepared.note or "no tiles"})
 
     def _commit(self, writer: SegmentWriter) -> None:
         info = writer.commit()
@@ -264,8 +284,9 @@ def _progress(total: int, enabled: bool, name: str) -> Any:
         return None
     from tqdm import tqdm
 
+    tty = sys.stderr.isatty()
     return tqdm(total=total, unit="src", desc=f"indexing {name}", file=sys.stderr,
-                dynamic_ncols=True, leave=True)
+                dynamic_ncols=True, leave=True, mininterval=0.2 if tty else 5.0)
 
 
 def open_collection_for(store: Store, name: str, encoder: Encoder, options: IngestOptions,
