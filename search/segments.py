@@ -65,8 +65,10 @@ RESERVED_COLUMNS = frozenset(TILE_CORE_COLUMNS) | frozenset(SOURCE_CORE_COLUMNS)
 
 
 def new_segment_id() -> str:
-    """Time-ordered, collision-free id: ``20261126T034512Z-1a2b3c4d``."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+    """Time-ordered (to the microsecond), collision-free id: ``20261126T034512.123456Z-1a2b3c4d``."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    return f"{stamp}.{now // 1000 % 1_000_000:06d}Z-{secrets.token_hex(4)}"
 
 
 def _fsync_file(path: Path) -> None:
