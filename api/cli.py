@@ -66,11 +66,10 @@ def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
 
 def _register() -> None:
     from api.commands import encoders as encoders_cmd
+    from api.commands import extra_commands
     from api.commands import index as index_cmd
     from api.commands import search as search_cmd
     from api.commands import status as status_cmd
-
-    from api.commands import extra_commands
 
     for module in (encoders_cmd, index_cmd, status_cmd, search_cmd, *extra_commands()):
         module.register(cli)

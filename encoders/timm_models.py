@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from encoders.base import Encoder, TorchEncoder
-from encoders.config import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, WeightsSpec
+from encoders.config import (
+    HALF_MEAN,
+    HALF_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderConfig,
+    WeightsSpec,
+)
 from encoders.errors import WeightsMismatchError
 from encoders.registry import register_encoder
 from encoders.weights import load_state_dict, require_weights

@@ -35,7 +35,7 @@ def weights_locations(config: EncoderConfig) -> list[str]:
     spec = config.weights
     if spec is None:
         return []
-    places = [f"--weights FILE", f"${WEIGHTS_DIR_ENV}/{spec.filename}"]
+    places = ["--weights FILE", f"${WEIGHTS_DIR_ENV}/{spec.filename}"]
     if spec.hf_repo:
         places.append(f"Hugging Face cache: {spec.hf_repo}/{spec.hf_filename or spec.filename}")
     return places
