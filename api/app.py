@@ -1,0 +1,135 @@
+"""The Flask application factory: HTTP API under /api/v1 and the web page at /.
+
+``create_app(config)``: defaults, then ``LAMINA_*`` environment variables, then ``config``.
+Per-app state lives in ``app.extensions["lamina"]`` (a :class:`LaminaState`); nothing global.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from api.errors import DOMAIN_ERRORS, error_body
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger("lamina.api")
+
+DEFAULTS: dict[str, Any] = {
+    "HOME": None,  # None -> $LAMINA_HOME or ./lamina-data
+    "API_TOKEN": None,
+    "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": 50_000_000,
+    "DEVICE": "cpu",
+    "JSON_SORT_KEYS": False,
+}
+
+HTTP_CODES = {
+    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE", 408: "REQUEST_TIMEOUT", 409: "CONFLICT",
+    411: "LENGTH_REQUIRED", 413: "PAYLOAD_TOO_LARGE", 414: "URI_TOO_LONG",
+    415: "UNSUPPORTED_MEDIA_TYPE", 416: "RANGE_NOT_SATISFIABLE", 422: "UNPROCESSABLE",
+    429: "TOO_MANY_REQUESTS", 431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+}
+
+
+class LaminaState:
+    """What one app instance owns: the store, the search service, the catalog (lazily)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        from search import SearchService, Store
+
+        self.config = config
+        self.home = Path(config.get("HOME") or os.environ.get("LAMINA_HOME") or "lamina-data")
+        self.store = Store(self.home)
+        self.service = SearchService(self.store)
+        self.embed_lock = threading.Lock()  # one embedding at a time per app (CPU-bound anyway)
+        self._catalog: Any = None
+        self._catalog_lock = threading.Lock()
+
+    def catalog(self) -> Any:
+        """The home's catalog (cohorts, exports...), created on first use and cached."""
+        if self._catalog is None:
+            with self._catalog_lock:
+                if self._catalog is None:
+                    from search.catalog import Catalog
+
+                    self._catalog = Catalog(self.home)
+        return self._catalog
+
+
+def state() -> LaminaState:
+    return current_app.extensions["lamina"]  # type: ignore[no-any-return]
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    resp = jsonify({"ok": False, "status": status, "code": code, "error": message})
+    resp.status_code = status
+    return resp
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("LAMINA")
+    if config:
+        app.config.from_mapping(config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["lamina"] = LaminaState(app.config)
+
+    from api.routes import cohorts, collections, search
+
+    app.register_blueprint(collections.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(search.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
+
+    @app.before_request
+    def _auth() -> Response | None:
+        token = app.config.get("API_TOKEN")
+        if not token or not request.path.startswith(API_PREFIX + "/"):
+            return None
+        if request.path == f"{API_PREFIX}/health":
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), str(token).encode()):
+            return None
+        resp = error_response(401, "UNAUTHORIZED", "missing or wrong bearer token")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="lamina"'
+        return resp
+
+    @app.get("/")
+    def index_page() -> str:
+        return render_template("index.html", api_prefix=API_PREFIX,
+                               auth=bool(app.config.get("API_TOKEN")))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "HTTP_ERROR")
+        resp = error_response(status, code, exc.description or code)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = exc.get_response().headers["Allow"]
+        return resp
+
+    @app.errorhandler(Exception)
+    def _any_error(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        body = error_body(exc)
+        if not isinstance(exc, DOMAIN_ERRORS) or int(body["status"]) >= 500:  # type: ignore[call-overload]
+            log.exception("error answering %s %s", request.method, request.path)
+        resp = jsonify(body)
+        resp.status_code = int(body["status"])  # type: ignore[call-overload]
+        return resp
+
+    return app

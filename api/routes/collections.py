@@ -1,0 +1,143 @@
+"""Read-only endpoints: health, encoders, collections, tiles, tile images, thumbnails, OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.app import state
+from api.errors import ApiError
+
+bp = Blueprint("collections", __name__)
+
+_PNG_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lamina")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def _collection_status() -> Any:
+    import api.cli  # noqa: F401 - api.commands.status imports api.cli, which imports it back
+    from api.commands.status import collection_status
+
+    return collection_status
+
+
+@bp.get("/health")
+def health() -> Response:
+    from search.store import snapshot_id_of
+
+    store = state().store
+    ids: list[str] = []
+    per: dict[str, str] = {}
+    for name in store.names():
+        try:
+            segs = [s.segment_id for s in store.collection(name).segments()]
+        except Exception:  # noqa: BLE001 - a collection being created must not fail health
+            continue
+        ids.extend(f"{name}/{s}" for s in segs)
+        per[name] = snapshot_id_of(segs)
+    doc: dict[str, Any] = {"ok": True, "version": _version(), "snapshot": snapshot_id_of(ids)}
+    if not state().config.get("API_TOKEN"):  # health needs no token: say less when one is set
+        doc["snapshots"] = per
+    return jsonify(doc)
+
+
+@bp.get("/encoders")
+def encoders() -> Response:
+    from encoders import encoder_table
+
+    return jsonify({"ok": True, "encoders": encoder_table()})
+
+
+@bp.get("/collections")
+def collections() -> Response:
+    collection_status = _collection_status()
+    store = state().store
+    cols = [collection_status(store.collection(n), runs=1) for n in store.names()]
+    return jsonify({"ok": True, "collections": cols})
+
+
+@bp.get("/collections/<name>")
+def collection(name: str) -> Response:
+    collection_status = _collection_status()
+    svc = state().service
+    doc = collection_status(svc.collection(name))
+    view = svc.view(name)
+    doc["snapshot"] = view.snapshot.id
+    doc["metadata_columns"] = {c: view.schema[c] for c in view.metadata_columns}
+    return jsonify({"ok": True, "collection": doc})
+
+
+def resolve_collection(name: str | None) -> str:
+    """``?collection=`` or, when the home has exactly one collection, that one."""
+    if name:
+        return name
+    names = state().store.names()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ApiError("there are no collections", 404, "COLLECTION_NOT_FOUND")
+    raise ApiError("tile ids are per collection: add ?collection=NAME (one of "
+                   + ", ".join(names) + ")", 400, "COLLECTION_REQUIRED")
+
+
+def tile_doc(view: Any, row: dict[str, Any]) -> dict[str, Any]:
+    def num(v: Any) -> float | None:
+        return None if v is None or v != v else float(v)
+
+    return {"tile_id": int(row["tile_id"]), "source_id": str(row["source_id"]),
+            "source": str(row["source"]), "kind": str(row.get("kind") or "photo"),
+            "x": int(row["x"]), "y": int(row["y"]), "level": int(row.get("level") or 0),
+            "size_px": int(row["size_px"]),
+            "tile_px": None if row.get("tile_px") is None else int(row["tile_px"]),
+            "mpp": num(row.get("mpp")), "tissue_fraction": num(row.get("tissue_fraction")),
+            "metadata": view.metadata_of(row)}
+
+
+def _tile_row(tile_id: int) -> tuple[str, Any, dict[str, Any]]:
+    name = resolve_collection(request.args.get("collection"))
+    if tile_id >= 2**63:
+        raise ApiError(f"tile {tile_id} does not exist", 404, "TILE_NOT_FOUND")
+    view = state().service.view(name)
+    return name, view, view.tile(tile_id)
+
+
+@bp.get("/tiles/<int:tile_id>")
+def tile(tile_id: int) -> Response:
+    name, view, row = _tile_row(tile_id)
+    return jsonify({"ok": True, "collection": name, "snapshot": view.snapshot.id,
+                    "tile": tile_doc(view, row)})
+
+
+@bp.get("/tiles/<int:tile_id>/image")
+def tile_image(tile_id: int) -> Response:
+    from api.images import tile_png
+
+    _, _, row = _tile_row(tile_id)
+    png = tile_png(row, int(state().config["MAX_IMAGE_PIXELS"]))
+    return Response(png, mimetype="image/png", headers=_PNG_HEADERS)
+
+
+@bp.get("/sources/<source_id>/thumbnail")
+def thumbnail(source_id: str) -> Response:
+    from api.images import thumbnail_png
+
+    name = resolve_collection(request.args.get("collection"))
+    source = state().service.view(name).source(source_id)
+    png = thumbnail_png(source, int(state().config["MAX_IMAGE_PIXELS"]))
+    return Response(png, mimetype="image/png", headers=_PNG_HEADERS)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from api.openapi import openapi_spec
+
+    return jsonify(openapi_spec(_version()))

@@ -1,0 +1,220 @@
+"""POST /collections/{c}/search: by uploaded image (multipart) or by tile_id/vector/region/source_id
+(JSON), at tile level (default) or slide level (``"level": "slide"``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request
+
+from api.app import state
+from api.errors import ApiError
+
+bp = Blueprint("search", __name__)
+
+QUERY_KEYS = ("tile_id", "vector", "region", "source_id")
+MAX_FILTER_EXPRS = 64
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(message, 422, "INVALID_QUERY")
+
+
+def _int(value: Any, name: str, default: int | None = None) -> int | None:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise _invalid(f"{name} must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _invalid(f"{name} must be an integer, got {value!r}")
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"{name} must be a string")
+    return value
+
+
+def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """Filter JSON (object, or a JSON string of one) and EXPR strings (list or newline-separated)."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text:
+            spec = None
+        elif text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ApiError(f"filter is not valid JSON: {exc.msg}", 422, "INVALID_FILTER") from None
+        else:  # EXPR lines, as typed in the web page
+            exprs, spec = text, None
+    if spec is not None and not isinstance(spec, dict):
+        raise ApiError("filter must be a JSON object {column: {op: value}}", 422, "INVALID_FILTER")
+    if isinstance(exprs, str):
+        exprs = [e for line in exprs.replace(";", "\n").splitlines() if (e := line.strip())]
+    exprs = exprs or []
+    if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
+        raise ApiError("filters must be a list of COL=V expressions", 422, "INVALID_FILTER")
+    if len(exprs) > MAX_FILTER_EXPRS:
+        raise ApiError(f"at most {MAX_FILTER_EXPRS} filter expressions", 422, "INVALID_FILTER")
+    return spec, exprs
+
+
+def _unit_vector(value: Any, dim: int) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise _invalid("vector must be a list of numbers")
+    if len(value) != dim:
+        raise _invalid(f"vector has {len(value)} dimensions; the collection has {dim}")
+    v = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise _invalid("vector contains NaN or infinity")
+    scale = float(np.abs(v).max())
+    if scale == 0:
+        raise _invalid("vector is all zeros")
+    v = v / scale
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _region(view: Any, spec: Any) -> tuple[str, tuple[int, int, int, int]]:
+    """Resolve {"slide": source_id-or-path, x, y, w, h} to an indexed source path."""
+    if not isinstance(spec, dict):
+        raise _invalid('region must be an object {"slide", "x", "y", "w", "h"}')
+    slide = spec.get("slide", spec.get("source_id"))
+    if not isinstance(slide, str) or not slide:
+        raise _invalid("region.slide must be a source_id or the path of an indexed slide")
+    box = tuple(_int(spec.get(c), f"region.{c}") for c in ("x", "y", "w", "h"))
+    if any(b is None for b in box):
+        raise _invalid("region needs x, y, w and h")
+    x, y, w, h = (int(b) for b in box)  # type: ignore[arg-type]
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or max(x, y, w, h) > 10_000_000 or w * h > 16_000_000:
+        raise _invalid("region: x, y >= 0, w, h > 0, and at most 16 Mpx")
+    rows = view.sql("SELECT source, kind FROM sources WHERE source_id = ? OR source = ? LIMIT 1",
+                    [slide, slide])
+    if not rows:
+        raise ApiError(f"{slide!r} is not an indexed source of this collection", 404,
+                       "SOURCE_NOT_FOUND")
+    return str(rows[0]["source"]), (x, y, w, h)
+
+
+def _parse_request() -> tuple[dict[str, Any], bytes | None, str]:
+    """(fields, uploaded image bytes or None, upload name)."""
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        fields: dict[str, Any] = {k: request.form.get(k) for k in request.form}
+        if "filters" in request.form:
+            fields["filters"] = request.form.getlist("filters")
+        upload = request.files.get("image")
+        if upload is None:
+            for key in QUERY_KEYS:
+                if key in fields and key != "tile_id":
+                    raise _invalid(f"{key} queries are sent as JSON")
+            if fields.get("tile_id"):
+                return fields, None, ""
+            raise _invalid("multipart search needs an image file field named 'image'")
+        return fields, upload.read(), upload.filename or "upload"
+    if request.mimetype == "application/json" or request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError("the body must be a JSON object", 400, "BAD_REQUEST")
+        return body, None, ""
+    raise ApiError("send multipart/form-data (image=@file) or application/json", 415,
+                   "UNSUPPORTED_MEDIA_TYPE")
+
+
+def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
+    from api.images import check_upload_pixels
+    from api.queries import image_vector
+
+    st = state()
+    max_pixels = int(st.config["MAX_IMAGE_PIXELS"])
+    check_upload_pixels(data, max_pixels)
+    with st.embed_lock:
+        return image_vector(collection, data, name, max_pixels=max_pixels,
+                            device=str(st.config.get("DEVICE") or "cpu"))
+
+
+def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    from api.queries import region_vector
+
+    st = state()
+    try:
+        with st.embed_lock:
+            vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "cpu"))
+    except ImportError:
+        raise ApiError("region queries need slide support on this server", 501,
+                       "NOT_IMPLEMENTED") from None
+    return vec
+
+
+@bp.post("/collections/<name>/search")
+def search(name: str) -> Response:
+    from search.slide_ranking import rank_slides
+
+    svc = state().service
+    fields, upload, upload_name = _parse_request()
+    view = svc.view(name)
+    col = view.collection
+    k = _int(fields.get("k"), "k", 10)
+    spec, exprs = _filters(fields.get("filter"), fields.get("filters"))
+    group_by = _opt_str(fields.get("group_by"), "group_by")
+    exclude_same = _opt_str(fields.get("exclude_same"), "exclude_same")
+    fingerprint = _opt_str(fields.get("encoder"), "encoder")
+    level = _opt_str(fields.get("level"), "level") or "tile"
+    if level not in ("tile", "slide"):
+        raise _invalid(f"level must be 'tile' or 'slide', not {level!r}")
+    given = [key for key in QUERY_KEYS if fields.get(key) is not None]
+    if upload is not None:
+        given.append("image")
+    if len(given) != 1:
+        raise _invalid("give exactly one query: image (multipart), tile_id, vector, region "
+                       f"or source_id (got {', '.join(given) or 'none'})")
+    what = given[0]
+    common: dict[str, Any] = {"filters": exprs, "filter_json": spec,
+                              "exclude_same": exclude_same}
+    tile_id = _int(fields.get("tile_id"), "tile_id") if what == "tile_id" else None
+    if tile_id is not None and not 0 <= tile_id < 2**63:
+        raise ApiError(f"tile {tile_id} does not exist", 404, "TILE_NOT_FOUND")
+    if level == "slide":
+        if group_by:
+            raise _invalid("group_by does not apply to level=slide (results are slides)")
+        top_m = _int(fields.get("top_m"), "top_m", 5)
+        kw: dict[str, Any] = {"k": k, "top_m": top_m, "fingerprint": fingerprint, **common}
+        if what == "tile_id":
+            res = rank_slides(svc, name, tile_id=tile_id, **kw)
+        elif what == "source_id":
+            res = rank_slides(svc, name, source_id=_opt_str(fields["source_id"], "source_id"), **kw)
+        else:
+            vec = _query_vector(what, fields, upload, upload_name, view, col)
+            res = rank_slides(svc, name, vectors=vec, **kw)
+        return jsonify(res.to_dict())
+    if what == "source_id":
+        raise _invalid("source_id queries rank slides: add \"level\": \"slide\"")
+    if what == "tile_id":
+        vec = view.tile_vectors([int(tile_id)])[0]  # type: ignore[arg-type]
+        res = svc.search(name, vec, k, query_tile_id=tile_id, view=view, group_by=group_by,
+                         fingerprint=fingerprint, **common)  # type: ignore[arg-type]
+    else:
+        vec = _query_vector(what, fields, upload, upload_name, view, col)
+        res = svc.search(name, vec, k, view=view, group_by=group_by, fingerprint=fingerprint,
+                         **common)  # type: ignore[arg-type]
+    return jsonify(res.to_dict())
+
+
+def _query_vector(what: str, fields: dict[str, Any], upload: bytes | None, upload_name: str,
+                  view: Any, col: Any) -> np.ndarray:
+    if what == "image":
+        return _embed_upload(col, upload or b"", upload_name)
+    if what == "vector":
+        return _unit_vector(fields["vector"], col.dim)
+    path, box = _region(view, fields["region"])
+    return _region_vector(col, path, box)

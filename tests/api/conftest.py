@@ -1,0 +1,140 @@
+"""Fixtures for the API tests: a derm collection indexed once, the app, a live server, transports."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+DERM_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
+
+
+def index_derm(home: Path, images: list[Path] | Path, collection: str = "derm") -> Any:
+    from encoders import create_encoder
+    from indexer import IngestOptions, Manifest, ingest
+    from search import Store
+
+    paths = images if isinstance(images, list) else [images]
+    return ingest(Store(home), collection, paths, create_encoder("test/tiny-vit", device="cpu"),
+                  IngestOptions(progress=False), Manifest.load(DERM_DIR / "labels.csv", "filename"))
+
+
+def write_synthetic(home: Path, name: str, sources: dict[str, np.ndarray], dim: int,
+                    meta: dict[str, dict[str, Any]] | None = None) -> None:
+    """A collection built directly from hand-made vectors: source name -> (n, dim) tiles."""
+    from search import Store
+
+    col = Store(home).open_or_create(name, encoder="synthetic/v1", fingerprint="synthetic@1",
+                                     embed_dim=dim, tile_px=224, mpp=0.5)
+    w = col.writer("synthetic")
+    for src, vecs in sources.items():
+        vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        tiles = [{"kind": "tile", "x": 224 * i, "y": 0, "level": 0, "size_px": 224, "tile_px": 224,
+                  "mpp": 0.5, "tissue_fraction": 1.0, **(meta or {}).get(src, {})}
+                 for i in range(len(vecs))]
+        w.add_source({"source_id": src, "source": f"/nonexistent/{src}.svs", "kind": "slide",
+                      "width": 224 * len(vecs), "height": 224, "mpp": 0.5}, tiles,
+                     vecs.astype(np.float32))
+    w.commit()
+
+
+@pytest.fixture(scope="session")
+def derm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DERM_DIR.is_dir():
+        pytest.skip(f"derm sample not found at {DERM_DIR}")
+    home = tmp_path_factory.mktemp("derm") / "home"
+    home.mkdir()
+    index_derm(home, DERM_DIR / "images")
+    return home
+
+
+@pytest.fixture(scope="session")
+def app(derm_home: Path) -> Any:
+    from api.app import create_app
+
+    return create_app({"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None})
+
+
+@pytest.fixture()
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def derm_images() -> list[Path]:
+    return sorted((DERM_DIR / "images").glob("*.jpg"))
+
+
+class FlaskTestTransport:
+    """Runs the Python client against an in-process app (no sockets)."""
+
+    def __init__(self, app: Any) -> None:
+        self.client = app.test_client()
+
+    def __call__(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+                 timeout: float) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        resp = self.client.open(path, method=method, headers=headers, data=body)
+        return resp.status_code, dict(resp.headers.items()), resp.get_data()
+
+
+class LiveServer:
+    """waitress serving an app in a thread on 127.0.0.1 and an ephemeral port."""
+
+    def __init__(self, app: Any, threads: int = 8) -> None:
+        import waitress.server
+
+        self.server = waitress.server.create_server(app, host="127.0.0.1", port=0,
+                                                    threads=threads, ident="lamina-test")
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except (OSError, ValueError):  # the socket map is torn down under the loop on close
+            if not self.closing:
+                raise
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing = True
+        self.server.task_dispatcher.shutdown(timeout=5)
+        self.server.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def live_url(app: Any) -> Iterator[str]:
+    with LiveServer(app) as srv:
+        yield srv.url
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Any:
+    return write_synthetic
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Any:
+    return LiveServer
+
+
+@pytest.fixture()
+def flask_transport(app: Any) -> FlaskTestTransport:
+    return FlaskTestTransport(app)
+
+
+@pytest.fixture(scope="session")
+def flask_transport_cls() -> Any:
+    return FlaskTestTransport
