@@ -1,0 +1,194 @@
+"""`lamina cohort create|list|show|delete`: saved, versioned tile sets (see search/cohorts.py).
+
+Locally the command owns the catalog for its duration (``with Catalog(home)``); with
+``--url``/``LAMINA_URL`` it goes through the running server, which owns the catalog then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from api.cli import CliContext, emit_json, handle_errors
+
+
+def as_doc(obj: Any) -> Any:
+    """A client result (dataclass, object with to_dict, or dict) as a JSON-able document."""
+    if isinstance(obj, list | tuple):
+        return [as_doc(o) for o in obj]
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
+
+
+def embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]
+                   ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Embed example images with the collection's encoder; also describe them for the record."""
+    from api.queries import image_vector
+
+    vectors, described = [], []
+    for name, data in files:
+        vectors.append(image_vector(collection, data, name))
+        described.append({"name": Path(name).name, "sha256": hashlib.sha256(data).hexdigest()})
+    return vectors, described
+
+
+def _print_cohort(c: dict[str, Any]) -> None:
+    patients = "" if c.get("n_patients") is None else f", {c['n_patients']} patients"
+    click.echo(f"cohort {c['name']} v{c['version']}  collection {c['collection']}  "
+               f"snapshot {c['snapshot']}  created {c['created_at']}")
+    click.echo(f"  {c['n_tiles']} tiles, {c['n_sources']} slides/photos{patients}")
+    click.echo(f"  definition: {c['definition']}")
+    counts = c.get("counts")
+    if not counts:
+        return
+    if counts.get("per_patient"):
+        top = ", ".join(f"{r['value']}={r['n']}" for r in counts["per_patient"][:10])
+        click.echo(f"  per patient ({counts.get('patient_column')}, top 10): {top}")
+    top = ", ".join(f"{Path(str(r['source'])).name}={r['n']}" for r in counts["per_slide"][:5])
+    click.echo(f"  per slide (top 5): {top}")
+    for col, rows in counts.get("per_label", {}).items():
+        click.echo(f"  per {col}: " + ", ".join(f"{r['value']}={r['n']}" for r in rows))
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("cohort")
+    def cohort_group() -> None:
+        """Saved, versioned sets of tiles: by metadata filters and/or similarity."""
+
+    @cohort_group.command("create")
+    @click.argument("name")
+    @click.option("--collection", required=True)
+    @click.option("--filter", "filters", multiple=True,
+                  help="COL=V1[,V2], COL!=V, COL>=N, ... (repeat to AND); applied first.")
+    @click.option("--near", "near", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                  help="Example image (repeat: union of the neighbours of each example).")
+    @click.option("--near-tile", "near_tiles", multiple=True, type=int,
+                  help="Example stored tile id (repeatable).")
+    @click.option("--k", "k", type=click.IntRange(1), default=None,
+                  help="Nearest tiles per example (default 100 when examples are given).")
+    @click.option("--min-score", type=float, default=None,
+                  help="Instead of --k: every tile scoring at least this against an example.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+    @click.pass_obj
+    @handle_errors
+    def create_command(ctx: CliContext, name: str, collection: str, filters: tuple[str, ...],
+                       near: tuple[str, ...], near_tiles: tuple[int, ...], k: int | None,
+                       min_score: float | None, as_json: bool) -> None:
+        """Create cohort NAME (a new version if it exists) and save it in the catalog."""
+        if k is not None and min_score is not None:
+            raise click.UsageError("give --k or --min-score, not both")
+        if (k is not None or min_score is not None) and not (near or near_tiles):
+            raise click.UsageError("--k / --min-score need --near or --near-tile")
+        if ctx.url:
+            from api.client import Client
+            from search.filters import conditions_to_json, parse_filters
+
+            spec = conditions_to_json(parse_filters(filters)) if filters else None
+            res = Client(ctx.url).create_cohort(
+                name, collection, filter=spec, near=list(near) or None,
+                near_tiles=list(near_tiles) or None, k=k, min_score=min_score)
+            doc = as_doc(res)
+            cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
+        else:
+            from search import SearchService
+            from search.catalog import Catalog
+            from search.cohorts import create_cohort
+
+            service = SearchService(ctx.store())
+            files = [(p, Path(p).read_bytes()) for p in near]
+            vectors, described = (embed_examples(service.collection(collection), files)
+                                  if files else ([], []))
+            with Catalog(ctx.home) as catalog:
+                cohort = create_cohort(catalog, service, name, collection, filters=filters,
+                                       near_vectors=vectors, near_images=described,
+                                       near_tile_ids=near_tiles, k=k, min_score=min_score)
+        if as_json:
+            emit_json({"ok": True, "cohort": cohort})
+        else:
+            _print_cohort(cohort)
+
+    @cohort_group.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+    @click.pass_obj
+    @handle_errors
+    def list_command(ctx: CliContext, as_json: bool) -> None:
+        """Cohorts (latest version of each)."""
+        if ctx.url:
+            from api.client import Client
+
+            doc = as_doc(Client(ctx.url).cohorts())
+            cohorts = doc.get("cohorts", doc) if isinstance(doc, dict) else doc
+        else:
+            from search.catalog import Catalog
+
+            with Catalog(ctx.home) as catalog:
+                cohorts = catalog.cohorts()
+        if as_json:
+            emit_json({"ok": True, "cohorts": cohorts})
+            return
+        if not cohorts:
+            click.echo("no cohorts")
+        for c in cohorts:
+            c = as_doc(c)
+            click.echo(f"{c['name']:<24} v{c['version']:<3} {c['collection']:<16} "
+                       f"{c['n_tiles']:>7} tiles  snapshot {c['snapshot']}  {c['created_at']}")
+
+    @cohort_group.command("show")
+    @click.argument("name")
+    @click.option("--label-column", default=None,
+                  help="Count per this column only (default: every low-cardinality column).")
+    @click.option("--version", "version", type=click.IntRange(1), default=None,
+                  help="An older version (default: the latest).")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+    @click.pass_obj
+    @handle_errors
+    def show_command(ctx: CliContext, name: str, label_column: str | None, version: int | None,
+                     as_json: bool) -> None:
+        """One cohort with counts per slide, per patient and per label."""
+        if ctx.url:
+            from api.client import Client
+
+            doc = as_doc(Client(ctx.url).cohort(name))
+            cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
+        else:
+            from search import SearchService
+            from search.catalog import Catalog
+            from search.cohorts import show_cohort
+
+            with Catalog(ctx.home) as catalog:
+                cohort = show_cohort(catalog, SearchService(ctx.store()), name,
+                                     version=version, label_column=label_column)
+        if as_json:
+            emit_json({"ok": True, "cohort": cohort})
+        else:
+            _print_cohort(cohort)
+
+    @cohort_group.command("delete")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+    @click.pass_obj
+    @handle_errors
+    def delete_command(ctx: CliContext, name: str, as_json: bool) -> None:
+        """Delete cohort NAME (all its versions)."""
+        if ctx.url:
+            from api.client import Client
+
+            Client(ctx.url).delete_cohort(name)
+        else:
+            from search.catalog import Catalog
+
+            with Catalog(ctx.home) as catalog:
+                catalog.delete_cohort(name)
+        if as_json:
+            emit_json({"ok": True, "deleted": name})
+        else:
+            click.echo(f"deleted cohort {name}")

@@ -1,0 +1,244 @@
+"""The catalog: mutable state (cohorts and their members, export records) in one DuckDB file.
+
+``<home>/catalog.duckdb`` is read and written through SQLAlchemy Core (the ``duckdb-engine``
+dialect). DuckDB lets one process hold a database file at a time, so the catalog has one
+owner: the server while it runs (it opens the catalog once and keeps it for its life), the
+CLI otherwise (one ``with Catalog(home) as catalog:`` per command). A second process that
+tries to open it gets :class:`CatalogLockedError`, which tells the user to go through the
+server (``--url`` / ``LAMINA_URL``).
+
+Within the owning process the catalog is thread-safe: one connection, one lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+
+from search.errors import CatalogLockedError, CohortNotFoundError, StoreError
+
+CATALOG_FILE = "catalog.duckdb"
+
+metadata = sa.MetaData()
+
+cohorts_table = sa.Table(
+    "cohorts", metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("collection", sa.String, nullable=False),
+    sa.Column("snapshot", sa.String, nullable=False),
+    sa.Column("encoder", sa.String, nullable=False),
+    sa.Column("definition", sa.String, nullable=False),  # JSON text (sorted keys)
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("n_tiles", sa.BigInteger, nullable=False),
+    sa.Column("n_sources", sa.BigInteger, nullable=False),
+    sa.Column("n_patients", sa.BigInteger, nullable=True),
+)
+
+members_table = sa.Table(
+    "cohort_members", metadata,
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("tile_id", sa.BigInteger, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+)
+
+exports_table = sa.Table(
+    "exports", metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("collection", sa.String, nullable=False),
+    sa.Column("cohort", sa.String, nullable=True),
+    sa.Column("cohort_version", sa.Integer, nullable=True),
+    sa.Column("args", sa.String, nullable=False),  # JSON text
+    sa.Column("snapshot", sa.String, nullable=False),
+    sa.Column("encoder", sa.String, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String, nullable=True),
+    sa.Column("path", sa.String, nullable=True),
+    sa.Column("created_at", sa.String, nullable=False),
+)
+
+_COHORT_FIELDS = ("name", "version", "collection", "snapshot", "encoder", "definition",
+                  "created_at", "n_tiles", "n_sources", "n_patients")
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class Catalog:
+    """Cohorts and export records of one Lamina home. Use as a context manager."""
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.home = Path(home)
+        self.path = self.home / CATALOG_FILE
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._engine = sa.create_engine(f"duckdb:///{self.path}", poolclass=sa.pool.StaticPool)
+        try:
+            self._conn: sa.Connection | None = self._engine.connect()
+        except sa.exc.DBAPIError as exc:
+            self._engine.dispose()
+            if _is_lock_error(exc):
+                raise CatalogLockedError(
+                    f"the catalog {self.path} is held by another process (a running "
+                    "`lamina serve`, or another command). Talk to the server with "
+                    "--url http://HOST:PORT or LAMINA_URL instead of opening the store."
+                ) from None
+            raise StoreError(f"cannot open catalog {self.path}: {exc.orig}") from None
+        with self._tx() as conn:
+            metadata.create_all(conn)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self._engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        """One transaction on the catalog's single connection, serialised by a lock."""
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"catalog {self.path} is closed")
+            if self._conn.in_transaction():
+                self._conn.rollback()
+            with self._conn.begin():
+                yield self._conn
+
+    # -- cohorts ----------------------------------------------------------------------------
+    def add_cohort(self, record: dict[str, Any], tile_ids: Sequence[int],
+                   scores: Sequence[float] | None) -> dict[str, Any]:
+        """Store a new version of cohort ``record['name']``; returns the stored record."""
+        name = record["name"]
+        with self._tx() as conn:
+            latest = conn.execute(
+                sa.select(sa.func.max(cohorts_table.c.version))
+                .where(cohorts_table.c.name == name)).scalar()
+            version = int(latest or 0) + 1
+            row = {k: record.get(k) for k in _COHORT_FIELDS}
+            row.update(version=version, created_at=record.get("created_at") or now_utc(),
+                       definition=json.dumps(record.get("definition") or {}, sort_keys=True))
+            conn.execute(sa.insert(cohorts_table), [row])
+            members = [{"name": name, "version": version, "tile_id": int(t),
+                        "score": None if scores is None else float(scores[i])}
+                       for i, t in enumerate(tile_ids)]
+            if members:
+                conn.execute(sa.insert(members_table), members)
+        return self.cohort(name, version)
+
+    def cohorts(self) -> list[dict[str, Any]]:
+        """The latest version of every cohort, by name."""
+        latest = (sa.select(cohorts_table.c.name, sa.func.max(cohorts_table.c.version).label("v"))
+                  .group_by(cohorts_table.c.name).subquery())
+        q = (sa.select(cohorts_table)
+             .join(latest, sa.and_(cohorts_table.c.name == latest.c.name,
+                                   cohorts_table.c.version == latest.c.v))
+             .order_by(cohorts_table.c.name))
+        with self._tx() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = [_cohort_dict(r) for r in rows]
+        versions = self._version_counts()
+        for c in out:
+            c["n_versions"] = versions.get(c["name"], 1)
+        return out
+
+    def _version_counts(self) -> dict[str, int]:
+        q = sa.select(cohorts_table.c.name, sa.func.count()).group_by(cohorts_table.c.name)
+        with self._tx() as conn:
+            return {str(n): int(c) for n, c in conn.execute(q).all()}
+
+    def cohort(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """One version of a cohort (the latest by default)."""
+        q = sa.select(cohorts_table).where(cohorts_table.c.name == name)
+        q = (q.where(cohorts_table.c.version == version) if version is not None
+             else q.order_by(cohorts_table.c.version.desc()).limit(1))
+        with self._tx() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            known = ", ".join(c["name"] for c in self.cohorts()) or "none"
+            which = f"{name!r}" + ("" if version is None else f" version {version}")
+            raise CohortNotFoundError(f"no cohort {which} (cohorts: {known})")
+        out = _cohort_dict(row)
+        out["versions"] = self.versions(name)
+        return out
+
+    def versions(self, name: str) -> list[int]:
+        q = (sa.select(cohorts_table.c.version).where(cohorts_table.c.name == name)
+             .order_by(cohorts_table.c.version))
+        with self._tx() as conn:
+            return [int(v) for v in conn.execute(q).scalars()]
+
+    def members(self, name: str, version: int) -> tuple[list[int], list[float | None]]:
+        """Tile ids (ascending) and scores of one cohort version."""
+        q = (sa.select(members_table.c.tile_id, members_table.c.score)
+             .where(members_table.c.name == name, members_table.c.version == version)
+             .order_by(members_table.c.tile_id))
+        with self._tx() as conn:
+            rows = conn.execute(q).all()
+        return [int(r[0]) for r in rows], [None if r[1] is None else float(r[1]) for r in rows]
+
+    def delete_cohort(self, name: str) -> int:
+        """Delete every version of ``name``; returns how many versions there were."""
+        with self._tx() as conn:
+            n = conn.execute(sa.delete(cohorts_table).where(cohorts_table.c.name == name))
+            conn.execute(sa.delete(members_table).where(members_table.c.name == name))
+        if not n.rowcount:
+            raise CohortNotFoundError(f"no cohort {name!r}")
+        return int(n.rowcount)
+
+    # -- exports ----------------------------------------------------------------------------
+    def record_export(self, record: dict[str, Any]) -> dict[str, Any]:
+        row = dict(record)
+        row["args"] = json.dumps(row.get("args") or {}, sort_keys=True)
+        row.setdefault("created_at", now_utc())
+        with self._tx() as conn:
+            conn.execute(sa.insert(exports_table), [row])
+        return record
+
+    def exports(self, collection: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(exports_table).order_by(exports_table.c.created_at, exports_table.c.id)
+        if collection is not None:
+            q = q.where(exports_table.c.collection == collection)
+        with self._tx() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["args"] = json.loads(d["args"])
+            out.append(d)
+        return out
+
+
+def _cohort_dict(row: Any) -> dict[str, Any]:
+    d = {k: row[k] for k in _COHORT_FIELDS}
+    d["definition"] = json.loads(d["definition"])
+    for k in ("version", "n_tiles", "n_sources"):
+        d[k] = int(d[k])
+    if d["n_patients"] is not None:
+        d["n_patients"] = int(d["n_patients"])
+    return d
+

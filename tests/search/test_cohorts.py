@@ -1,0 +1,149 @@
+"""Cohorts: filters, similarity (union, max score), versions, counts; the catalog's lock."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import SearchService, Store
+from search.catalog import Catalog
+from search.cohorts import create_cohort, show_cohort
+from search.errors import CatalogLockedError, CohortNotFoundError, InvalidQueryError
+from search.exports import export_labeled_set
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_derm_home(base: Path, derm_dir: Path) -> Path:
+    """A test/tiny-vit collection 'derm' of every third PAD-UFES-20 photo (built once)."""
+    home = base / "derm-home"
+    if (home / "collections" / "derm" / "collection.json").is_file():
+        return home
+    from encoders import create_encoder
+    from indexer import IngestOptions, Manifest, ingest
+
+    images = base / "derm-src" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for p in sorted((derm_dir / "images").glob("*.jpg"))[::3]:
+        shutil.copy(p, images / p.name)
+    ingest(Store(home), "derm", [str(images)], create_encoder("test/tiny-vit", allow_test=True),
+           IngestOptions(progress=False), Manifest.load(derm_dir / "labels.csv", "filename"))
+    return home
+
+
+@pytest.fixture()
+def derm_home(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path, tmp_path: Path) -> Path:
+    """A private copy (own catalog) of the shared tiny derm collection."""
+    shared = build_derm_home(tmp_path_factory.getbasetemp(), derm_dir)
+    home = tmp_path / "home"
+    shutil.copytree(shared / "collections", home / "collections")
+    return home
+
+
+def test_filter_cohort_is_all_matching_tiles_and_versions(derm_home: Path) -> None:
+    service = SearchService(Store(derm_home))
+    view = service.view("derm")
+    with Catalog(derm_home) as cat:
+        c1 = create_cohort(cat, service, "bcc", "derm", filters=["diagnostic=BCC"])
+        expected = view.sql("SELECT count(*) AS n FROM tiles WHERE diagnostic = 'BCC'")[0]["n"]
+        assert c1["version"] == 1 and c1["n_tiles"] == expected
+        assert c1["snapshot"] == view.snapshot.id and c1["encoder"] == view.collection.fingerprint
+        c2 = create_cohort(cat, service, "bcc", "derm", filters=["diagnostic=BCC", "age>=60"])
+        assert c2["version"] == 2 and c2["versions"] == [1, 2]
+        assert cat.cohort("bcc")["version"] == 2
+        assert cat.cohort("bcc", 1)["n_tiles"] == expected  # old versions are kept
+        assert [c["name"] for c in cat.cohorts()] == ["bcc"]
+        assert cat.delete_cohort("bcc") == 2
+        with pytest.raises(CohortNotFoundError):
+            cat.cohort("bcc")
+
+
+def test_near_tiles_union_of_knn_with_max_score(derm_home: Path) -> None:
+    service = SearchService(Store(derm_home))
+    view = service.view("derm")
+    a, b = (int(t) for t in view.index.tile_ids[[3, 40]])
+    with Catalog(derm_home) as cat:
+        c = create_cohort(cat, service, "near", "derm", near_tile_ids=[a, b], k=10)
+        ids, scores = cat.members("near", c["version"])
+    q = view.tile_vectors([a, b])
+    sims = q @ view.vectors.T
+    expected: set[int] = set()
+    for row in sims:
+        expected |= {int(view.index.tile_ids[i]) for i in np.argsort(-row, kind="stable")[:10]}
+    assert set(ids) == expected and {a, b} <= set(ids)
+    best = sims.max(axis=0)
+    got = dict(zip(ids, scores, strict=True))
+    for t in ids:
+        assert got[t] == pytest.approx(float(best[view.positions_of([t])[0]]), abs=1e-5)
+
+
+def test_min_score_and_filters_first(derm_home: Path) -> None:
+    service = SearchService(Store(derm_home))
+    view = service.view("derm")
+    t = int(view.index.tile_ids[0])
+    with Catalog(derm_home) as cat:
+        c = create_cohort(cat, service, "close", "derm", near_tile_ids=[t], min_score=0.9,
+                          filters=["diagnostic=NEV,MEL"])
+        ids, scores = cat.members("close", c["version"])
+        assert all(s is not None and s >= 0.9 for s in scores)
+        rows = view.tile_rows(ids)
+        assert {rows[i]["diagnostic"] for i in ids} <= {"NEV", "MEL"}
+        with pytest.raises(InvalidQueryError):
+            create_cohort(cat, service, "bad", "derm", k=5)  # k without examples
+
+
+def test_counts_equal_duckdb_over_export(derm_home: Path, tmp_path: Path) -> None:
+    import duckdb
+
+    service = SearchService(Store(derm_home))
+    view = service.view("derm")
+    t = int(view.index.tile_ids[7])
+    out = tmp_path / "cohort.parquet"
+    with Catalog(derm_home) as cat:
+        create_cohort(cat, service, "c", "derm", near_tile_ids=[t], k=60)
+        shown = show_cohort(cat, service, "c")
+        export_labeled_set(view, cat, out, label_column="diagnostic", cohort="c")
+    counts = shown["counts"]
+    con = duckdb.connect()
+    q = f"SELECT {{col}} AS v, count(*) AS n FROM read_parquet('{out}') GROUP BY ALL"
+    assert {r[0]: r[1] for r in con.execute(q.format(col="patient")).fetchall()} == \
+        {r["value"]: r["n"] for r in counts["per_patient"]}
+    assert {r[0]: r[1] for r in con.execute(q.format(col="label")).fetchall()} == \
+        {r["value"]: r["n"] for r in counts["per_label"]["diagnostic"]}
+    assert {r[0]: r[1] for r in con.execute(q.format(col="source_id")).fetchall()} == \
+        {r["source_id"]: r["n"] for r in counts["per_slide"]}
+    assert shown["n_tiles"] == 60 == sum(r["n"] for r in counts["per_slide"])
+    assert shown["n_patients"] == len(counts["per_patient"])
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from search.catalog import Catalog
+    cat = Catalog(sys.argv[1])
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_second_process_gets_catalog_locked(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with Catalog(home):
+        pass  # create it
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home), str(REPO)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(CatalogLockedError, match="--url"):
+            Catalog(home)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    with Catalog(home) as cat:  # released when the owner exits
+        assert cat.cohorts() == []
