@@ -36,17 +36,26 @@ def emit_json(doc: Any) -> None:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn domain errors into a clear message (or a JSON error document) and exit 2."""
+    """Turn domain errors (local or a server's answer) into a clear message and exit 2.
+
+    With ``--json`` the error document goes to stdout too, so scripts always get JSON.
+    """
+    from api.client import LaminaError
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DOMAIN_ERRORS as exc:
-            as_json = bool(kwargs.get("as_json"))
-            if as_json:
-                emit_json(error_body(exc))
-            click.echo(f"error: {exc}", err=True)
+        except (*DOMAIN_ERRORS, LaminaError) as exc:
+            if isinstance(exc, LaminaError):
+                body: dict[str, Any] = {"ok": False, "status": exc.status, "code": exc.code,
+                                        "error": exc.message}
+                message = f"{exc.message} ({exc.code} from the server)"
+            else:
+                body, message = error_body(exc), str(exc)
+            if kwargs.get("as_json"):
+                emit_json(body)
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -129,3 +129,10 @@ def test_console_script_is_installed() -> None:
     assert script.is_file()
     assert "index" in subprocess.run([str(script), "--help"], capture_output=True, text=True,
                                      check=True).stdout
+
+
+def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
+    p = subprocess.run([*LAMINA, "--url", "http://127.0.0.1:9", "search", "--collection", "derm",
+                        "--tile-id", "1", "--json"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert json.loads(p.stdout)["code"] == "UNREACHABLE"
