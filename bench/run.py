@@ -1,0 +1,50 @@
+"""`make bench`: every benchmark in one go, results in bench/results/*.json.
+
+    python -m bench.run [--quick]
+
+Runs, in order: encoder throughput, kNN retrieval quality (classic and test encoders), slide
+ingest throughput, API latency, and the worked example (linear probes; the slowest, skipped with
+--quick). Each step is a separate process so one failure does not hide the others' results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+STEPS: list[tuple[str, list[str]]] = [
+    ("encoder speed", ["bench.encoder_speed"]),
+    ("kNN, classic", ["bench.knn_eval"]),
+    ("kNN, test/tiny-vit", ["bench.knn_eval", "--encoder", "test/tiny-vit"]),
+    ("slide ingest", ["bench.ingest"]),
+    ("API latency", ["bench.api"]),
+    ("worked example", ["bench.worked_example"]),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="skip the worked example")
+    args = parser.parse_args()
+    failed = []
+    for name, argv in STEPS:
+        if args.quick and name == "worked example":
+            continue
+        print(f"\n=== {name}: python -m {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO)
+        print(f"=== {name}: exit {proc.returncode} in {time.perf_counter() - t0:.0f}s", flush=True)
+        if proc.returncode != 0:
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
+    print("\nresults in bench/results/; summary in docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
