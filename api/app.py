@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "API_TOKEN": None,
     "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
-    "DEVICE": "cpu",
+    "DEVICE": "auto",  # auto -> CUDA when present
     "JSON_SORT_KEYS": False,
 }
 

@@ -140,7 +140,7 @@ def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
     check_upload_pixels(data, max_pixels)
     with st.embed_lock:
         return image_vector(collection, data, name, max_pixels=max_pixels,
-                            device=str(st.config.get("DEVICE") or "cpu"))
+                            device=str(st.config.get("DEVICE") or "auto"))
 
 
 def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -149,7 +149,7 @@ def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -
     st = state()
     try:
         with st.embed_lock:
-            vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "cpu"))
+            vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "auto"))
     except ImportError:
         raise ApiError("region queries need slide support on this server", 501,
                        "NOT_IMPLEMENTED") from None
