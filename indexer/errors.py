@@ -21,3 +21,7 @@ class MissingMppError(IndexerError):
 
 class UnsupportedSourceError(IndexerError):
     """A file type Lamina does not index."""
+
+
+class SlideResolutionError(IndexerError):
+    """A slide's finest level is too coarse for the target mpp of the collection."""
