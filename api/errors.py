@@ -52,6 +52,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (enc.EncoderError, ErrorInfo(500, "ENCODER_ERROR")),
     (idx.UnreadableSourceError, ErrorInfo(422, "UNREADABLE_IMAGE")),
     (idx.MissingMppError, ErrorInfo(422, "MISSING_MPP")),
+    (idx.SlideResolutionError, ErrorInfo(422, "SLIDE_RESOLUTION_TOO_LOW")),
     (idx.ManifestError, ErrorInfo(422, "INVALID_MANIFEST")),
     (idx.UnsupportedSourceError, ErrorInfo(415, "UNSUPPORTED_SOURCE")),
     (idx.IndexerError, ErrorInfo(500, "INDEXER_ERROR")),

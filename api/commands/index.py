@@ -100,6 +100,8 @@ def _print_summary(report) -> None:  # noqa: ANN001
           file=err)
     for d in report.duplicates:
         print(f"  duplicate: {d['file']} has the same content as {d['same_as']}", file=err)
+    for e in report.empty:
+        print(f"  no tiles: {e['file']}: {e['reason']}", file=err)
     for f in report.failed:
         print(f"  failed: {f['file']}: {f['reason']}", file=err)
     if report.unmatched_manifest:
