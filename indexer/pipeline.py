@@ -54,6 +54,9 @@ class IngestOptions:
     """Also commit after this many sources (0: no such limit). Default from the environment
     variable LAMINA_COMMIT_EVERY_SOURCES; 1 makes every slide its own segment (resume tests)."""
     progress: bool = True
+    photo_tiles: bool = False
+    """Photos get tile vectors too (``tile_px`` tiles at the photo's own pixels) besides the
+    whole-photo vector; the CLI sets it when --tile-px is given explicitly."""
 
 
 @dataclass
@@ -107,6 +110,16 @@ class RunReport:
         d = asdict(self)
         d["ok"] = self.ok
         return d
+
+
+def photo_tiles(rgb: np.ndarray, tile_px: int) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Non-overlapping ``tile_px`` tiles of a photo at its own pixels (partial edges dropped)."""
+    h, w = rgb.shape[:2]
+    for y in range(0, h - tile_px + 1, tile_px):
+        for x in range(0, w - tile_px + 1, tile_px):
+            row = {"kind": "photo-tile", "x": x, "y": y, "level": 0, "size_px": tile_px,
+                   "tile_px": tile_px}
+            yield row, rgb[y : y + tile_px, x : x + tile_px]
 
 
 def _now() -> str:
@@ -171,8 +184,12 @@ class Ingest:
                   "height": h, "mpp": mpp, "properties": None, **meta}
         tile = {"kind": "photo", "x": 0, "y": 0, "level": 0, "size_px": max(w, h),
                 "tile_px": self.encoder.input_px, "mpp": mpp, "tissue_fraction": None, **meta}
-        image = resize_rgb(rgb, self.encoder.input_px)
-        return PreparedSource(file, source, [tile], iter([image]))
+        tiles, images = [tile], [resize_rgb(rgb, self.encoder.input_px)]
+        if self.options.photo_tiles:
+            for row, crop in photo_tiles(rgb, self.options.tile_px):
+                tiles.append({**row, "mpp": mpp, "tissue_fraction": None, **meta})
+                images.append(resize_rgb(crop, self.encoder.input_px))
+        return PreparedSource(file, source, tiles, iter(images))
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:

@@ -37,11 +37,15 @@ def _source_path(row: Mapping[str, Any]) -> Path:
 
 
 def tile_image(row: Mapping[str, Any]) -> np.ndarray:
-    """uint8 (h, w, 3) image of a stored tile row: a slide tile at ``tile_px``, or a whole photo."""
+    """uint8 (h, w, 3) image of a stored tile row: a slide tile at ``tile_px``, a whole photo, or
+    a tile of a photo at the photo's pixels."""
     path = _source_path(row)
     kind = str(row.get("kind") or "photo")
     if kind == "photo":
         return read_photo(path)[1]
+    if kind == "photo-tile":
+        x, y, size = int(row["x"]), int(row["y"]), int(row["size_px"])
+        return np.ascontiguousarray(read_photo(path)[1][y : y + size, x : x + size])
     try:
         spec = TileSpec(x=int(row["x"]), y=int(row["y"]), level=int(row["level"]),
                         size_px=int(row["size_px"]))

@@ -80,6 +80,8 @@ def register(cli: click.Group) -> None:
                                 progress=not no_progress)
         if workers:
             options.workers = workers
+        tile_px_source = click.get_current_context().get_parameter_source("tile_px")
+        options.photo_tiles = tile_px_source == click.core.ParameterSource.COMMANDLINE
         table = Manifest.load(manifest, source_column) if manifest else None
         encoder = load_encoder_for(ctx, collection, encoder_key, weights, device,
                                    allow_test_encoder, batch_size)

@@ -136,3 +136,11 @@ def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
                         "--tile-id", "1", "--json"], capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert json.loads(p.stdout)["code"] == "UNREACHABLE"
+
+
+def test_explicit_tile_px_tiles_photos(tmp_path: Path, derm_dir: Path) -> None:
+    photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
+    plain = json.loads(run(tmp_path / "a", "index", photo, "--collection", "p", "--json").stdout)
+    tiled = json.loads(run(tmp_path / "b", "index", photo, "--collection", "p", "--tile-px", "150",
+                           "--json").stdout)
+    assert plain["tiles"] == 1 and tiled["tiles"] == 1 + 4

@@ -154,3 +154,22 @@ def test_bad_files_are_reported_and_the_rest_indexed(home: Path, derm_dir: Path,
     # a later run retries only the failures and keeps what was committed
     again = ingest(Store(home), "mixed", [folder], enc, IngestOptions(progress=False))
     assert again.unchanged == 5 and len(again.failed) == 4
+
+
+def test_photo_tiles_when_tile_px_is_given(home: Path, derm_dir: Path) -> None:
+    from indexer.tile_images import tile_image
+
+    photo = sorted((derm_dir / "images").glob("*.jpg"))[0]
+    enc = create_encoder("test/tiny-vit", device="cpu")
+    report = ingest(Store(home), "tiles", [photo], enc,
+                    IngestOptions(progress=False, photo_tiles=True, tile_px=100))
+    assert report.ok and report.indexed == 1 and report.tiles == 1 + 9  # 300 px -> 3 x 3 tiles
+    view = SearchService(Store(home)).view("tiles")
+    rows = view.sql("SELECT * FROM tiles ORDER BY tile_id")
+    assert [r["kind"] for r in rows] == ["photo"] + ["photo-tile"] * 9
+    corner = next(r for r in rows if r["x"] == 200 and r["y"] == 100)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    np.testing.assert_array_equal(tile_image(corner), rgb[100:200, 200:300])
+    # re-embedding the re-read tile gives its stored vector
+    np.testing.assert_allclose(enc.embed([tile_image(corner)])[0],
+                               view.tile_vectors([int(corner["tile_id"])])[0], atol=1e-5)
