@@ -22,6 +22,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("kNN, classic", ["bench.knn_eval"]),
     ("kNN, test/tiny-vit", ["bench.knn_eval", "--encoder", "test/tiny-vit"]),
     ("slide ingest", ["bench.ingest"]),
+    ("read/encode overlap bound", ["bench.stage_overlap"]),
     ("API latency", ["bench.api"]),
     ("worked example", ["bench.worked_example"]),
 ]
