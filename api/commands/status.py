@@ -18,8 +18,13 @@ def collection_status(col: Any, runs: int = 5) -> dict[str, Any]:
     for seg in snap.segments:
         for kind in pq.read_table(seg.sources_path, columns=["kind"]).column("kind").to_pylist():
             kinds[kind] = kinds.get(kind, 0) + 1
+    from pathlib import Path
+
     last_runs = col.runs(limit=runs)
-    failures = [dict(f, run_id=r["run_id"]) for r in last_runs for f in r.get("failed", [])]
+    committed = {p for paths in col.committed_sources().values() for p in paths}
+    # failures of the last runs, less files that a later run has since committed
+    failures = [dict(f, run_id=r["run_id"]) for r in last_runs for f in r.get("failed", [])
+                if str(Path(f["file"]).resolve()) not in committed]
     return {
         "name": col.name,
         "encoder": col.encoder_key,

@@ -144,3 +144,16 @@ def test_explicit_tile_px_tiles_photos(tmp_path: Path, derm_dir: Path) -> None:
     tiled = json.loads(run(tmp_path / "b", "index", photo, "--collection", "p", "--tile-px", "150",
                            "--json").stdout)
     assert plain["tiles"] == 1 and tiled["tiles"] == 1 + 4
+
+
+def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Path) -> None:
+    import shutil
+
+    target = tmp_path / "late.jpg"
+    assert run(tmp_path / "h", "index", str(target), "--collection", "c", check=False).returncode == 1
+    failures = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0]["failures"]
+    assert [Path(f["file"]).name for f in failures] == ["late.jpg"]
+    shutil.copy(derm_dir / "images" / "PAT_46_881_939.jpg", target)
+    run(tmp_path / "h", "index", str(target), "--collection", "c")
+    col = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0]
+    assert col["failures"] == [] and col["tiles"] == 1
