@@ -100,8 +100,11 @@ def _print_summary(report) -> None:  # noqa: ANN001
           f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
           f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
           file=err)
-    for d in report.duplicates:
+    for d in report.duplicates[:5]:
         print(f"  duplicate: {d['file']} has the same content as {d['same_as']}", file=err)
+    if len(report.duplicates) > 5:
+        print(f"  ... and {len(report.duplicates) - 5} more duplicates (all in --json and the run "
+              "record)", file=err)
     for e in report.empty:
         print(f"  no tiles: {e['file']}: {e['reason']}", file=err)
     for f in report.failed:
