@@ -59,7 +59,8 @@ def create_encoder(key: str, weights: str | os.PathLike[str] | None = None, devi
         raise TestEncoderRefusedError(
             f"{key} is a test encoder whose vectors mean nothing; pass --allow-test-encoder to use it"
         )
-    kwargs = {"weights": None if weights is None else str(weights), "device": resolve_device(device)}
+    kwargs: dict[str, object] = {"weights": None if weights is None else str(weights),
+                                 "device": resolve_device(device)}
     if batch_size:
         kwargs["batch_size"] = batch_size
     return entry.builder(entry.config, **kwargs)

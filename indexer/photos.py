@@ -37,7 +37,7 @@ def decode_photo(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
                 raise UnreadableSourceError(

@@ -131,7 +131,7 @@ class VectorIndex:
 def _search_params(index: faiss.Index, sel: faiss.IDSelector) -> faiss.SearchParameters:
     inner = index
     if isinstance(index, faiss.IndexHNSW) or "HNSW" in type(index).__name__:
-        p = faiss.SearchParametersHNSW()
+        p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # (not in faiss's stubs)
         p.sel = sel
         return p
     ivf = faiss.try_extract_index_ivf(inner)

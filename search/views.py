@@ -45,6 +45,8 @@ class CollectionView:
         self.snapshot = snapshot
         self.factory = factory
         self.dim = collection.dim
+        self.vectors: np.ndarray
+        self.index: VectorIndex
         segs = list(snapshot.segments)
         prev_ids = previous.index.segment_ids if previous is not None else []
         if previous is not None and prev_ids == [s.segment_id for s in segs[: len(prev_ids)]] \

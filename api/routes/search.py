@@ -164,7 +164,7 @@ def search(name: str) -> Response:
     fields, upload, upload_name = _parse_request()
     view = svc.view(name)
     col = view.collection
-    k = _int(fields.get("k"), "k", 10)
+    k = int(_int(fields.get("k"), "k", 10) or 0)  # never None with a default; 0 -> INVALID_QUERY
     spec, exprs = _filters(fields.get("filter"), fields.get("filters"))
     group_by = _opt_str(fields.get("group_by"), "group_by")
     exclude_same = _opt_str(fields.get("exclude_same"), "exclude_same")
