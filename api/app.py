@@ -32,11 +32,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 HTTP_CODES = {
-    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE", 408: "REQUEST_TIMEOUT", 409: "CONFLICT",
-    411: "LENGTH_REQUIRED", 413: "PAYLOAD_TOO_LARGE", 414: "URI_TOO_LONG",
-    415: "UNSUPPORTED_MEDIA_TYPE", 416: "RANGE_NOT_SATISFIABLE", 422: "UNPROCESSABLE",
-    429: "TOO_MANY_REQUESTS", 431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED",
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    408: "REQUEST_TIMEOUT",
+    409: "CONFLICT",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    416: "RANGE_NOT_SATISFIABLE",
+    422: "UNPROCESSABLE",
+    429: "TOO_MANY_REQUESTS",
+    431: "HEADERS_TOO_LARGE",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
     503: "UNAVAILABLE",
 }
 
@@ -101,7 +114,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), str(token).encode()):
+            given.strip().encode(), str(token).encode()
+        ):
             return None
         resp = error_response(401, "UNAUTHORIZED", "missing or wrong bearer token")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="lamina"'
@@ -109,8 +123,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/")
     def index_page() -> str:
-        return render_template("index.html", api_prefix=API_PREFIX,
-                               auth=bool(app.config.get("API_TOKEN")))
+        return render_template(
+            "index.html", api_prefix=API_PREFIX, auth=bool(app.config.get("API_TOKEN"))
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

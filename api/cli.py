@@ -48,8 +48,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (*DOMAIN_ERRORS, LaminaError) as exc:
             if isinstance(exc, LaminaError):
-                body: dict[str, Any] = {"ok": False, "status": exc.status, "code": exc.code,
-                                        "error": exc.message}
+                body: dict[str, Any] = {
+                    "ok": False,
+                    "status": exc.status,
+                    "code": exc.code,
+                    "error": exc.message,
+                }
                 message = f"{exc.message} ({exc.code} from the server)"
             else:
                 body, message = error_body(exc), str(exc)
@@ -62,8 +66,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Store location (default: $LAMINA_HOME or ./lamina-data).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store location (default: $LAMINA_HOME or ./lamina-data).",
+)
 @click.option("--url", default=None, help="Talk to a running server (default: $LAMINA_URL).")
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
@@ -89,4 +97,3 @@ _register()
 
 def main() -> None:
     cli(prog_name="lamina")
-

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 # transport(method, url, headers, body, timeout) -> (status, headers, body bytes)
-Transport = Callable[[str, str, dict[str, str], bytes | None, float], tuple[int, dict[str, str], bytes]]
+Transport = Callable[
+    [str, str, dict[str, str], bytes | None, float], tuple[int, dict[str, str], bytes]
+]
 
 
 class LaminaError(Exception):
@@ -66,8 +68,12 @@ class ServerError(LaminaError):
 def _error_class(status: int, code: str) -> type[LaminaError]:
     if code == "ENCODER_MISMATCH":
         return EncoderMismatch
-    by_status: dict[int, type[LaminaError]] = {401: Unauthorized, 404: NotFound, 409: Conflict,
-                                               413: PayloadTooLarge}
+    by_status: dict[int, type[LaminaError]] = {
+        401: Unauthorized,
+        404: NotFound,
+        409: Conflict,
+        413: PayloadTooLarge,
+    }
     if status in by_status:
         return by_status[status]
     if 400 <= status < 500:
@@ -91,11 +97,19 @@ class Hit:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Hit:
-        return cls(tile_id=int(d["tile_id"]), score=float(d.get("score", 0.0)),
-                   source_id=str(d["source_id"]), source=str(d["source"]), x=int(d["x"]),
-                   y=int(d["y"]), size_px=int(d["size_px"]), mpp=d.get("mpp"),
-                   metadata=dict(d.get("metadata") or {}), kind=str(d.get("kind", "photo")),
-                   raw=copy.deepcopy(dict(d)))
+        return cls(
+            tile_id=int(d["tile_id"]),
+            score=float(d.get("score", 0.0)),
+            source_id=str(d["source_id"]),
+            source=str(d["source"]),
+            x=int(d["x"]),
+            y=int(d["y"]),
+            size_px=int(d["size_px"]),
+            mpp=d.get("mpp"),
+            metadata=dict(d.get("metadata") or {}),
+            kind=str(d.get("kind", "photo")),
+            raw=copy.deepcopy(dict(d)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)
@@ -127,12 +141,25 @@ class SearchResult:
     def from_dict(cls, d: Mapping[str, Any]) -> SearchResult:
         groups = None
         if d.get("groups") is not None:
-            groups = [Group(key=g["key"], value=g["value"], score=float(g["score"]),
-                            n_hits=int(g["n_hits"]), hits=[Hit.from_dict(h) for h in g["hits"]],
-                            raw=copy.deepcopy(g)) for g in d["groups"]]
-        return cls(collection=d["collection"], snapshot=d["snapshot"], encoder=d["encoder"],
-                   hits=[Hit.from_dict(h) for h in d["hits"]], groups=groups,
-                   raw=copy.deepcopy(dict(d)))
+            groups = [
+                Group(
+                    key=g["key"],
+                    value=g["value"],
+                    score=float(g["score"]),
+                    n_hits=int(g["n_hits"]),
+                    hits=[Hit.from_dict(h) for h in g["hits"]],
+                    raw=copy.deepcopy(g),
+                )
+                for g in d["groups"]
+            ]
+        return cls(
+            collection=d["collection"],
+            snapshot=d["snapshot"],
+            encoder=d["encoder"],
+            hits=[Hit.from_dict(h) for h in d["hits"]],
+            groups=groups,
+            raw=copy.deepcopy(dict(d)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The server's JSON answer, exactly."""
@@ -183,8 +210,9 @@ class ExportInfo:
     n_bytes: int
 
 
-def urllib_transport(method: str, url: str, headers: dict[str, str], body: bytes | None,
-                     timeout: float) -> tuple[int, dict[str, str], bytes]:
+def urllib_transport(
+    method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-given URL
@@ -195,20 +223,25 @@ def urllib_transport(method: str, url: str, headers: dict[str, str], body: bytes
         raise ServerError(0, "UNREACHABLE", f"cannot reach {url}: {exc}") from None
 
 
-def _multipart(fields: Mapping[str, Any], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+def _multipart(
+    fields: Mapping[str, Any], files: Sequence[tuple[str, str, bytes]]
+) -> tuple[bytes, str]:
     boundary = "lamina-" + secrets.token_hex(12)
     out = bytearray()
     for name, value in fields.items():
         if value is None:
             continue
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
-                f"{text}\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'
+        ).encode()
     for name, filename, data in files:
         ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
-                f"filename=\"{safe}\"\r\nContent-Type: {ctype}\r\n\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{safe}"\r\nContent-Type: {ctype}\r\n\r\n'
+        ).encode()
         out += data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
@@ -224,8 +257,13 @@ def _file(path_or_bytes: str | Path | bytes, default_name: str = "image") -> tup
 class Client:
     """A Lamina server at ``url`` (e.g. ``http://127.0.0.1:8000``)."""
 
-    def __init__(self, url: str, token: str | None = None, transport: Transport | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        transport: Transport | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         self.url = url.rstrip("/")
         self.base = self.url + "/api/v1"
         self.token = token
@@ -233,9 +271,16 @@ class Client:
         self.timeout = timeout
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _raw(self, method: str, path: str, *, json_body: Any = None, body: bytes | None = None,
-             content_type: str | None = None, query: Mapping[str, Any] | None = None
-             ) -> tuple[int, dict[str, str], bytes]:
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        query: Mapping[str, Any] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         from urllib.parse import urlencode
 
         url = self.base + path
@@ -286,76 +331,161 @@ class Client:
         doc = self._json("POST", f"/collections/{_q(collection)}/search", json_body=body)
         return SearchResult.from_dict(doc)
 
-    def search_image(self, collection: str, path_or_bytes: str | Path | bytes, k: int = 10,
-                     filter: Mapping[str, Any] | None = None, group_by: str | None = None,
-                     exclude_same: str | None = None, level: str | None = None) -> SearchResult:
+    def search_image(
+        self,
+        collection: str,
+        path_or_bytes: str | Path | bytes,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        group_by: str | None = None,
+        exclude_same: str | None = None,
+        level: str | None = None,
+    ) -> SearchResult:
         name, data = _file(path_or_bytes)
-        fields = {"k": k, "filter": dict(filter) if filter else None, "group_by": group_by,
-                  "exclude_same": exclude_same, "level": level}
+        fields = {
+            "k": k,
+            "filter": dict(filter) if filter else None,
+            "group_by": group_by,
+            "exclude_same": exclude_same,
+            "level": level,
+        }
         body, ctype = _multipart(fields, [("image", name, data)])
-        _, _, raw = self._raw("POST", f"/collections/{_q(collection)}/search", body=body,
-                              content_type=ctype)
+        _, _, raw = self._raw(
+            "POST", f"/collections/{_q(collection)}/search", body=body, content_type=ctype
+        )
         return SearchResult.from_dict(json.loads(raw))
 
-    def search_tile(self, collection: str, tile_id: int, k: int = 10,
-                    filter: Mapping[str, Any] | None = None, group_by: str | None = None,
-                    exclude_same: str | None = None, level: str | None = None) -> SearchResult:
-        return self._search_json(collection, {"tile_id": int(tile_id), "k": k, "filter": filter,
-                                              "group_by": group_by, "exclude_same": exclude_same,
-                                              "level": level})
+    def search_tile(
+        self,
+        collection: str,
+        tile_id: int,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        group_by: str | None = None,
+        exclude_same: str | None = None,
+        level: str | None = None,
+    ) -> SearchResult:
+        return self._search_json(
+            collection,
+            {
+                "tile_id": int(tile_id),
+                "k": k,
+                "filter": filter,
+                "group_by": group_by,
+                "exclude_same": exclude_same,
+                "level": level,
+            },
+        )
 
-    def search_vector(self, collection: str, vector: Sequence[float], k: int = 10,
-                      filter: Mapping[str, Any] | None = None, group_by: str | None = None,
-                      encoder: str | None = None, level: str | None = None) -> SearchResult:
-        return self._search_json(collection, {"vector": [float(v) for v in vector], "k": k,
-                                              "filter": filter, "group_by": group_by,
-                                              "encoder": encoder, "level": level})
+    def search_vector(
+        self,
+        collection: str,
+        vector: Sequence[float],
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        group_by: str | None = None,
+        encoder: str | None = None,
+        level: str | None = None,
+    ) -> SearchResult:
+        return self._search_json(
+            collection,
+            {
+                "vector": [float(v) for v in vector],
+                "k": k,
+                "filter": filter,
+                "group_by": group_by,
+                "encoder": encoder,
+                "level": level,
+            },
+        )
 
-    def search_region(self, collection: str, slide: str, region: Sequence[int], k: int = 10,
-                      filter: Mapping[str, Any] | None = None,
-                      group_by: str | None = None) -> SearchResult:
+    def search_region(
+        self,
+        collection: str,
+        slide: str,
+        region: Sequence[int],
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        group_by: str | None = None,
+    ) -> SearchResult:
         x, y, w, h = (int(v) for v in region)
-        return self._search_json(collection, {"region": {"slide": slide, "x": x, "y": y, "w": w,
-                                                         "h": h}, "k": k, "filter": filter,
-                                              "group_by": group_by})
+        return self._search_json(
+            collection,
+            {
+                "region": {"slide": slide, "x": x, "y": y, "w": w, "h": h},
+                "k": k,
+                "filter": filter,
+                "group_by": group_by,
+            },
+        )
 
-    def search_slides(self, collection: str, *, source_id: str | None = None,
-                      tile_id: int | None = None, vector: Sequence[float] | None = None,
-                      k: int = 10, top_m: int = 5, filter: Mapping[str, Any] | None = None,
-                      exclude_same: str | None = None) -> SearchResult:
+    def search_slides(
+        self,
+        collection: str,
+        *,
+        source_id: str | None = None,
+        tile_id: int | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        top_m: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        exclude_same: str | None = None,
+    ) -> SearchResult:
         """Slide-level retrieval: ``groups`` ranks slides by the top-m mean of tile similarity."""
-        return self._search_json(collection, {
-            "level": "slide", "source_id": source_id, "tile_id": tile_id,
-            "vector": None if vector is None else [float(v) for v in vector], "k": k,
-            "top_m": top_m, "filter": filter, "exclude_same": exclude_same})
+        return self._search_json(
+            collection,
+            {
+                "level": "slide",
+                "source_id": source_id,
+                "tile_id": tile_id,
+                "vector": None if vector is None else [float(v) for v in vector],
+                "k": k,
+                "top_m": top_m,
+                "filter": filter,
+                "exclude_same": exclude_same,
+            },
+        )
 
     def tile(self, tile_id: int, collection: str | None = None) -> dict[str, Any]:
-        return dict(self._json("GET", f"/tiles/{int(tile_id)}",
-                               query={"collection": collection})["tile"])
+        return dict(
+            self._json("GET", f"/tiles/{int(tile_id)}", query={"collection": collection})["tile"]
+        )
 
     def tile_image(self, tile_id: int, collection: str | None = None) -> bytes:
         return self._raw("GET", f"/tiles/{int(tile_id)}/image", query={"collection": collection})[2]
 
     def thumbnail(self, source_id: str, collection: str | None = None) -> bytes:
-        return self._raw("GET", f"/sources/{_q(source_id)}/thumbnail",
-                         query={"collection": collection})[2]
+        return self._raw(
+            "GET", f"/sources/{_q(source_id)}/thumbnail", query={"collection": collection}
+        )[2]
 
     # -- cohorts, exports, probes ------------------------------------------------------------
-    def create_cohort(self, name: str, collection: str, filter: Mapping[str, Any] | None = None,
-                      near: Sequence[str | Path] | None = None,
-                      near_tiles: Sequence[int] | None = None, k: int | None = None,
-                      min_score: float | None = None) -> CohortInfo:
-        fields: dict[str, Any] = {"name": name, "collection": collection,
-                                  "filter": dict(filter) if filter else None,
-                                  "near_tile_ids": [int(t) for t in near_tiles] if near_tiles else None,
-                                  "k": k, "min_score": min_score}
+    def create_cohort(
+        self,
+        name: str,
+        collection: str,
+        filter: Mapping[str, Any] | None = None,
+        near: Sequence[str | Path] | None = None,
+        near_tiles: Sequence[int] | None = None,
+        k: int | None = None,
+        min_score: float | None = None,
+    ) -> CohortInfo:
+        fields: dict[str, Any] = {
+            "name": name,
+            "collection": collection,
+            "filter": dict(filter) if filter else None,
+            "near_tile_ids": [int(t) for t in near_tiles] if near_tiles else None,
+            "k": k,
+            "min_score": min_score,
+        }
         if near:
             files = [("near", *_file(p)) for p in near]
             body, ctype = _multipart(fields, files)
             doc = json.loads(self._raw("POST", "/cohorts", body=body, content_type=ctype)[2])
         else:
-            doc = self._json("POST", "/cohorts",
-                             json_body={k_: v for k_, v in fields.items() if v is not None})
+            doc = self._json(
+                "POST", "/cohorts", json_body={k_: v for k_, v in fields.items() if v is not None}
+            )
         return CohortInfo(data=dict(doc["cohort"]), raw=doc)
 
     def cohorts(self) -> list[CohortInfo]:
@@ -369,33 +499,64 @@ class Client:
     def delete_cohort(self, name: str) -> str:
         return str(self._json("DELETE", f"/cohorts/{_q(name)}")["deleted"])
 
-    def export(self, collection: str, cohort: str | None = None, label_column: str = "label",
-               split_by: str | None = None, neighbors: int | None = None,
-               test_fraction: float = 0.2, seed: int = 0, out: str | Path = "export.parquet"
-               ) -> ExportInfo:
+    def export(
+        self,
+        collection: str,
+        cohort: str | None = None,
+        label_column: str = "label",
+        split_by: str | None = None,
+        neighbors: int | None = None,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        out: str | Path = "export.parquet",
+    ) -> ExportInfo:
         """Write the labeled embedding set to ``out``; the format follows its suffix."""
         out = Path(out)
         fmt = out.suffix.lstrip(".").lower()
         if fmt not in ("parquet", "csv", "npz"):
             raise InvalidRequest(0, "BAD_FORMAT", f"{out}: use a .parquet, .csv or .npz file name")
-        body = {"collection": collection, "cohort": cohort, "label_column": label_column,
-                "split_by": split_by, "neighbors": neighbors, "test_fraction": test_fraction,
-                "seed": seed, "format": fmt}
-        _, headers, data = self._raw("POST", "/exports",
-                                     json_body={k: v for k, v in body.items() if v is not None})
+        body = {
+            "collection": collection,
+            "cohort": cohort,
+            "label_column": label_column,
+            "split_by": split_by,
+            "neighbors": neighbors,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "format": fmt,
+        }
+        _, headers, data = self._raw(
+            "POST", "/exports", json_body={k: v for k, v in body.items() if v is not None}
+        )
         out.write_bytes(data)
         h = {k.lower(): v for k, v in headers.items()}
-        return ExportInfo(path=out, snapshot=h.get("x-lamina-snapshot"),
-                          encoder=h.get("x-lamina-encoder"), n_bytes=len(data))
+        return ExportInfo(
+            path=out,
+            snapshot=h.get("x-lamina-snapshot"),
+            encoder=h.get("x-lamina-encoder"),
+            n_bytes=len(data),
+        )
 
-    def probe(self, collection: str, label_column: str, cohort: str | None = None,
-              split_by: str | None = None, fractions: Sequence[float] | None = None,
-              seed: int = 0) -> ProbeReport:
-        body = {"collection": collection, "label_column": label_column, "cohort": cohort,
-                "split_by": split_by, "fractions": list(fractions) if fractions else None,
-                "seed": seed}
-        doc = self._json("POST", "/probes",
-                         json_body={k: v for k, v in body.items() if v is not None})
+    def probe(
+        self,
+        collection: str,
+        label_column: str,
+        cohort: str | None = None,
+        split_by: str | None = None,
+        fractions: Sequence[float] | None = None,
+        seed: int = 0,
+    ) -> ProbeReport:
+        body = {
+            "collection": collection,
+            "label_column": label_column,
+            "cohort": cohort,
+            "split_by": split_by,
+            "fractions": list(fractions) if fractions else None,
+            "seed": seed,
+        }
+        doc = self._json(
+            "POST", "/probes", json_body={k: v for k, v in body.items() if v is not None}
+        )
         return ProbeReport(data=dict(doc["report"]), raw=doc)
 
 

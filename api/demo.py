@@ -34,25 +34,74 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     images = SAMPLE / "images"
     photos = sorted(images.glob("*.jpg"))
-    print(f"Lamina demo: {len(photos)} PAD-UFES-20 photos (CC BY 4.0, see "
-          f"{(SAMPLE / 'ATTRIBUTION.md').relative_to(REPO)}) into {args.home}")
+    print(
+        f"Lamina demo: {len(photos)} PAD-UFES-20 photos (CC BY 4.0, see "
+        f"{(SAMPLE / 'ATTRIBUTION.md').relative_to(REPO)}) into {args.home}"
+    )
     lamina(args.home, "encoders")
-    lamina(args.home, "index", str(images), "--manifest", str(SAMPLE / "labels.csv"),
-           "--source-column", "filename", "--collection", "derm",
-           "--encoder", "classic/stain-texture")
+    lamina(
+        args.home,
+        "index",
+        str(images),
+        "--manifest",
+        str(SAMPLE / "labels.csv"),
+        "--source-column",
+        "filename",
+        "--collection",
+        "derm",
+        "--encoder",
+        "classic/stain-texture",
+    )
     lamina(args.home, "status")
     mel = next(p for p in photos if _diagnostic(p) == "MEL")
     print(f"\nQuery photo: {mel.name} (diagnostic MEL)")
     lamina(args.home, "search", "--collection", "derm", "--image", str(mel), "-k", "5")
-    lamina(args.home, "search", "--collection", "derm", "--image", str(mel), "-k", "5",
-           "--filter", "diagnostic=MEL,BCC", "--filter", "age>=60")
-    lamina(args.home, "search", "--collection", "derm", "--tile-id", "0", "-k", "3",
-           "--group-by", "patient", "--exclude-same", "patient_id")
+    lamina(
+        args.home,
+        "search",
+        "--collection",
+        "derm",
+        "--image",
+        str(mel),
+        "-k",
+        "5",
+        "--filter",
+        "diagnostic=MEL,BCC",
+        "--filter",
+        "age>=60",
+    )
+    lamina(
+        args.home,
+        "search",
+        "--collection",
+        "derm",
+        "--tile-id",
+        "0",
+        "-k",
+        "3",
+        "--group-by",
+        "patient",
+        "--exclude-same",
+        "patient_id",
+    )
     if args.no_serve:
         return
     print(f"\nServing the search page on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    os.execv(sys.executable, [sys.executable, "-m", "api", "--home", str(args.home), "serve",
-                              "--host", args.host, "--port", args.port])
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "api",
+            "--home",
+            str(args.home),
+            "serve",
+            "--host",
+            args.host,
+            "--port",
+            args.port,
+        ],
+    )
 
 
 def _diagnostic(photo: Path) -> str | None:

@@ -33,14 +33,17 @@ def check_upload_pixels(data: bytes, max_pixels: int) -> None:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
     except Image.DecompressionBombError:
-        raise ApiError("image is too large (decompression bomb guard)", 413,
-                       "IMAGE_TOO_LARGE") from None
+        raise ApiError(
+            "image is too large (decompression bomb guard)", 413, "IMAGE_TOO_LARGE"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        raise ApiError("not an image that can be read (JPEG, PNG, TIFF, ...)", 422,
-                       "UNREADABLE_IMAGE") from None
+        raise ApiError(
+            "not an image that can be read (JPEG, PNG, TIFF, ...)", 422, "UNREADABLE_IMAGE"
+        ) from None
     if w * h > max_pixels:
-        raise ApiError(f"image is {w}x{h} pixels; the limit is {max_pixels:,}", 413,
-                       "IMAGE_TOO_LARGE")
+        raise ApiError(
+            f"image is {w}x{h} pixels; the limit is {max_pixels:,}", 413, "IMAGE_TOO_LARGE"
+        )
 
 
 def png_bytes(rgb: np.ndarray, max_px: int) -> bytes:
@@ -55,8 +58,11 @@ def png_bytes(rgb: np.ndarray, max_px: int) -> bytes:
 def _source_path(row: dict[str, Any]) -> Path:
     path = Path(str(row["source"]))
     if not path.is_file():
-        raise ApiError(f"the source file of {row.get('source_id')} is no longer at {path}", 404,
-                       "SOURCE_FILE_MISSING")
+        raise ApiError(
+            f"the source file of {row.get('source_id')} is no longer at {path}",
+            404,
+            "SOURCE_FILE_MISSING",
+        )
     return path
 
 
@@ -64,8 +70,9 @@ def _slides() -> Any:
     try:
         import indexer.slides as slides
     except ImportError:
-        raise ApiError("slide reading is not available on this server", 501,
-                       "NOT_IMPLEMENTED") from None
+        raise ApiError(
+            "slide reading is not available on this server", 501, "NOT_IMPLEMENTED"
+        ) from None
     return slides
 
 
@@ -78,15 +85,18 @@ def tile_rgb(row: dict[str, Any], max_pixels: int) -> np.ndarray:
         x, y, size = int(row.get("x") or 0), int(row.get("y") or 0), int(row.get("size_px") or 0)
         h, w = rgb.shape[:2]
         if size and (x, y, size) != (0, 0, max(w, h)):
-            rgb = rgb[y:min(h, y + size), x:min(w, x + size)]
+            rgb = rgb[y : min(h, y + size), x : min(w, x + size)]
         return rgb
     slides = _slides()
     if hasattr(slides, "read_tile_rgb"):
         return slides.read_tile_rgb(row)  # type: ignore[no-any-return]
     size = int(row["size_px"])
     mpp = row.get("mpp") or 0.5
-    return slides.read_region_rgb(path, (int(row["x"]), int(row["y"]), size, size),  # type: ignore[no-any-return]
-                                  target_mpp=float(mpp))
+    return slides.read_region_rgb(
+        path,
+        (int(row["x"]), int(row["y"]), size, size),  # type: ignore[no-any-return]
+        target_mpp=float(mpp),
+    )
 
 
 def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) -> bytes:

@@ -16,88 +16,227 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _ok(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "required": ["ok", *(required or list(props))],
-            "properties": {"ok": {"const": True}, **props}}
+    return {
+        "type": "object",
+        "required": ["ok", *(required or list(props))],
+        "properties": {"ok": {"const": True}, **props},
+    }
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERRORS = {str(s): {"$ref": "#/components/responses/Error"} for s in (400, 401, 404, 409, 413, 415, 422)}
-_PNG = {"description": "PNG image", "content": {"image/png": {"schema": {"type": "string",
-                                                                        "format": "binary"}}}}
-_COLQ = {"name": "collection", "in": "query", "required": False, "schema": _STR,
-         "description": "Collection name; required when the home has more than one collection "
-                        "(tile ids are per collection)."}
+_ERRORS = {
+    str(s): {"$ref": "#/components/responses/Error"} for s in (400, 401, 404, 409, 413, 415, 422)
+}
+_PNG = {
+    "description": "PNG image",
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+}
+_COLQ = {
+    "name": "collection",
+    "in": "query",
+    "required": False,
+    "schema": _STR,
+    "description": "Collection name; required when the home has more than one collection "
+    "(tile ids are per collection).",
+}
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["ok", "status", "code", "error"],
-              "properties": {"ok": {"const": False}, "status": _INT, "code": _STR, "error": _STR}},
-    "Filter": {"type": "object", "description": 'e.g. {"label": {"in": ["MEL"]}, "age": {"gte": 50}}; '
-               "operators eq, ne, in, nin, gt, gte, lt, lte; a bare value means eq.",
-               "additionalProperties": {}},
-    "Hit": {"type": "object", "required": ["tile_id", "score", "source_id", "source", "x", "y",
-                                            "size_px", "mpp", "metadata"],
-            "properties": {"tile_id": _INT, "score": _NUM, "source_id": _STR, "source": _STR,
-                           "x": _INT, "y": _INT, "size_px": _INT, "mpp": {"type": ["number", "null"]},
-                           "metadata": _OBJ, "level": _INT, "tile_px": {"type": ["integer", "null"]},
-                           "kind": _STR, "tissue_fraction": {"type": ["number", "null"]}}},
-    "Group": {"type": "object", "required": ["key", "value", "score", "n_hits", "hits"],
-              "properties": {"key": _STR, "value": {}, "score": _NUM, "n_hits": _INT,
-                             "hits": {"type": "array", "items": _ref("Hit")}}},
-    "SearchResult": _ok({"collection": _STR, "snapshot": _STR, "encoder": _STR,
-                         "hits": {"type": "array", "items": _ref("Hit")},
-                         "groups": {"type": "array", "items": _ref("Group")},
-                         "query": _OBJ}, ["collection", "snapshot", "encoder", "hits"]),
+    "Error": {
+        "type": "object",
+        "required": ["ok", "status", "code", "error"],
+        "properties": {"ok": {"const": False}, "status": _INT, "code": _STR, "error": _STR},
+    },
+    "Filter": {
+        "type": "object",
+        "description": 'e.g. {"label": {"in": ["MEL"]}, "age": {"gte": 50}}; '
+        "operators eq, ne, in, nin, gt, gte, lt, lte; a bare value means eq.",
+        "additionalProperties": {},
+    },
+    "Hit": {
+        "type": "object",
+        "required": [
+            "tile_id",
+            "score",
+            "source_id",
+            "source",
+            "x",
+            "y",
+            "size_px",
+            "mpp",
+            "metadata",
+        ],
+        "properties": {
+            "tile_id": _INT,
+            "score": _NUM,
+            "source_id": _STR,
+            "source": _STR,
+            "x": _INT,
+            "y": _INT,
+            "size_px": _INT,
+            "mpp": {"type": ["number", "null"]},
+            "metadata": _OBJ,
+            "level": _INT,
+            "tile_px": {"type": ["integer", "null"]},
+            "kind": _STR,
+            "tissue_fraction": {"type": ["number", "null"]},
+        },
+    },
+    "Group": {
+        "type": "object",
+        "required": ["key", "value", "score", "n_hits", "hits"],
+        "properties": {
+            "key": _STR,
+            "value": {},
+            "score": _NUM,
+            "n_hits": _INT,
+            "hits": {"type": "array", "items": _ref("Hit")},
+        },
+    },
+    "SearchResult": _ok(
+        {
+            "collection": _STR,
+            "snapshot": _STR,
+            "encoder": _STR,
+            "hits": {"type": "array", "items": _ref("Hit")},
+            "groups": {"type": "array", "items": _ref("Group")},
+            "query": _OBJ,
+        },
+        ["collection", "snapshot", "encoder", "hits"],
+    ),
     "SearchJson": {
-        "type": "object", "description": "Exactly one of tile_id, vector, region, source_id "
+        "type": "object",
+        "description": "Exactly one of tile_id, vector, region, source_id "
         "(source_id only with level=slide: rank slides by a whole query slide).",
         "properties": {
             "tile_id": {"type": "integer", "minimum": 0},
             "vector": {"type": "array", "items": _NUM},
-            "region": {"type": "object", "required": ["slide", "x", "y", "w", "h"],
-                       "properties": {"slide": _STR, "x": _INT, "y": _INT, "w": _INT, "h": _INT}},
+            "region": {
+                "type": "object",
+                "required": ["slide", "x", "y", "w", "h"],
+                "properties": {"slide": _STR, "x": _INT, "y": _INT, "w": _INT, "h": _INT},
+            },
             "source_id": _STR,
             "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
             "filter": _ref("Filter"),
             "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
             "group_by": {"enum": ["slide", "patient", None]},
             "exclude_same": _NSTR,
-            "encoder": {"type": "string", "description": "fingerprint of the encoder that made "
-                        "`vector`; 409 ENCODER_MISMATCH if it is not the collection's"},
+            "encoder": {
+                "type": "string",
+                "description": "fingerprint of the encoder that made "
+                "`vector`; 409 ENCODER_MISMATCH if it is not the collection's",
+            },
             "level": {"enum": ["tile", "slide"], "default": "tile"},
-            "top_m": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5}}},
-    "SearchForm": {"type": "object", "required": ["image"],
-                   "properties": {"image": {"type": "string", "format": "binary"},
-                                  "k": _INT, "filter": {"type": "string", "description": "filter JSON"},
-                                  "group_by": {"enum": ["slide", "patient"]}, "exclude_same": _STR,
-                                  "level": {"enum": ["tile", "slide"]}}},
-    "Tile": {"type": "object", "properties": {
-        "tile_id": _INT, "source_id": _STR, "source": _STR, "kind": _STR, "x": _INT, "y": _INT,
-        "level": _INT, "size_px": _INT, "tile_px": {"type": ["integer", "null"]},
-        "mpp": {"type": ["number", "null"]}, "tissue_fraction": {"type": ["number", "null"]},
-        "metadata": _OBJ}},
-    "Cohort": {"type": "object", "properties": {
-        "name": _STR, "version": _INT, "collection": _STR, "snapshot": _STR, "definition": _OBJ,
-        "n_tiles": _INT, "n_sources": _INT, "n_patients": _INT, "created_at": _STR,
-        "counts": {"type": "object", "properties": {
-            "per_slide": {"type": "array", "items": {"type": "object", "properties": {
-                "source_id": _STR, "source": _STR, "n": _INT}}},
-            "per_patient": {"type": "array", "items": {"type": "object", "properties": {
-                "value": {}, "n": _INT}}},
-            "per_label": {"type": "object", "additionalProperties": {"type": "array", "items": {
-                "type": "object", "properties": {"value": {}, "n": _INT}}}}}}}},
-    "CohortCreate": {"type": "object", "required": ["name", "collection"], "properties": {
-        "name": _STR, "collection": _STR, "filter": _ref("Filter"),
-        "near_tile_ids": {"type": "array", "items": _INT}, "k": _INT, "min_score": _NUM}},
-    "ExportRequest": {"type": "object", "required": ["collection", "label_column"], "properties": {
-        "collection": _STR, "cohort": _STR, "label_column": _STR, "neighbors": _INT,
-        "split_by": _STR, "test_fraction": {"type": "number", "default": 0.2},
-        "seed": {"type": "integer", "default": 0}, "format": {"enum": ["parquet", "csv", "npz"]}}},
-    "ProbeRequest": {"type": "object", "required": ["collection", "label_column"], "properties": {
-        "collection": _STR, "label_column": _STR, "cohort": _STR, "split_by": _STR,
-        "fractions": {"type": "array", "items": _NUM}, "seed": _INT}},
+            "top_m": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+        },
+    },
+    "SearchForm": {
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "k": _INT,
+            "filter": {"type": "string", "description": "filter JSON"},
+            "group_by": {"enum": ["slide", "patient"]},
+            "exclude_same": _STR,
+            "level": {"enum": ["tile", "slide"]},
+        },
+    },
+    "Tile": {
+        "type": "object",
+        "properties": {
+            "tile_id": _INT,
+            "source_id": _STR,
+            "source": _STR,
+            "kind": _STR,
+            "x": _INT,
+            "y": _INT,
+            "level": _INT,
+            "size_px": _INT,
+            "tile_px": {"type": ["integer", "null"]},
+            "mpp": {"type": ["number", "null"]},
+            "tissue_fraction": {"type": ["number", "null"]},
+            "metadata": _OBJ,
+        },
+    },
+    "Cohort": {
+        "type": "object",
+        "properties": {
+            "name": _STR,
+            "version": _INT,
+            "collection": _STR,
+            "snapshot": _STR,
+            "definition": _OBJ,
+            "n_tiles": _INT,
+            "n_sources": _INT,
+            "n_patients": _INT,
+            "created_at": _STR,
+            "counts": {
+                "type": "object",
+                "properties": {
+                    "per_slide": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"source_id": _STR, "source": _STR, "n": _INT},
+                        },
+                    },
+                    "per_patient": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"value": {}, "n": _INT}},
+                    },
+                    "per_label": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "array",
+                            "items": {"type": "object", "properties": {"value": {}, "n": _INT}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "CohortCreate": {
+        "type": "object",
+        "required": ["name", "collection"],
+        "properties": {
+            "name": _STR,
+            "collection": _STR,
+            "filter": _ref("Filter"),
+            "near_tile_ids": {"type": "array", "items": _INT},
+            "k": _INT,
+            "min_score": _NUM,
+        },
+    },
+    "ExportRequest": {
+        "type": "object",
+        "required": ["collection", "label_column"],
+        "properties": {
+            "collection": _STR,
+            "cohort": _STR,
+            "label_column": _STR,
+            "neighbors": _INT,
+            "split_by": _STR,
+            "test_fraction": {"type": "number", "default": 0.2},
+            "seed": {"type": "integer", "default": 0},
+            "format": {"enum": ["parquet", "csv", "npz"]},
+        },
+    },
+    "ProbeRequest": {
+        "type": "object",
+        "required": ["collection", "label_column"],
+        "properties": {
+            "collection": _STR,
+            "label_column": _STR,
+            "cohort": _STR,
+            "split_by": _STR,
+            "fractions": {"type": "array", "items": _NUM},
+            "seed": _INT,
+        },
+    },
 }
 
 
@@ -109,56 +248,149 @@ def _name_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": _STR}
 
 
-_TILE_PARAM = {"name": "tile_id", "in": "path", "required": True,
-               "schema": {"type": "integer", "minimum": 0}}
+_TILE_PARAM = {
+    "name": "tile_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 PATHS: dict[str, Any] = {
-    "/health": {"get": _op("Liveness, version and a snapshot id of the whole home (no auth)", {
-        "200": _json(_ok({"version": _STR, "snapshot": _STR}))}, security=[])},
-    "/encoders": {"get": _op("Registered encoders and whether their weights are present", {
-        "200": _json(_ok({"encoders": {"type": "array", "items": _OBJ}}))})},
-    "/collections": {"get": _op("Collections with encoder, counts and snapshot", {
-        "200": _json(_ok({"collections": {"type": "array", "items": _OBJ}}))})},
-    "/collections/{c}": {"get": _op("One collection, with its metadata columns", {
-        "200": _json(_ok({"collection": _OBJ}))}, parameters=[_name_param("c")])},
-    "/collections/{c}/search": {"post": _op(
-        "k nearest tiles (level=tile) or slides (level=slide: top-m mean of tile similarities)",
-        {"200": _json(_ref("SearchResult"))}, parameters=[_name_param("c")],
-        requestBody={"required": True, "content": {
-            "application/json": {"schema": _ref("SearchJson")},
-            "multipart/form-data": {"schema": _ref("SearchForm")}}})},
-    "/tiles/{tile_id}": {"get": _op("Metadata of one tile", {
-        "200": _json(_ok({"collection": _STR, "snapshot": _STR, "tile": _ref("Tile")}))},
-        parameters=[_TILE_PARAM, _COLQ])},
-    "/tiles/{tile_id}/image": {"get": _op("PNG of the tile, re-read from its source",
-                                          {"200": _PNG}, parameters=[_TILE_PARAM, _COLQ])},
-    "/sources/{source_id}/thumbnail": {"get": _op(
-        "PNG thumbnail of a source (never the label or macro image)", {"200": _PNG},
-        parameters=[_name_param("source_id"), _COLQ])},
+    "/health": {
+        "get": _op(
+            "Liveness, version and a snapshot id of the whole home (no auth)",
+            {"200": _json(_ok({"version": _STR, "snapshot": _STR}))},
+            security=[],
+        )
+    },
+    "/encoders": {
+        "get": _op(
+            "Registered encoders and whether their weights are present",
+            {"200": _json(_ok({"encoders": {"type": "array", "items": _OBJ}}))},
+        )
+    },
+    "/collections": {
+        "get": _op(
+            "Collections with encoder, counts and snapshot",
+            {"200": _json(_ok({"collections": {"type": "array", "items": _OBJ}}))},
+        )
+    },
+    "/collections/{c}": {
+        "get": _op(
+            "One collection, with its metadata columns",
+            {"200": _json(_ok({"collection": _OBJ}))},
+            parameters=[_name_param("c")],
+        )
+    },
+    "/collections/{c}/search": {
+        "post": _op(
+            "k nearest tiles (level=tile) or slides (level=slide: top-m mean of tile similarities)",
+            {"200": _json(_ref("SearchResult"))},
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("SearchJson")},
+                    "multipart/form-data": {"schema": _ref("SearchForm")},
+                },
+            },
+        )
+    },
+    "/tiles/{tile_id}": {
+        "get": _op(
+            "Metadata of one tile",
+            {"200": _json(_ok({"collection": _STR, "snapshot": _STR, "tile": _ref("Tile")}))},
+            parameters=[_TILE_PARAM, _COLQ],
+        )
+    },
+    "/tiles/{tile_id}/image": {
+        "get": _op(
+            "PNG of the tile, re-read from its source",
+            {"200": _PNG},
+            parameters=[_TILE_PARAM, _COLQ],
+        )
+    },
+    "/sources/{source_id}/thumbnail": {
+        "get": _op(
+            "PNG thumbnail of a source (never the label or macro image)",
+            {"200": _PNG},
+            parameters=[_name_param("source_id"), _COLQ],
+        )
+    },
     "/cohorts": {
-        "get": _op("Saved cohorts", {"200": _json(_ok({"cohorts": {"type": "array",
-                                                                   "items": _ref("Cohort")}}))}),
-        "post": _op("Create (or version) a cohort from filters and/or similarity to examples", {
-            "200": _json(_ok({"cohort": _ref("Cohort")}))}, requestBody={"required": True, "content": {
-                "application/json": {"schema": _ref("CohortCreate")},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "name": _STR, "collection": _STR, "filter": _STR, "k": _INT, "min_score": _NUM,
-                    "near_tile_ids": _STR,
-                    "near": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}})},
+        "get": _op(
+            "Saved cohorts",
+            {"200": _json(_ok({"cohorts": {"type": "array", "items": _ref("Cohort")}}))},
+        ),
+        "post": _op(
+            "Create (or version) a cohort from filters and/or similarity to examples",
+            {"200": _json(_ok({"cohort": _ref("Cohort")}))},
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("CohortCreate")},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "name": _STR,
+                                "collection": _STR,
+                                "filter": _STR,
+                                "k": _INT,
+                                "min_score": _NUM,
+                                "near_tile_ids": _STR,
+                                "near": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                },
+                            },
+                        }
+                    },
+                },
+            },
+        ),
+    },
     "/cohorts/{name}": {
-        "get": _op("A cohort with counts per slide, patient and label",
-                   {"200": _json(_ok({"cohort": _ref("Cohort")}))}, parameters=[_name_param("name")]),
-        "delete": _op("Delete a cohort", {"200": _json(_ok({"deleted": _STR}))},
-                      parameters=[_name_param("name")])},
-    "/exports": {"post": _op("Labeled embedding set (train/test split without group leakage)", {
-        "200": {"description": "the file; headers X-Lamina-Snapshot and X-Lamina-Encoder",
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                    "format": "binary"}}}}},
-        requestBody={"required": True, "content": {
-            "application/json": {"schema": _ref("ExportRequest")}}})},
-    "/probes": {"post": _op("Linear-probe metrics (AUROC, accuracy, balanced accuracy, 95% CI)", {
-        "200": _json(_ok({"report": _OBJ}))}, requestBody={"required": True, "content": {
-            "application/json": {"schema": _ref("ProbeRequest")}}})},
+        "get": _op(
+            "A cohort with counts per slide, patient and label",
+            {"200": _json(_ok({"cohort": _ref("Cohort")}))},
+            parameters=[_name_param("name")],
+        ),
+        "delete": _op(
+            "Delete a cohort",
+            {"200": _json(_ok({"deleted": _STR}))},
+            parameters=[_name_param("name")],
+        ),
+    },
+    "/exports": {
+        "post": _op(
+            "Labeled embedding set (train/test split without group leakage)",
+            {
+                "200": {
+                    "description": "the file; headers X-Lamina-Snapshot and X-Lamina-Encoder",
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                }
+            },
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ExportRequest")}},
+            },
+        )
+    },
+    "/probes": {
+        "post": _op(
+            "Linear-probe metrics (AUROC, accuracy, balanced accuracy, 95% CI)",
+            {"200": _json(_ok({"report": _OBJ}))},
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ProbeRequest")}},
+            },
+        )
+    },
     "/openapi.json": {"get": _op("This document", {"200": _json(_OBJ)})},
 }
 
@@ -166,16 +398,24 @@ PATHS: dict[str, Any] = {
 def openapi_spec(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Lamina", "version": version,
-                 "description": "Embedding search for pathology slides and dermatology photos. "
-                                "Every search answer names its snapshot."},
+        "info": {
+            "title": "Lamina",
+            "version": version,
+            "description": "Embedding search for pathology slides and dermatology photos. "
+            "Every search answer names its snapshot.",
+        },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
             "responses": {"Error": _json(_ref("Error"), "Error")},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "needed when LAMINA_API_TOKEN is set"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "needed when LAMINA_API_TOKEN is set",
+                }
+            },
         },
     }

@@ -33,15 +33,24 @@ def encoder_for(collection: Collection, device: str = "auto") -> Encoder:
     return enc
 
 
-def image_vector(collection: Collection, data: bytes, name: str = "upload",
-                 max_pixels: int = 80_000_000, device: str = "auto") -> np.ndarray:
+def image_vector(
+    collection: Collection,
+    data: bytes,
+    name: str = "upload",
+    max_pixels: int = 80_000_000,
+    device: str = "auto",
+) -> np.ndarray:
     """Embed an encoded image (JPEG/PNG/...) with the collection's encoder -> (dim,) vector."""
     rgb = decode_photo(data, name, max_pixels)
     return encoder_for(collection, device).embed([rgb])[0]
 
 
-def region_vector(collection: Collection, slide: str | Path, region: tuple[int, int, int, int],
-                  device: str = "auto") -> tuple[np.ndarray, dict[str, Any]]:
+def region_vector(
+    collection: Collection,
+    slide: str | Path,
+    region: tuple[int, int, int, int],
+    device: str = "auto",
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed a level-0 region X,Y,W,H of a slide, read at the collection's mpp."""
     from indexer.slides import read_region_rgb
 

@@ -29,27 +29,58 @@ RESULTS = Path(__file__).resolve().parent / "results" / "api.json"
 DIAGNOSES = ["MEL", "BCC", "SCC", "NEV", "ACK", "SEK"]
 
 
-def build_collection(home: Path, n: int, dim: int, tiles_per_slide: int = 100,
-                     seed: int = 0) -> str:
+def build_collection(
+    home: Path, n: int, dim: int, tiles_per_slide: int = 100, seed: int = 0
+) -> str:
     from search import Store
 
     rng = np.random.default_rng(seed)
-    col = Store(home).open_or_create("bench", encoder="bench/random", fingerprint="bench-random@1",
-                                     embed_dim=dim, tile_px=224, mpp=0.5)
+    col = Store(home).open_or_create(
+        "bench",
+        encoder="bench/random",
+        fingerprint="bench-random@1",
+        embed_dim=dim,
+        tile_px=224,
+        mpp=0.5,
+    )
     writer = col.writer("bench")
     n_slides = n // tiles_per_slide
     for s in range(n_slides):
         vecs = rng.normal(size=(tiles_per_slide, dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         patient = f"P{s // 3:05d}"
-        meta = {"patient_id": patient, "diagnostic": DIAGNOSES[s % len(DIAGNOSES)],
-                "age": int(20 + (s * 7) % 70), "site": f"site-{s % 5}"}
-        tiles = [{"kind": "tile", "x": 224 * (i % 10), "y": 224 * (i // 10), "level": 0,
-                  "size_px": 224, "tile_px": 224, "mpp": 0.5, "tissue_fraction": 0.9, **meta}
-                 for i in range(tiles_per_slide)]
-        writer.add_source({"source_id": f"slide-{s:05d}", "source": f"/data/slides/S{s:05d}.svs",
-                           "kind": "slide", "width": 2240, "height": 2240, "mpp": 0.25},
-                          tiles, vecs)
+        meta = {
+            "patient_id": patient,
+            "diagnostic": DIAGNOSES[s % len(DIAGNOSES)],
+            "age": int(20 + (s * 7) % 70),
+            "site": f"site-{s % 5}",
+        }
+        tiles = [
+            {
+                "kind": "tile",
+                "x": 224 * (i % 10),
+                "y": 224 * (i // 10),
+                "level": 0,
+                "size_px": 224,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 0.9,
+                **meta,
+            }
+            for i in range(tiles_per_slide)
+        ]
+        writer.add_source(
+            {
+                "source_id": f"slide-{s:05d}",
+                "source": f"/data/slides/S{s:05d}.svs",
+                "kind": "slide",
+                "width": 2240,
+                "height": 2240,
+                "mpp": 0.25,
+            },
+            tiles,
+            vecs,
+        )
     writer.commit()
     return "bench"
 
@@ -62,8 +93,11 @@ def free_port() -> int:
 
 def percentiles(lat: list[float]) -> dict[str, float]:
     arr = np.asarray(lat) * 1000
-    return {"p50_ms": round(float(np.percentile(arr, 50)), 3),
-            "p99_ms": round(float(np.percentile(arr, 99)), 3), "n": len(lat)}
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        "n": len(lat),
+    }
 
 
 def raw_faiss(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
@@ -124,8 +158,11 @@ def main() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
     env = dict(os.environ, LAMINA_HOME=str(home))
     env.pop("LAMINA_API_TOKEN", None)
-    server = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", str(args.threads)],
-                              env=env, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*cmd, "serve", "--port", str(port), "--workers", str(args.threads)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         from api.client import Client, LaminaError
@@ -149,8 +186,11 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "what": f"search by tile_id, k={args.k}, Flat index, {args.n} x {args.dim} vectors",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "build_seconds": round(build_s, 1),
         "server_threads": args.threads,
         "raw_faiss": raw,
@@ -160,7 +200,9 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"overhead p50(HTTP, 1 client) / p50(raw FAISS) = {result['overhead_ratio_p50_1client']}x")
+    print(
+        f"overhead p50(HTTP, 1 client) / p50(raw FAISS) = {result['overhead_ratio_p50_1client']}x"
+    )
 
 
 if __name__ == "__main__":

@@ -42,14 +42,20 @@ def measure(key: str, n: int, reps: int) -> dict[str, float | str | int]:
         t0 = time.perf_counter()
         enc.embed(tiles)
         best = min(best, time.perf_counter() - t0)
-    return {"key": key, "images": len(tiles), "input_px": enc.input_px,
-            "images_per_s": round(len(tiles) / best, 1)}
+    return {
+        "key": key,
+        "images": len(tiles),
+        "input_px": enc.input_px,
+        "images_per_s": round(len(tiles) / best, 1),
+    }
 
 
 def _single_core(key: str, n: int, reps: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    code = (f"import json; from bench.encoder_speed import measure; "
-            f"print(json.dumps(measure({key!r}, {n}, {reps})))")
+    code = (
+        f"import json; from bench.encoder_speed import measure; "
+        f"print(json.dumps(measure({key!r}, {n}, {reps})))"
+    )
     cmd = ["taskset", "-c", "0", sys.executable, "-c", code]
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -68,7 +74,9 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=512)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "encoder_speed.json")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / "encoder_speed.json"
+    )
     args = parser.parse_args()
     rows = []
     one = _single_core("classic/stain-texture", args.n, 3)
@@ -78,8 +86,11 @@ def main() -> None:
         row = measure(key, args.n, 3)
         row["cores"] = os.cpu_count() or 1
         rows.append(row)
-    doc = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
-           "command": "python -m bench.encoder_speed", "results": rows}
+    doc = {
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "command": "python -m bench.encoder_speed",
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     print(f"{'encoder':24} {'cores':>5} {'px':>4} {'images/s':>10}")

@@ -79,8 +79,12 @@ def main() -> None:
         gpu = create_encoder(key, weights=weights, device="cuda", batch_size=batch)
         v_gpu = gpu.embed(check)
         cos = (v_cpu * v_gpu).sum(1)
-        same_top1 = float(np.mean(np.argmax(v_cpu @ v_cpu.T - 2 * np.eye(8), 1)
-                                  == np.argmax(v_gpu @ v_gpu.T - 2 * np.eye(8), 1)))
+        same_top1 = float(
+            np.mean(
+                np.argmax(v_cpu @ v_cpu.T - 2 * np.eye(8), 1)
+                == np.argmax(v_gpu @ v_gpu.T - 2 * np.eye(8), 1)
+            )
+        )
         data = _images(batch, px, 2)
         gpu.embed(data)  # warm-up (cudnn autotune, allocator)
         torch.cuda.synchronize()
@@ -90,12 +94,17 @@ def main() -> None:
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         row = {
-            "key": key, "fingerprint_cpu_equals_gpu": gpu.fingerprint == create_encoder(
-                key, weights=weights, device="cpu").fingerprint,
-            "input_px": px, "embed_dim": cfg.embed_dim, "batch": batch,
+            "key": key,
+            "fingerprint_cpu_equals_gpu": gpu.fingerprint
+            == create_encoder(key, weights=weights, device="cpu").fingerprint,
+            "input_px": px,
+            "embed_dim": cfg.embed_dim,
+            "batch": batch,
             "images_per_s": round(batch * reps / dt, 1),
-            "cosine_gpu_bf16_vs_cpu_fp32": {"min": round(float(cos.min()), 5),
-                                            "mean": round(float(cos.mean()), 5)},
+            "cosine_gpu_bf16_vs_cpu_fp32": {
+                "min": round(float(cos.min()), 5),
+                "mean": round(float(cos.mean()), 5),
+            },
             "nearest_neighbour_agreement": same_top1,
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         }

@@ -56,8 +56,11 @@ def synthetic_slide(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     w, h = 8192, 6144
     low = np.kron(rng.random((64, 64)), np.ones((16, 16)))[..., None] * 0.7
-    patch = (np.array([215, 135, 180]) * (1 - low) + np.array([110, 60, 150]) * low
-             + rng.normal(0, 8, (1024, 1024, 3)))
+    patch = (
+        np.array([215, 135, 180]) * (1 - low)
+        + np.array([110, 60, 150]) * low
+        + rng.normal(0, 8, (1024, 1024, 3))
+    )
     texture = np.clip(patch, 0, 255).astype(np.uint8)
     yy, xx = np.ogrid[:h, :w]
     inside = ((xx - w / 2) / (w * 0.45)) ** 2 + ((yy - h / 2) / (h * 0.42)) ** 2 <= 1
@@ -70,10 +73,17 @@ def synthetic_slide(folder: Path) -> Path:
     tmp = path.with_suffix(".tmp")
     with tifffile.TiffWriter(tmp) as tw:
         for i, level in enumerate(levels):
-            ppcm = 1e4 / (0.5 * 4 ** i)
-            tw.write(level, tile=(256, 256), compression="zlib", photometric="rgb",
-                     resolution=(ppcm, ppcm), resolutionunit="CENTIMETER",
-                     subfiletype=0 if i == 0 else 1, maxworkers=os.cpu_count())
+            ppcm = 1e4 / (0.5 * 4**i)
+            tw.write(
+                level,
+                tile=(256, 256),
+                compression="zlib",
+                photometric="rgb",
+                resolution=(ppcm, ppcm),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if i == 0 else 1,
+                maxworkers=os.cpu_count(),
+            )
     tmp.replace(path)
     return path
 
@@ -89,17 +99,28 @@ def machine() -> dict[str, Any]:
         pass
     import torch
 
-    return {"cpu_count": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _options(workers: int, override: float | None) -> Any:
     from indexer import IngestOptions
 
-    return IngestOptions(tile_px=224, mpp=0.5, mpp_override=override, min_tissue=0.5,
-                         batch_size=64, workers=workers, progress=False)
+    return IngestOptions(
+        tile_px=224,
+        mpp=0.5,
+        mpp_override=override,
+        min_tissue=0.5,
+        batch_size=64,
+        workers=workers,
+        progress=False,
+    )
 
 
 def plan(path: Path, options: Any, reps: int) -> tuple[float, list[dict[str, Any]]]:
@@ -117,8 +138,9 @@ def plan(path: Path, options: Any, reps: int) -> tuple[float, list[dict[str, Any
     return best, tiles
 
 
-def read_rate(path: Path, options: Any, tiles: list[dict[str, Any]],
-              reps: int) -> tuple[float, list[np.ndarray]]:
+def read_rate(
+    path: Path, options: Any, tiles: list[dict[str, Any]], reps: int
+) -> tuple[float, list[np.ndarray]]:
     from indexer.slides import Slide
     from indexer.tiling import TileSpec
 
@@ -138,7 +160,7 @@ def encode_rate(encoder: Any, images: list[np.ndarray], batch_size: int, reps: i
     for _ in range(reps):
         t0 = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            encoder.embed(np.stack(images[i:i + batch_size]))
+            encoder.embed(np.stack(images[i : i + batch_size]))
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -160,14 +182,23 @@ def end_to_end(encoder: Any, paths: list[Path], options: Any, reps: int) -> tupl
     return best, n
 
 
-def _row(encoder: str, slide: str, n: int, e2e_s: float, read_s: float, enc_s: float,
-         prep_s: float) -> dict:
+def _row(
+    encoder: str, slide: str, n: int, e2e_s: float, read_s: float, enc_s: float, prep_s: float
+) -> dict:
     rates = {k: n / v for k, v in (("end_to_end", e2e_s), ("read", read_s), ("encode", enc_s))}
-    return {"encoder": encoder, "slide": slide, "tiles": n,
-            **{f"{k}_tiles_per_s": round(v, 1) for k, v in rates.items()},
-            "seconds": {"end_to_end": round(e2e_s, 3), "read": round(read_s, 3),
-                        "encode": round(enc_s, 3), "prepare": round(prep_s, 3)},
-            "ratio": round(rates["end_to_end"] / min(rates["read"], rates["encode"]), 3)}
+    return {
+        "encoder": encoder,
+        "slide": slide,
+        "tiles": n,
+        **{f"{k}_tiles_per_s": round(v, 1) for k, v in rates.items()},
+        "seconds": {
+            "end_to_end": round(e2e_s, 3),
+            "read": round(read_s, 3),
+            "encode": round(enc_s, 3),
+            "prepare": round(prep_s, 3),
+        },
+        "ratio": round(rates["end_to_end"] / min(rates["read"], rates["encode"]), 3),
+    }
 
 
 def bench(encoder_key: str, workers: int, reps: int, synthetic: Path) -> list[dict[str, Any]]:
@@ -193,8 +224,9 @@ def bench(encoder_key: str, workers: int, reps: int, synthetic: Path) -> list[di
     # both slides in one run (one TCGA override applies only to the slide without mpp)
     both = [SHARED / "slides" / name for name, _ in SLIDES]
     e2e_s, n = end_to_end(encoder, both, _options(workers, 0.5), reps)
-    rows.append(_row(encoder_key, "both", n, e2e_s, totals["read"], totals["encode"],
-                     totals["prepare"]))
+    rows.append(
+        _row(encoder_key, "both", n, e2e_s, totals["read"], totals["encode"], totals["prepare"])
+    )
     options = _options(workers, None)
     prep_s, tiles = plan(synthetic, options, reps)
     read_s, images = read_rate(synthetic, options, tiles, reps)
@@ -205,14 +237,18 @@ def bench(encoder_key: str, workers: int, reps: int, synthetic: Path) -> list[di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'encoder':<22} {'slide':<28} {'tiles':>5} {'e2e/s':>8} {'read/s':>8} "
-            f"{'encode/s':>9} {'ratio':>6} {'prep ms':>8}")
+    head = (
+        f"{'encoder':<22} {'slide':<28} {'tiles':>5} {'e2e/s':>8} {'read/s':>8} "
+        f"{'encode/s':>9} {'ratio':>6} {'prep ms':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['encoder']:<22} {r['slide']:<28} {r['tiles']:>5} "
-                     f"{r['end_to_end_tiles_per_s']:>8.1f} {r['read_tiles_per_s']:>8.1f} "
-                     f"{r['encode_tiles_per_s']:>9.1f} {r['ratio']:>6.2f} "
-                     f"{r['seconds']['prepare'] * 1000:>8.0f}")
+        lines.append(
+            f"{r['encoder']:<22} {r['slide']:<28} {r['tiles']:>5} "
+            f"{r['end_to_end_tiles_per_s']:>8.1f} {r['read_tiles_per_s']:>8.1f} "
+            f"{r['encode_tiles_per_s']:>9.1f} {r['ratio']:>6.2f} "
+            f"{r['seconds']['prepare'] * 1000:>8.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -224,23 +260,39 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=IngestOptions().workers)
     parser.add_argument("--encoders", default=",".join(ENCODERS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
-    parser.add_argument("--scratch", type=Path, default=REPO / "bench" / "results" / "tmp",
-                        help="where the synthetic slide is written (once)")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=REPO / "bench" / "results" / "tmp",
+        help="where the synthetic slide is written (once)",
+    )
     args = parser.parse_args()
     synthetic = synthetic_slide(args.scratch)
     rows: list[dict[str, Any]] = []
     for key in args.encoders.split(","):
         rows += bench(key.strip(), args.workers, args.reps, synthetic)
-    doc = {"machine": machine(), "command": "python -m bench.ingest",
-           "settings": {"tile_px": 224, "mpp": 0.5, "min_tissue": 0.5, "batch_size": 64,
-                        "workers": args.workers, "reps": args.reps, "device": "cpu"},
-           "target_ratio": {"classic/stain-texture": TARGET_RATIO},
-           "results": rows}
+    doc = {
+        "machine": machine(),
+        "command": "python -m bench.ingest",
+        "settings": {
+            "tile_px": 224,
+            "mpp": 0.5,
+            "min_tissue": 0.5,
+            "batch_size": 64,
+            "workers": args.workers,
+            "reps": args.reps,
+            "device": "cpu",
+        },
+        "target_ratio": {"classic/stain-texture": TARGET_RATIO},
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(table(rows))
-    print(f"machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['cpu_model']}; "
-          f"written to {args.out}")
+    print(
+        f"machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['cpu_model']}; "
+        f"written to {args.out}"
+    )
 
 
 if __name__ == "__main__":

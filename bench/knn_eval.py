@@ -41,8 +41,13 @@ class Dataset:
 
 DATASETS = (
     Dataset("pad_ufes20", "derm/pad_ufes20_subset", "diagnostic", "patient_id", "patient"),
-    Dataset("lc25000_lung", "path_tiles/lc25000_lung_224", "class_code", "group_id",
-            "near-duplicate group"),
+    Dataset(
+        "lc25000_lung",
+        "path_tiles/lc25000_lung_224",
+        "class_code",
+        "group_id",
+        "near-duplicate group",
+    ),
     Dataset("ebhi_seg", "path_tiles/ebhi_seg_224", "class_code", "case_id", "case"),
     Dataset("crc_he", "path_tiles/crc_he_224", "class_code", None, ""),
 )
@@ -65,8 +70,9 @@ def load_dataset(root: Path, ds: Dataset) -> tuple[list[np.ndarray], np.ndarray,
     return images, labels, groups
 
 
-def knn_predict(vectors: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-                k: int = 5) -> np.ndarray:
+def knn_predict(
+    vectors: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, k: int = 5
+) -> np.ndarray:
     """Leave-one-out k-NN labels (cosine on L2-normalised vectors; self and same group excluded)."""
     v = np.asarray(vectors, np.float64)
     sims = v @ v.T
@@ -112,29 +118,48 @@ def evaluate(encoder_key: str, k: int = 5, batch_size: int | None = None) -> dic
         t0 = time.perf_counter()
         vectors = encoder.embed(images)
         seconds = time.perf_counter() - t0
-        common = {"dataset": ds.name, "n": len(labels), "classes": len(set(labels.tolist())),
-                  "embed_s": round(seconds, 3), "images_per_s": round(len(labels) / seconds, 1)}
+        common = {
+            "dataset": ds.name,
+            "n": len(labels),
+            "classes": len(set(labels.tolist())),
+            "embed_s": round(seconds, 3),
+            "images_per_s": round(len(labels) / seconds, 1),
+        }
         variants = [("all neighbours", None)]
         if groups is not None:
             variants.insert(0, (f"excl. same {ds.group_meaning}", groups))
         for j, (variant, g) in enumerate(variants):
             result = score(knn_predict(vectors, labels, g, k), labels)
             rows.append({**common, "variant": variant, "headline": j == 0, **result})
-    return {"encoder": encoder_key, "fingerprint": encoder.fingerprint, "k": k,
-            "embed_dim": encoder.embed_dim, "data_root": str(root), "rows": rows,
-            "skipped": skipped}
+    return {
+        "encoder": encoder_key,
+        "fingerprint": encoder.fingerprint,
+        "k": k,
+        "embed_dim": encoder.embed_dim,
+        "data_root": str(root),
+        "rows": rows,
+        "skipped": skipped,
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = (f"{'dataset':14s} {'variant':33s} {'n':>5s} {'acc':>6s} {'majority':>8s} "
-            f"{'bal.acc':>7s} {'chance':>6s}")
-    lines = [f"encoder {report['encoder']} ({report['fingerprint']}), k={report['k']}, "
-             "leave-one-out, cosine", head, "-" * len(head)]
+    head = (
+        f"{'dataset':14s} {'variant':33s} {'n':>5s} {'acc':>6s} {'majority':>8s} "
+        f"{'bal.acc':>7s} {'chance':>6s}"
+    )
+    lines = [
+        f"encoder {report['encoder']} ({report['fingerprint']}), k={report['k']}, "
+        "leave-one-out, cosine",
+        head,
+        "-" * len(head),
+    ]
     for r in report["rows"]:
         mark = "*" if r["headline"] else " "
-        lines.append(f"{r['dataset']:14s} {mark}{r['variant']:32s} {r['n']:5d} {r['accuracy']:6.3f} "
-                     f"{r['majority_rate']:8.3f} {r['balanced_accuracy']:7.3f} "
-                     f"{r['chance_balanced']:6.3f}")
+        lines.append(
+            f"{r['dataset']:14s} {mark}{r['variant']:32s} {r['n']:5d} {r['accuracy']:6.3f} "
+            f"{r['majority_rate']:8.3f} {r['balanced_accuracy']:7.3f} "
+            f"{r['chance_balanced']:6.3f}"
+        )
     lines.append("* headline row (neighbours sharing the query's group excluded, where known)")
     lines += [f"skipped {s}" for s in report["skipped"]]
     return "\n".join(lines)

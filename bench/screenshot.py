@@ -18,8 +18,15 @@ SHARED = Path(os.environ.get("LAMINA_SHARED_DATA") or REPO.parent / "shared" / "
 DERM = SHARED / "derm" / "pad_ufes20_subset"
 OUT = REPO / "docs" / "screenshots" / "search-page.png"
 QUERY = "PAT_109_868_113.jpg"  # a melanoma
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def main() -> None:
@@ -32,10 +39,17 @@ def main() -> None:
     from search import Store
 
     home = Path(tempfile.mkdtemp()) / "home"
-    ingest(Store(home), "derm", [DERM / "images"], create_encoder("classic/stain-texture"),
-           IngestOptions(progress=False), Manifest.load(DERM / "labels.csv", "filename"))
-    server = waitress.server.create_server(create_app({"HOME": str(home)}), host="127.0.0.1",
-                                           port=0, threads=4)
+    ingest(
+        Store(home),
+        "derm",
+        [DERM / "images"],
+        create_encoder("classic/stain-texture"),
+        IngestOptions(progress=False),
+        Manifest.load(DERM / "labels.csv", "filename"),
+    )
+    server = waitress.server.create_server(
+        create_app({"HOME": str(home)}), host="127.0.0.1", port=0, threads=4
+    )
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{server.effective_port}/"
     with sync_playwright() as p:
@@ -45,8 +59,10 @@ def main() -> None:
         page.wait_for_selector("#collection option[value=derm]", state="attached")
         page.set_input_files("#file", str(DERM / "images" / QUERY))
         page.wait_for_selector(".hit")
-        page.wait_for_function("Array.from(document.querySelectorAll('.hit img'))"
-                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('.hit img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
         OUT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(OUT))
         browser.close()

@@ -66,10 +66,18 @@ def main() -> None:
     together = time.perf_counter() - t0
     floor = (read_1 + encode) / cores
     doc = {
-        "command": "python -m bench.stage_overlap", "encoder": args.encoder, "tiles": len(grid),
-        "cores": cores, "seconds": {"read_all_cores": read_n, "read_1_thread": read_1,
-                                    "encode": encode, "both_at_once": together},
-        "pipeline_floor_s": floor, "best_possible_ratio": max(read_n, encode) / floor,
+        "command": "python -m bench.stage_overlap",
+        "encoder": args.encoder,
+        "tiles": len(grid),
+        "cores": cores,
+        "seconds": {
+            "read_all_cores": read_n,
+            "read_1_thread": read_1,
+            "encode": encode,
+            "both_at_once": together,
+        },
+        "pipeline_floor_s": floor,
+        "best_possible_ratio": max(read_n, encode) / floor,
     }
     out = REPO / "bench" / "results" / "stage_overlap.json"
     out.write_text(json.dumps(doc, indent=2))

@@ -25,12 +25,24 @@ DATA = Path(os.environ.get("LAMINA_SHARED_DATA") or REPO.parent / "shared" / "da
 LAMINA = str(REPO / ".venv" / "bin" / "lamina")
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "derm": {"dir": DATA / "derm" / "pad_ufes20_subset", "label": "diagnostic",
-             "split_by": "patient_id", "title": "PAD-UFES-20 (6 diagnoses, split by patient)"},
-    "lung": {"dir": DATA / "path_tiles" / "lc25000_lung_224", "label": "class_code",
-             "split_by": "group_id", "title": "LC25000 lung (3 classes, split by group_id)"},
-    "ebhi": {"dir": DATA / "path_tiles" / "ebhi_seg_224", "label": "class_code",
-             "split_by": "case_id", "title": "EBHI-Seg colorectal (6 classes, split by case)"},
+    "derm": {
+        "dir": DATA / "derm" / "pad_ufes20_subset",
+        "label": "diagnostic",
+        "split_by": "patient_id",
+        "title": "PAD-UFES-20 (6 diagnoses, split by patient)",
+    },
+    "lung": {
+        "dir": DATA / "path_tiles" / "lc25000_lung_224",
+        "label": "class_code",
+        "split_by": "group_id",
+        "title": "LC25000 lung (3 classes, split by group_id)",
+    },
+    "ebhi": {
+        "dir": DATA / "path_tiles" / "ebhi_seg_224",
+        "label": "class_code",
+        "split_by": "case_id",
+        "title": "EBHI-Seg colorectal (6 classes, split by case)",
+    },
 }
 ENCODERS = {"classic": "classic/stain-texture", "tinyvit": "test/tiny-vit"}
 
@@ -49,46 +61,92 @@ def run(home: Path, seed: int) -> dict[str, Any]:
     commands: list[str] = []
     results: dict[str, Any] = {"seed": seed, "datasets": {}, "commands": commands}
     for ds, spec in DATASETS.items():
-        results["datasets"][ds] = {"title": spec["title"], "label_column": spec["label"],
-                                   "split_by": spec["split_by"], "encoders": {}}
+        results["datasets"][ds] = {
+            "title": spec["title"],
+            "label_column": spec["label"],
+            "split_by": spec["split_by"],
+            "encoders": {},
+        }
         for short, key in ENCODERS.items():
             col = f"{ds}-{short}"
             extra = ["--allow-test-encoder"] if key.startswith("test/") else []
             t0 = time.perf_counter()
-            lamina(home, "index", str(spec["dir"] / "images"), "--collection", col,
-                   "--encoder", key, "--manifest", str(spec["dir"] / "labels.csv"),
-                   "--source-column", "filename", "--no-progress", "--json", *extra,
-                   log=commands)
+            lamina(
+                home,
+                "index",
+                str(spec["dir"] / "images"),
+                "--collection",
+                col,
+                "--encoder",
+                key,
+                "--manifest",
+                str(spec["dir"] / "labels.csv"),
+                "--source-column",
+                "filename",
+                "--no-progress",
+                "--json",
+                *extra,
+                log=commands,
+            )
             t1 = time.perf_counter()
-            report = json.loads(lamina(home, "probe", "--collection", col, "--label-column",
-                                       spec["label"], "--split-by", spec["split_by"],
-                                       "--seed", str(seed), "--json", log=commands))
-            report["seconds"] = {"index": round(t1 - t0, 1),
-                                 "probe": round(time.perf_counter() - t1, 1)}
+            report = json.loads(
+                lamina(
+                    home,
+                    "probe",
+                    "--collection",
+                    col,
+                    "--label-column",
+                    spec["label"],
+                    "--split-by",
+                    spec["split_by"],
+                    "--seed",
+                    str(seed),
+                    "--json",
+                    log=commands,
+                )
+            )
+            report["seconds"] = {
+                "index": round(t1 - t0, 1),
+                "probe": round(time.perf_counter() - t1, 1),
+            }
             results["datasets"][ds]["encoders"][key] = report
-            print(f"{col}: AUROC@100% {report['fractions'][-1]['auroc']['value']:.3f}",
-                  file=sys.stderr)
+            print(
+                f"{col}: AUROC@100% {report['fractions'][-1]['auroc']['value']:.3f}",
+                file=sys.stderr,
+            )
     return results
 
 
 def table(results: dict[str, Any]) -> str:
     lines = []
     for entry in results["datasets"].values():
-        lines += [f"**{entry['title']}** — label `{entry['label_column']}`, split by "
-                  f"`{entry['split_by']}`", "",
-                  "| encoder | train fraction | groups | tiles | AUROC [95% CI] | accuracy [95% CI] "
-                  "| balanced acc. [95% CI] |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{entry['title']}** — label `{entry['label_column']}`, split by "
+            f"`{entry['split_by']}`",
+            "",
+            "| encoder | train fraction | groups | tiles | AUROC [95% CI] | accuracy [95% CI] "
+            "| balanced acc. [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, r in entry["encoders"].items():
             for f in r["fractions"]:
                 cells = [_ci(f[m]) for m in ("auroc", "accuracy", "balanced_accuracy")]
-                lines.append(f"| {key} | {f['fraction']:g} | {f['n_train_groups']} | "
-                             f"{f['n_train']} | " + " | ".join(cells) + " |")
-        lines += ["", "| encoder | n train / test | Acc@1 | Acc@3 | Acc@5 | mMV@5 |",
-                  "|---|---|---|---|---|---|"]
+                lines.append(
+                    f"| {key} | {f['fraction']:g} | {f['n_train_groups']} | "
+                    f"{f['n_train']} | " + " | ".join(cells) + " |"
+                )
+        lines += [
+            "",
+            "| encoder | n train / test | Acc@1 | Acc@3 | Acc@5 | mMV@5 |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, r in entry["encoders"].items():
             ret = r["retrieval"]
-            lines.append(f"| {key} | {r['n_train']} / {r['n_test']} | " + " | ".join(
-                f"{ret[m]:.3f}" for m in ("acc@1", "acc@3", "acc@5", "mmv@5")) + " |")
+            lines.append(
+                f"| {key} | {r['n_train']} / {r['n_test']} | "
+                + " | ".join(f"{ret[m]:.3f}" for m in ("acc@1", "acc@3", "acc@5", "mmv@5"))
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 

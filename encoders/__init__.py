@@ -1,8 +1,8 @@
 """Images -> vectors. Knows nothing of slides, FAISS, DuckDB or Flask.
 
-    >>> from encoders import create_encoder
-    >>> enc = create_encoder("classic/stain-texture")
-    >>> vectors = enc.embed(images)          # uint8 (n, h, w, 3) -> float32 (n, dim), L2 = 1
+>>> from encoders import create_encoder
+>>> enc = create_encoder("classic/stain-texture")
+>>> vectors = enc.embed(images)          # uint8 (n, h, w, 3) -> float32 (n, dim), L2 = 1
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ __all__ = [
 ]
 
 
-def create_encoder(key: str, weights: str | os.PathLike[str] | None = None, device: str = "auto",
-                   batch_size: int | None = None, allow_test: bool = True) -> Encoder:
+def create_encoder(
+    key: str,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    allow_test: bool = True,
+) -> Encoder:
     """The one factory: build the registered encoder ``key`` on ``device``.
 
     ``weights`` is an explicit local weights file; otherwise LAMINA_WEIGHTS_DIR and the local
@@ -59,8 +64,10 @@ def create_encoder(key: str, weights: str | os.PathLike[str] | None = None, devi
         raise TestEncoderRefusedError(
             f"{key} is a test encoder whose vectors mean nothing; pass --allow-test-encoder to use it"
         )
-    kwargs: dict[str, object] = {"weights": None if weights is None else str(weights),
-                                 "device": resolve_device(device)}
+    kwargs: dict[str, object] = {
+        "weights": None if weights is None else str(weights),
+        "device": resolve_device(device),
+    }
     if batch_size:
         kwargs["batch_size"] = batch_size
     return entry.builder(entry.config, **kwargs)
@@ -79,16 +86,18 @@ def encoder_table() -> list[dict[str, object]]:
                 found = None
             available = found is not None
             where = str(found) if found else "missing: " + "; ".join(weights_locations(cfg))
-        rows.append({
-            "key": cfg.key,
-            "modality": cfg.modality,
-            "embed_dim": cfg.embed_dim,
-            "input_px": cfg.input_px,
-            "mpp": cfg.mpp,
-            "weights_available": available,
-            "weights": where,
-            "licence": cfg.licence,
-            "test_only": cfg.test_only,
-            "description": cfg.description,
-        })
+        rows.append(
+            {
+                "key": cfg.key,
+                "modality": cfg.modality,
+                "embed_dim": cfg.embed_dim,
+                "input_px": cfg.input_px,
+                "mpp": cfg.mpp,
+                "weights_available": available,
+                "weights": where,
+                "licence": cfg.licence,
+                "test_only": cfg.test_only,
+                "description": cfg.description,
+            }
+        )
     return rows

@@ -49,7 +49,12 @@ def as_batch(images: ImageBatch, size_px: int) -> np.ndarray:
         return np.stack([resize_rgb(im, size_px) for im in arr])
     out = []
     for i, im in enumerate(images):
-        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+        if (
+            not isinstance(im, np.ndarray)
+            or im.dtype != np.uint8
+            or im.ndim != 3
+            or im.shape[2] != 3
+        ):
             desc = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
             raise InvalidImageBatchError(f"image {i}: expected a uint8 (h, w, 3) array, got {desc}")
         out.append(resize_rgb(im, size_px))
@@ -68,8 +73,14 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 class Encoder(abc.ABC):
     """One loaded encoder. Subclasses implement :meth:`_embed_batch`."""
 
-    def __init__(self, config: EncoderConfig, weights_id: str, device: str = "cpu",
-                 batch_size: int = 64, weights_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        weights_id: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        weights_path: str | None = None,
+    ) -> None:
         self.config = config
         self.weights_id = weights_id
         self.weights_path = weights_path
@@ -124,8 +135,15 @@ class TorchEncoder(Encoder):
     On CUDA the forward pass runs under bf16 autocast; outputs are returned as float32.
     """
 
-    def __init__(self, config: EncoderConfig, model: Any, weights_id: str, device: str = "cpu",
-                 batch_size: int = 64, weights_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        model: Any,
+        weights_id: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        weights_path: str | None = None,
+    ) -> None:
         import torch
 
         super().__init__(config, weights_id, device, batch_size, weights_path)

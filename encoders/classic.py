@@ -42,11 +42,19 @@ OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 # (block name, dims, weight); colour weights are lower so stain intensity, which varies between
 # labs and cases more than between tissue types, does not swamp the texture.
 BLOCKS: tuple[tuple[str, int, float], ...] = (
-    ("stain", 32, 0.25), ("he_joint", 64, 0.15), ("moments", 20, 0.25),
-    ("lab_centre", 144, 0.25), ("lab_surround", 36, 0.15),
-    ("lbp224", 20, 1 / 3), ("lbp224r2", 20, 1 / 3), ("lbp112", 20, 1 / 3), ("lbp56", 20, 1 / 3),
-    ("lbpm112", 10, 1 / 3), ("lbpm56", 10, 1 / 3),
-    ("grad112", 10, 1 / 3), ("grad56", 10, 1 / 3),
+    ("stain", 32, 0.25),
+    ("he_joint", 64, 0.15),
+    ("moments", 20, 0.25),
+    ("lab_centre", 144, 0.25),
+    ("lab_surround", 36, 0.15),
+    ("lbp224", 20, 1 / 3),
+    ("lbp224r2", 20, 1 / 3),
+    ("lbp112", 20, 1 / 3),
+    ("lbp56", 20, 1 / 3),
+    ("lbpm112", 10, 1 / 3),
+    ("lbpm56", 10, 1 / 3),
+    ("grad112", 10, 1 / 3),
+    ("grad56", 10, 1 / 3),
 )
 EMBED_DIM = sum(d for _, d, _ in BLOCKS)
 
@@ -58,11 +66,26 @@ def _bin(v: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB in [0, 1] (..., 3) -> CIE Lab (D65), the same formulas as skimage.color.rgb2lab."""
     lin = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = lin @ np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                          [0.019334, 0.119193, 0.950227]]).T / np.array([0.95047, 1.0, 1.08883])
+    xyz = (
+        lin
+        @ np.array(
+            [
+                [0.412453, 0.357580, 0.180423],
+                [0.212671, 0.715160, 0.072169],
+                [0.019334, 0.119193, 0.950227],
+            ]
+        ).T
+        / np.array([0.95047, 1.0, 1.08883])
+    )
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
-                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+    return np.stack(
+        [
+            116.0 * f[..., 1] - 16.0,
+            500.0 * (f[..., 0] - f[..., 1]),
+            200.0 * (f[..., 1] - f[..., 2]),
+        ],
+        axis=-1,
+    )
 
 
 def _colour_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,9 +97,11 @@ def _colour_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fine = [_bin(values[:, i], *RANGES[i], FINE) for i in range(4)]
     lab = _srgb_to_lab(rgb / 255.0)
     lab_bin = [_bin(lab[:, i], *LAB_BINS[i]) for i in range(3)]
-    return ((fine[0] * FINE + fine[1]).astype(np.uint16),  # H x E
-            (fine[2] * FINE + fine[3]).astype(np.uint16),  # DAB x total OD
-            ((lab_bin[0] * 6 + lab_bin[1]) * 6 + lab_bin[2]).astype(np.uint8))
+    return (
+        (fine[0] * FINE + fine[1]).astype(np.uint16),  # H x E
+        (fine[2] * FINE + fine[3]).astype(np.uint16),  # DAB x total OD
+        ((lab_bin[0] * 6 + lab_bin[1]) * 6 + lab_bin[2]).astype(np.uint8),
+    )
 
 
 def _riu2_table() -> np.ndarray:
@@ -104,14 +129,17 @@ def _counts(idx: np.ndarray, nbins: int) -> np.ndarray:
 
 def _pool2(a: np.ndarray) -> np.ndarray:
     """2 x 2 sums of (n, h, w) ints (exact, uint16 up to 16 x 255)."""
-    return (a[:, 0::2, 0::2].astype(np.uint16) + a[:, 1::2, 0::2] + a[:, 0::2, 1::2]
-            + a[:, 1::2, 1::2])
+    return (
+        a[:, 0::2, 0::2].astype(np.uint16) + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]
+    )
 
 
 def _neighbours(g: np.ndarray, r: int) -> tuple[np.ndarray, list[np.ndarray]]:
     h, w = g.shape[1:]
-    centre = g[:, r:h - r, r:w - r]
-    return centre, [g[:, r + dy * r:h - r + dy * r, r + dx * r:w - r + dx * r] for dy, dx in OFFSETS]
+    centre = g[:, r : h - r, r : w - r]
+    return centre, [
+        g[:, r + dy * r : h - r + dy * r, r + dx * r : w - r + dx * r] for dy, dx in OFFSETS
+    ]
 
 
 def _lbp_code(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -188,7 +216,8 @@ def stain_texture_blocks(x: np.ndarray) -> dict[str, np.ndarray]:
         "stain": np.concatenate([m.reshape(n, 16, 2).sum(2) for m in marginals[:2]], 1),
         "he_joint": he.reshape(n, 8, 4, 8, 4).sum((2, 4)).reshape(n, 64),
         "moments": np.concatenate(
-            [_stain_stats(m, *r) for m, r in zip(marginals, RANGES, strict=True)], 1),
+            [_stain_stats(m, *r) for m, r in zip(marginals, RANGES, strict=True)], 1
+        ),
         "lab_centre": lab_centre,
         "lab_surround": lab_surround,
     }
@@ -196,10 +225,14 @@ def stain_texture_blocks(x: np.ndarray) -> dict[str, np.ndarray]:
     g112 = _pool2(g224)
     g56 = _pool2(g112)
     blocks |= {
-        "lbp224": _lbp_sign_centre(g224, 1), "lbp224r2": _lbp_sign_centre(g224, 2),
-        "lbp112": _lbp_sign_centre(g112, 1), "lbp56": _lbp_sign_centre(g56, 1),
-        "lbpm112": _lbp_magnitude(g112, 1), "lbpm56": _lbp_magnitude(g56, 1),
-        "grad112": _gradient(g112, 4), "grad56": _gradient(g56, 16),
+        "lbp224": _lbp_sign_centre(g224, 1),
+        "lbp224r2": _lbp_sign_centre(g224, 2),
+        "lbp112": _lbp_sign_centre(g112, 1),
+        "lbp56": _lbp_sign_centre(g56, 1),
+        "lbpm112": _lbp_magnitude(g112, 1),
+        "lbpm56": _lbp_magnitude(g56, 1),
+        "grad112": _gradient(g112, 4),
+        "grad56": _gradient(g56, 16),
     }
     return {k: np.asarray(v, np.float64) for k, v in blocks.items()}
 
@@ -221,8 +254,10 @@ class StainTextureEncoder(Encoder):
     """Numpy-only, CPU-only encoder; see the module docstring for the feature layout."""
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        out = [combine_blocks(stain_texture_blocks(batch[i:i + CHUNK]))
-               for i in range(0, len(batch), CHUNK)]
+        out = [
+            combine_blocks(stain_texture_blocks(batch[i : i + CHUNK]))
+            for i in range(0, len(batch), CHUNK)
+        ]
         return np.concatenate(out, 0).astype(np.float32)
 
 
@@ -241,8 +276,9 @@ CONFIG = EncoderConfig(
 
 
 @register_encoder(CONFIG)
-def build_stain_texture(config: EncoderConfig, weights: str | None = None, device: str = "cpu",
-                        batch_size: int = 256) -> Encoder:
+def build_stain_texture(
+    config: EncoderConfig, weights: str | None = None, device: str = "cpu", batch_size: int = 256
+) -> Encoder:
     """Build the encoder; ``device`` is ignored (always numpy on the CPU)."""
     if weights is not None:
         raise EncoderError("classic/stain-texture takes no weights")

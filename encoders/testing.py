@@ -14,8 +14,9 @@ from encoders.weights import load_state_dict, require_weights
 SEED = 0
 
 
-def build_seeded_timm(config: EncoderConfig, weights: str | None = None, device: str = "cpu",
-                      batch_size: int = 64) -> Encoder:
+def build_seeded_timm(
+    config: EncoderConfig, weights: str | None = None, device: str = "cpu", batch_size: int = 64
+) -> Encoder:
     import timm
     import torch
 
@@ -23,15 +24,22 @@ def build_seeded_timm(config: EncoderConfig, weights: str | None = None, device:
     # what else the process has drawn from torch's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = timm.create_model(config.architecture, pretrained=False, num_classes=0,
-                                  **dict(config.model_kwargs))
+        model = timm.create_model(
+            config.architecture, pretrained=False, num_classes=0, **dict(config.model_kwargs)
+        )
     weights_id = f"seed={SEED}"
     path = None
     if weights is not None:
         path, weights_id = require_weights(config, weights)
         model.load_state_dict(load_state_dict(path), strict=True)
-    return TorchEncoder(config, model, weights_id=weights_id, device=device, batch_size=batch_size,
-                        weights_path=str(path) if path else None)
+    return TorchEncoder(
+        config,
+        model,
+        weights_id=weights_id,
+        device=device,
+        batch_size=batch_size,
+        weights_path=str(path) if path else None,
+    )
 
 
 register_encoder(

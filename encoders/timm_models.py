@@ -18,26 +18,37 @@ from encoders.registry import register_encoder
 from encoders.weights import load_state_dict, require_weights
 
 
-def build_timm_encoder(config: EncoderConfig, weights: str | None = None, device: str = "cpu",
-                       batch_size: int = 32) -> Encoder:
+def build_timm_encoder(
+    config: EncoderConfig, weights: str | None = None, device: str = "cpu", batch_size: int = 32
+) -> Encoder:
     """Create the timm model of ``config`` and load its weights from a local file."""
     import timm
 
     path, digest = require_weights(config, weights)
-    model = timm.create_model(config.architecture, pretrained=False, num_classes=0,
-                              **dict(config.model_kwargs))
+    model = timm.create_model(
+        config.architecture, pretrained=False, num_classes=0, **dict(config.model_kwargs)
+    )
     state = load_state_dict(path)
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "classifier."))
-             or k in model.state_dict()}
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith(("head.", "fc.", "classifier.")) or k in model.state_dict()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
         raise WeightsMismatchError(
             f"{config.key}: {path} does not fit {config.architecture}: "
             f"{len(missing)} missing tensors (e.g. {missing[:3]}), {len(unexpected)} unexpected"
         )
-    return TorchEncoder(config, model, weights_id=digest, device=device, batch_size=batch_size,
-                        weights_path=str(path))
+    return TorchEncoder(
+        config,
+        model,
+        weights_id=digest,
+        device=device,
+        batch_size=batch_size,
+        weights_path=str(path),
+    )
 
 
 def _timm_entry(key: str, **kwargs: Any) -> None:

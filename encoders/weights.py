@@ -41,7 +41,9 @@ def weights_locations(config: EncoderConfig) -> list[str]:
     return places
 
 
-def find_weights(config: EncoderConfig, explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def find_weights(
+    config: EncoderConfig, explicit: str | os.PathLike[str] | None = None
+) -> Path | None:
     """Return the first existing weights file for ``config``, or None."""
     spec = config.weights
     if explicit is not None:
@@ -61,7 +63,9 @@ def find_weights(config: EncoderConfig, explicit: str | os.PathLike[str] | None 
     return None
 
 
-def require_weights(config: EncoderConfig, explicit: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+def require_weights(
+    config: EncoderConfig, explicit: str | os.PathLike[str] | None = None
+) -> tuple[Path, str]:
     """Locate and verify weights; returns (path, sha256). Raises a helpful error if missing."""
     path = find_weights(config, explicit)
     if path is None:

@@ -12,7 +12,9 @@ from search.segments import RESERVED_COLUMNS
 
 
 def _parts(value: str) -> tuple[str, ...]:
-    return tuple(p for p in PurePosixPath(value.replace("\\", "/")).parts if p not in ("", "/", "."))
+    return tuple(
+        p for p in PurePosixPath(value.replace("\\", "/")).parts if p not in ("", "/", ".")
+    )
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Manifest:
         hits = []
         for i in candidates:
             vparts = _parts(str(self.rows[i][self.source_column]))
-            if len(vparts) <= len(fparts) and tuple(fparts[-len(vparts):]) == vparts:
+            if len(vparts) <= len(fparts) and tuple(fparts[-len(vparts) :]) == vparts:
                 hits.append(i)
         if len(hits) > 1:
             vals = sorted({str(self.rows[i][self.source_column]) for i in hits})

@@ -29,7 +29,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
-def decode_photo(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_photo(
+    data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode image bytes to an (h, w, 3) uint8 array or raise UnreadableSourceError."""
     if not data:
         raise UnreadableSourceError(f"{name}: empty file (0 bytes)")
@@ -51,7 +53,9 @@ def decode_photo(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX
     except UnidentifiedImageError:
         raise UnreadableSourceError(f"{name}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableSourceError(f"{name}: image is too large (decompression bomb guard)") from None
+        raise UnreadableSourceError(
+            f"{name}: image is too large (decompression bomb guard)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason.lower():

@@ -117,8 +117,14 @@ def photo_tiles(rgb: np.ndarray, tile_px: int) -> Iterator[tuple[dict[str, Any],
     h, w = rgb.shape[:2]
     for y in range(0, h - tile_px + 1, tile_px):
         for x in range(0, w - tile_px + 1, tile_px):
-            row = {"kind": "photo-tile", "x": x, "y": y, "level": 0, "size_px": tile_px,
-                   "tile_px": tile_px}
+            row = {
+                "kind": "photo-tile",
+                "x": x,
+                "y": y,
+                "level": 0,
+                "size_px": tile_px,
+                "tile_px": tile_px,
+            }
             yield row, rgb[y : y + tile_px, x : x + tile_px]
 
 
@@ -129,16 +135,22 @@ def _now() -> str:
 class Ingest:
     """One ingest run into one collection."""
 
-    def __init__(self, collection: Collection, encoder: Encoder, options: IngestOptions | None = None,
-                 manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        options: IngestOptions | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
         collection.check_fingerprint(encoder.fingerprint)
         self.collection = collection
         self.encoder = encoder
         self.options = options or IngestOptions()
         self.manifest = manifest
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-        self.report = RunReport(run_id=self.run_id, collection=collection.name,
-                                encoder=encoder.fingerprint)
+        self.report = RunReport(
+            run_id=self.run_id, collection=collection.name, encoder=encoder.fingerprint
+        )
         self._known: dict[str, list[str]] = {}
         self._known_paths: set[str] = set()
         self._hasher: ThreadPoolExecutor | None = None
@@ -166,8 +178,7 @@ class Ingest:
             # the work: it runs beside the tissue mask, the reads and the encoding.
             pending = self._hasher.submit(content_id, None, file.path)
             try:
-                prepared = prepare_slide(file, "", self._metadata(file), self.options,
-                                         self.encoder)
+                prepared = prepare_slide(file, "", self._metadata(file), self.options, self.encoder)
             except BaseException:
                 pending.cancel()
                 raise
@@ -180,10 +191,27 @@ class Ingest:
         meta = self._metadata(file)
         h, w = rgb.shape[:2]
         mpp = meta.get("mpp") if isinstance(meta.get("mpp"), int | float) else None
-        source = {"source_id": sid, "source": str(file.path.resolve()), "kind": "photo", "width": w,
-                  "height": h, "mpp": mpp, "properties": None, **meta}
-        tile = {"kind": "photo", "x": 0, "y": 0, "level": 0, "size_px": max(w, h),
-                "tile_px": self.encoder.input_px, "mpp": mpp, "tissue_fraction": None, **meta}
+        source = {
+            "source_id": sid,
+            "source": str(file.path.resolve()),
+            "kind": "photo",
+            "width": w,
+            "height": h,
+            "mpp": mpp,
+            "properties": None,
+            **meta,
+        }
+        tile = {
+            "kind": "photo",
+            "x": 0,
+            "y": 0,
+            "level": 0,
+            "size_px": max(w, h),
+            "tile_px": self.encoder.input_px,
+            "mpp": mpp,
+            "tissue_fraction": None,
+            **meta,
+        }
         tiles, images = [tile], [resize_rgb(rgb, self.encoder.input_px)]
         if self.options.photo_tiles:
             for row, crop in photo_tiles(rgb, self.options.tile_px):
@@ -205,10 +233,13 @@ class Ingest:
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
         try:
-            with ThreadPoolExecutor(max_workers=self.options.workers,
-                                    thread_name_prefix="lamina-read") as pool, \
-                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-hash") as hasher, \
-                    _cpu_share(self.encoder, self.options.workers):
+            with (
+                ThreadPoolExecutor(
+                    max_workers=self.options.workers, thread_name_prefix="lamina-read"
+                ) as pool,
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-hash") as hasher,
+                _cpu_share(self.encoder, self.options.workers),
+            ):
                 self._hasher = hasher
                 for file, outcome in self._prepared(pool, files):
                     if isinstance(outcome, BaseException):
@@ -245,8 +276,9 @@ class Ingest:
             self.collection.write_run(self.report.to_dict())
         return self.report
 
-    def _prepared(self, pool: ThreadPoolExecutor,
-                  files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
+    def _prepared(
+        self, pool: ThreadPoolExecutor, files: list[SourceFile]
+    ) -> Iterator[tuple[SourceFile, Any]]:
         """Yield (file, PreparedSource | Skipped | exception) in order, preparing ahead."""
         window: deque[tuple[SourceFile, Future[Any]]] = deque()
         ahead = max(2, self.options.workers * 4)
@@ -285,18 +317,27 @@ class Ingest:
             return
         finally:
             prepared.close()
-        vectors = np.concatenate(parts) if parts else np.zeros((0, self.encoder.embed_dim),
-                                                               np.float32)
+        vectors = (
+            np.concatenate(parts) if parts else np.zeros((0, self.encoder.embed_dim), np.float32)
+        )
         if len(vectors) != len(prepared.tiles):
-            self._fail(prepared.file, IndexerError(
-                f"{prepared.file.path}: read {len(vectors)} tiles, planned {len(prepared.tiles)}"))
+            self._fail(
+                prepared.file,
+                IndexerError(
+                    f"{prepared.file.path}: read {len(vectors)} tiles, planned {len(prepared.tiles)}"
+                ),
+            )
             return
         if prepared.pending_id is not None:
             try:
                 prepared.source["source_id"] = prepared.pending_id.result()
             except OSError as exc:
-                self._fail(prepared.file, UnreadableSourceError(
-                    f"{prepared.file.path}: cannot read file ({exc.strerror or exc})"))
+                self._fail(
+                    prepared.file,
+                    UnreadableSourceError(
+                        f"{prepared.file.path}: cannot read file ({exc.strerror or exc})"
+                    ),
+                )
                 return
         writer.add_source(prepared.source, prepared.tiles, vectors)
         sid, path = prepared.source["source_id"], prepared.source["source"]
@@ -306,8 +347,9 @@ class Ingest:
         self.report.indexed += 1
         self.report.tiles += len(prepared.tiles)
         if not prepared.tiles:
-            self.report.empty.append({"file": str(prepared.file.path),
-                                      "reason": prepared.note or "no tiles"})
+            self.report.empty.append(
+                {"file": str(prepared.file.path), "reason": prepared.note or "no tiles"}
+            )
 
     def _commit(self, writer: SegmentWriter) -> None:
         info = writer.commit()
@@ -318,7 +360,7 @@ class Ingest:
         reason = str(exc) if isinstance(exc, IndexerError) else f"{type(exc).__name__}: {exc}"
         prefix = str(file.path)
         if reason.startswith(prefix + ": "):
-            reason = reason[len(prefix) + 2:]
+            reason = reason[len(prefix) + 2 :]
         self.report.failed.append({"file": prefix, "reason": reason})
 
     def _committed(self, source_id: str, file: SourceFile) -> bool:
@@ -333,8 +375,11 @@ def _cpu_share(encoder: Encoder, readers: int) -> Iterator[None]:
     went from 942 to 1529 tiles/s (test/tiny-vit) and 553 to 600 (test/tiny-resnet). On 2
     cores the cap (1 thread) was slower, so small machines are left alone."""
     torch = sys.modules.get("torch")
-    if torch is None or not str(getattr(encoder, "device", "cpu")).startswith("cpu") \
-            or not hasattr(encoder, "model"):
+    if (
+        torch is None
+        or not str(getattr(encoder, "device", "cpu")).startswith("cpu")
+        or not hasattr(encoder, "model")
+    ):
         yield
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -356,22 +401,41 @@ def _progress(total: int, enabled: bool, name: str) -> Any:
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    return tqdm(total=total, unit="src", desc=f"indexing {name}", file=sys.stderr,
-                dynamic_ncols=True, leave=True, mininterval=0.2 if tty else 5.0)
+    return tqdm(
+        total=total,
+        unit="src",
+        desc=f"indexing {name}",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=0.2 if tty else 5.0,
+    )
 
 
-def open_collection_for(store: Store, name: str, encoder: Encoder, options: IngestOptions,
-                        weights: str | None = None) -> Collection:
+def open_collection_for(
+    store: Store, name: str, encoder: Encoder, options: IngestOptions, weights: str | None = None
+) -> Collection:
     """Open or create collection ``name`` bound to ``encoder`` (refusing a different one)."""
     extra = {"encoder_weights": encoder.weights_path or weights}
-    return store.open_or_create(name, encoder=encoder.key, fingerprint=encoder.fingerprint,
-                                embed_dim=encoder.embed_dim, tile_px=options.tile_px,
-                                mpp=options.mpp, extra=extra)
+    return store.open_or_create(
+        name,
+        encoder=encoder.key,
+        fingerprint=encoder.fingerprint,
+        embed_dim=encoder.embed_dim,
+        tile_px=options.tile_px,
+        mpp=options.mpp,
+        extra=extra,
+    )
 
 
-def ingest(store: Store, collection: str, paths: Sequence[str | os.PathLike[str]],
-           encoder: Encoder, options: IngestOptions | None = None,
-           manifest: Manifest | None = None) -> RunReport:
+def ingest(
+    store: Store,
+    collection: str,
+    paths: Sequence[str | os.PathLike[str]],
+    encoder: Encoder,
+    options: IngestOptions | None = None,
+    manifest: Manifest | None = None,
+) -> RunReport:
     """Index ``paths`` into ``collection`` (created on first use) and return the run report."""
     options = options or IngestOptions()
     col = open_collection_for(store, collection, encoder, options)

@@ -66,8 +66,9 @@ PROPERTY_ALLOWLIST: dict[str, str] = {
     "openslide.bounds-height": "bounds_height",
     "openslide.quickhash-1": "quickhash_1",
 }
-_NUMERIC_PROPERTIES = frozenset({"objective_power", "mpp_x", "mpp_y", "bounds_x", "bounds_y",
-                                 "bounds_width", "bounds_height"})
+_NUMERIC_PROPERTIES = frozenset(
+    {"objective_power", "mpp_x", "mpp_y", "bounds_x", "bounds_y", "bounds_width", "bounds_height"}
+)
 
 
 def _number(value: Any) -> float | None:
@@ -80,8 +81,9 @@ def _number(value: Any) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
-def resolve_mpp(props: Mapping[str, str], metadata: Mapping[str, Any] | None,
-                override: float | None, name: str) -> tuple[float, str]:
+def resolve_mpp(
+    props: Mapping[str, str], metadata: Mapping[str, Any] | None, override: float | None, name: str
+) -> tuple[float, str]:
     """(mpp, where it came from): slide properties, else manifest ``mpp``, else the override."""
     mx, my = _number(props.get("openslide.mpp-x")), _number(props.get("openslide.mpp-y"))
     found = (mx + my) / 2 if mx and my else (mx or my)
@@ -89,8 +91,10 @@ def resolve_mpp(props: Mapping[str, str], metadata: Mapping[str, Any] | None,
     if found is not None and found <= MAX_PLAUSIBLE_MPP:
         return found, "properties"
     if found is not None:
-        note = (f" (its TIFF resolution says {found:.4g} µm/px, a default of the writing program, "
-                "not a microscope's)")
+        note = (
+            f" (its TIFF resolution says {found:.4g} µm/px, a default of the writing program, "
+            "not a microscope's)"
+        )
     meta = metadata or {}
     for key in ("mpp", "meta_mpp"):
         value = _number(meta.get(key))
@@ -117,7 +121,8 @@ def _open(path: Path) -> openslide.OpenSlide:
             size = "unreadable"
         raise UnreadableSourceError(
             f"{path}: OpenSlide cannot open it (not a slide format it reads, or a truncated or "
-            f"damaged file; {size})") from None
+            f"damaged file; {size})"
+        ) from None
     except openslide.OpenSlideError as exc:
         raise UnreadableSourceError(f"{path}: cannot open slide ({exc})") from None
     except OSError as exc:
@@ -127,8 +132,13 @@ def _open(path: Path) -> openslide.OpenSlide:
 class Slide:
     """One open slide. The OpenSlide handle may be shared by reader threads."""
 
-    def __init__(self, path: str | Path, mpp_override: float | None = None,
-                 metadata: Mapping[str, Any] | None = None, require_mpp: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        mpp_override: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        require_mpp: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.name = str(path)
         self.handle = _open(self.path)
@@ -144,8 +154,9 @@ class Slide:
             self.mpp: float | None = None
             self.mpp_source: str | None = None
             try:
-                self.mpp, self.mpp_source = resolve_mpp(self._props, metadata, mpp_override,
-                                                        self.name)
+                self.mpp, self.mpp_source = resolve_mpp(
+                    self._props, metadata, mpp_override, self.name
+                )
             except MissingMppError:
                 if require_mpp:
                     raise
@@ -199,8 +210,15 @@ class Slide:
         buf = np.empty((h, w), np.uint32)
         try:
             if _RAW_READ is not None and hasattr(self.handle, "_osr"):
-                _RAW_READ(self.handle._osr, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-                          int(x), int(y), int(level), w, h)
+                _RAW_READ(
+                    self.handle._osr,
+                    buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                    int(x),
+                    int(y),
+                    int(level),
+                    w,
+                    h,
+                )
                 px = buf.view(np.uint8).reshape(h, w, 4)
                 rgb = px[..., 2::-1] if _LITTLE else px[..., 1:]
                 if int(buf.min()) >> 24 == 255:  # every pixel opaque (alpha is the top byte)
@@ -212,7 +230,8 @@ class Slide:
                 rgb = (rgba[..., :3].astype(np.uint16) * alpha[..., None] + 127) // 255
         except openslide.OpenSlideError as exc:
             raise UnreadableSourceError(
-                f"{self.name}: cannot read level {level} at ({x}, {y}): {exc}") from None
+                f"{self.name}: cannot read level {level} at ({x}, {y}): {exc}"
+            ) from None
         if alpha.min() == 255:
             return np.ascontiguousarray(rgb, dtype=np.uint8)
         out = rgb.astype(np.uint16) + (255 - alpha.astype(np.uint16))[..., None]
@@ -223,10 +242,10 @@ class Slide:
         s = spec.size_px
         if self._level0 is not None and spec.level == 0:
             # the overview already decoded level 0: crop it (same pixels as a fresh read)
-            rgb = self._level0[spec.y:spec.y + s, spec.x:spec.x + s]
+            rgb = self._level0[spec.y : spec.y + s, spec.x : spec.x + s]
             if rgb.shape[:2] != (s, s):
                 padded = np.full((s, s, 3), 255, np.uint8)
-                padded[:rgb.shape[0], :rgb.shape[1]] = rgb
+                padded[: rgb.shape[0], : rgb.shape[1]] = rgb
                 rgb = padded
             elif s == tile_px:
                 return rgb.copy()
@@ -236,8 +255,9 @@ class Slide:
             return rgb
         return resize_rgb(rgb, tile_px)
 
-    def overview(self, downsample: float, workers: int = 1,
-                 keep_level0: bool = False) -> tuple[np.ndarray, float]:
+    def overview(
+        self, downsample: float, workers: int = 1, keep_level0: bool = False
+    ) -> tuple[np.ndarray, float]:
         """The whole slide reduced by about ``downsample`` (never more): (rgb, exact downsample).
 
         Read from the coarsest level at or finer than that, in chunks (``workers`` at a time),
@@ -257,16 +277,19 @@ class Slide:
         keep = keep_level0 and level == 0 and lw * lh * 3 <= LEVEL0_KEEP_BYTES
         full = np.empty((lh, lw, 3), np.uint8) if keep else None
         step = max(f, (OVERVIEW_CHUNK_PX // f) * f)
-        chunks = [(cx, cy, min(step, lw - cx), min(step, lh - cy))
-                  for cy in range(0, lh, step) for cx in range(0, lw, step)]
+        chunks = [
+            (cx, cy, min(step, lw - cx), min(step, lh - cy))
+            for cy in range(0, lh, step)
+            for cx in range(0, lw, step)
+        ]
 
         def read(chunk: tuple[int, int, int, int]) -> None:
             cx, cy, cw, ch = chunk
             rgb = self.read_rgb(round(cx * ds_level), round(cy * ds_level), level, cw, ch)
             if full is not None:
-                full[cy:cy + ch, cx:cx + cw] = rgb
+                full[cy : cy + ch, cx : cx + cw] = rgb
             block = np.asarray(Image.fromarray(rgb).reduce(f)) if f > 1 else rgb
-            out[cy // f: cy // f + block.shape[0], cx // f: cx // f + block.shape[1]] = block
+            out[cy // f : cy // f + block.shape[0], cx // f : cx // f + block.shape[1]] = block
 
         if workers > 1 and len(chunks) > 1:
             with ThreadPoolExecutor(min(workers, len(chunks)), "lamina-overview") as pool:
@@ -292,8 +315,12 @@ def thumbnail_rgb(path: str | Path, max_px: int = 512) -> np.ndarray:
     return source_thumbnail(path, "slide", max_px)
 
 
-def read_region_rgb(path: str | Path, region: tuple[int, int, int, int], target_mpp: float,
-                    mpp_override: float | None = None) -> np.ndarray:
+def read_region_rgb(
+    path: str | Path,
+    region: tuple[int, int, int, int],
+    target_mpp: float,
+    mpp_override: float | None = None,
+) -> np.ndarray:
     """uint8 RGB of the level-0 region (x, y, w, h) of a slide, at ``target_mpp`` µm/px.
 
     Read from the coarsest level at or finer than the target, then resized to
@@ -304,7 +331,8 @@ def read_region_rgb(path: str | Path, region: tuple[int, int, int, int], target_
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x >= slide.width or y >= slide.height:
             raise UnreadableSourceError(
                 f"{path}: region {x},{y},{w},{h} lies outside the slide "
-                f"({slide.width} x {slide.height} level-0 pixels)")
+                f"({slide.width} x {slide.height} level-0 pixels)"
+            )
         if slide.mpp is None:  # not reached: require_mpp=True raised already
             raise MissingMppError(f"{path}: no microns-per-pixel")
         choice = choose_level(slide.level_downsamples, slide.mpp, target_mpp, 1, str(path))
@@ -315,16 +343,23 @@ def read_region_rgb(path: str | Path, region: tuple[int, int, int, int], target_
         if max(rw, rh, ow, oh) > MAX_REGION_PX:
             raise UnreadableSourceError(
                 f"{path}: region {w} x {h} at {target_mpp:g} µm/px is larger than "
-                f"{MAX_REGION_PX} pixels a side")
+                f"{MAX_REGION_PX} pixels a side"
+            )
         rgb = slide.read_rgb(x, y, choice.level, rw, rh)
         if (ow, oh) != (rw, rh):
-            rgb = np.asarray(Image.fromarray(rgb).resize((ow, oh), Image.Resampling.BILINEAR,
-                                                         reducing_gap=None))
+            rgb = np.asarray(
+                Image.fromarray(rgb).resize((ow, oh), Image.Resampling.BILINEAR, reducing_gap=None)
+            )
         return rgb
 
 
-def prepare_slide(file: SourceFile, source_id: str, metadata: dict[str, Any],
-                  options: IngestOptions, encoder: Encoder | None = None) -> PreparedSource:
+def prepare_slide(
+    file: SourceFile,
+    source_id: str,
+    metadata: dict[str, Any],
+    options: IngestOptions,
+    encoder: Encoder | None = None,
+) -> PreparedSource:
     """Open, find tissue, plan tiles; return the rows and a lazy, parallel, in-order tile reader.
 
     The slide is opened (and its tissue mask computed) here, in a preparation thread; tile
@@ -339,13 +374,16 @@ def prepare_slide(file: SourceFile, source_id: str, metadata: dict[str, Any],
         if slide.mpp is None:  # not reached: Slide(require_mpp=True) raised already
             raise MissingMppError(f"{slide.name}: no microns-per-pixel")
         mpp = slide.mpp
-        choice = choose_level(slide.level_downsamples, mpp, options.mpp, options.tile_px,
-                              slide.name)
+        choice = choose_level(
+            slide.level_downsamples, mpp, options.mpp, options.tile_px, slide.name
+        )
         lw, lh = slide.level_dimensions[choice.level]
         grid = plan_grid(lw, lh, choice)
         rgb, ds = slide.overview(
             mask_downsample(mpp, choice.extent_l0, slide.width, slide.height),
-            workers=options.workers, keep_level0=choice.level == 0)
+            workers=options.workers,
+            keep_level0=choice.level == 0,
+        )
         tissue = detect_tissue(rgb, ds, mpp, slide.width, slide.height)
         fractions = tissue.fractions([(t.x, t.y) for t in grid], choice.extent_l0)
     except BaseException:
@@ -359,20 +397,45 @@ def prepare_slide(file: SourceFile, source_id: str, metadata: dict[str, Any],
         "read_level": choice.level,
         "read_px": choice.size_px,
     }
-    source = {"source_id": source_id, "source": str(file.path.resolve()), "kind": "slide",
-              "width": slide.width, "height": slide.height, "mpp": mpp, "properties": properties,
-              **meta}
-    tiles = [{**meta, "kind": "tile", "x": t.x, "y": t.y, "level": t.level, "size_px": t.size_px,
-              "tile_px": options.tile_px, "mpp": options.mpp, "tissue_fraction": round(f, 4)}
-             for t, f in keep]
+    source = {
+        "source_id": source_id,
+        "source": str(file.path.resolve()),
+        "kind": "slide",
+        "width": slide.width,
+        "height": slide.height,
+        "mpp": mpp,
+        "properties": properties,
+        **meta,
+    }
+    tiles = [
+        {
+            **meta,
+            "kind": "tile",
+            "x": t.x,
+            "y": t.y,
+            "level": t.level,
+            "size_px": t.size_px,
+            "tile_px": options.tile_px,
+            "mpp": options.mpp,
+            "tissue_fraction": round(f, 4),
+        }
+        for t, f in keep
+    ]
     note = None
     if not keep:
-        note = (f"no tissue tiles: tissue covers {tissue.tissue_fraction:.1%} of the slide and "
-                f"none of its {len(grid)} tiles reaches --min-tissue {options.min_tissue:g}")
+        note = (
+            f"no tissue tiles: tissue covers {tissue.tissue_fraction:.1%} of the slide and "
+            f"none of its {len(grid)} tiles reaches --min-tissue {options.min_tissue:g}"
+        )
     specs = [t for t, _ in keep]
     window = max(2 * options.batch_size, 4 * options.workers)
-    stream = TileStream(lambda spec: slide.read_tile(spec, options.tile_px), specs,
-                        workers=options.workers, window=window, name="lamina-tile")
+    stream = TileStream(
+        lambda spec: slide.read_tile(spec, options.tile_px),
+        specs,
+        workers=options.workers,
+        window=window,
+        name="lamina-tile",
+    )
 
     def close() -> None:
         stream.close()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif"})
 AMBIGUOUS_SUFFIXES = frozenset({".tif", ".tiff"})  # a pyramidal TIFF is a slide, else a photo
-SLIDE_SUFFIXES = frozenset({".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-                            ".dcm"})
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ def classify(path: Path) -> str | None:
     return None
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+def discover(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[SourceFile], list[tuple[str, str]]]:
     """Expand files and folders (recursively, hidden entries skipped, sorted).
 
     Returns (sources, problems) where problems are (path, reason) for explicit paths that do

@@ -31,8 +31,9 @@ def _source_path(row: Mapping[str, Any]) -> Path:
         raise UnreadableSourceError("row has no source path")
     path = Path(str(source))
     if not path.is_file():
-        raise UnreadableSourceError(f"{path}: source file is gone (moved or deleted since "
-                                    "indexing)")
+        raise UnreadableSourceError(
+            f"{path}: source file is gone (moved or deleted since indexing)"
+        )
     return path
 
 
@@ -47,12 +48,14 @@ def tile_image(row: Mapping[str, Any]) -> np.ndarray:
         x, y, size = int(row["x"]), int(row["y"]), int(row["size_px"])
         return np.ascontiguousarray(read_photo(path)[1][y : y + size, x : x + size])
     try:
-        spec = TileSpec(x=int(row["x"]), y=int(row["y"]), level=int(row["level"]),
-                        size_px=int(row["size_px"]))
+        spec = TileSpec(
+            x=int(row["x"]), y=int(row["y"]), level=int(row["level"]), size_px=int(row["size_px"])
+        )
         tile_px = int(row["tile_px"])
     except (KeyError, TypeError, ValueError):
         raise UnreadableSourceError(
-            f"{path}: tile row lacks x, y, level, size_px or tile_px") from None
+            f"{path}: tile row lacks x, y, level, size_px or tile_px"
+        ) from None
     with Slide(path, require_mpp=False) as slide:
         return slide.read_tile(spec, tile_px)
 
@@ -64,13 +67,15 @@ def _fit(im: Image.Image, max_px: int) -> Image.Image:
     return im
 
 
-def source_thumbnail(path: str | Path, kind: str | None = None,
-                     max_px: int = DEFAULT_THUMBNAIL_PX) -> np.ndarray:
+def source_thumbnail(
+    path: str | Path, kind: str | None = None, max_px: int = DEFAULT_THUMBNAIL_PX
+) -> np.ndarray:
     """uint8 RGB thumbnail of a slide or photo, longest side at most ``max_px``."""
     path = Path(path)
     if not path.is_file():
-        raise UnreadableSourceError(f"{path}: source file is gone (moved or deleted since "
-                                    "indexing)")
+        raise UnreadableSourceError(
+            f"{path}: source file is gone (moved or deleted since indexing)"
+        )
     max_px = max(1, min(int(max_px), MAX_THUMBNAIL_PX))
     kind = kind or classify(path) or "photo"
     if kind == "photo":

@@ -22,8 +22,14 @@ T = TypeVar("T")
 class TileStream(Iterator[np.ndarray], Generic[T]):
     """Iterator of ``read(item)`` over ``items`` in order, computed ``workers`` at a time."""
 
-    def __init__(self, read: Callable[[T], np.ndarray], items: Sequence[T], workers: int = 4,
-                 window: int = 64, name: str = "lamina-tiles") -> None:
+    def __init__(
+        self,
+        read: Callable[[T], np.ndarray],
+        items: Sequence[T],
+        workers: int = 4,
+        window: int = 64,
+        name: str = "lamina-tiles",
+    ) -> None:
         self._read = read
         self._items = items
         self._workers = max(1, workers)
@@ -54,8 +60,9 @@ class TileStream(Iterator[np.ndarray], Generic[T]):
             if not self._items:
                 self.close()
                 raise StopIteration
-            self._pool = ThreadPoolExecutor(max_workers=self._workers,
-                                            thread_name_prefix=self._name)
+            self._pool = ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix=self._name
+            )
             self._fill()
         if not self._pending:
             self.close()

@@ -50,12 +50,14 @@ class TileSpec:
     size_px: int
 
 
-def choose_level(downsamples: Sequence[float], mpp0: float, target_mpp: float,
-                 tile_px: int, name: str = "slide") -> LevelChoice:
+def choose_level(
+    downsamples: Sequence[float], mpp0: float, target_mpp: float, tile_px: int, name: str = "slide"
+) -> LevelChoice:
     """The coarsest level at or finer than ``target_mpp`` and the read size there."""
     if mpp0 <= 0 or target_mpp <= 0:
         raise SlideResolutionError(
-            f"{name}: invalid resolution ({mpp0} µm/px, target {target_mpp})")
+            f"{name}: invalid resolution ({mpp0} µm/px, target {target_mpp})"
+        )
     if mpp0 > target_mpp * (1 + UPSAMPLE_TOLERANCE):
         raise SlideResolutionError(
             f"{name}: the slide's finest level is {mpp0:.4g} µm/px, coarser than the target "
@@ -83,5 +85,8 @@ def plan_grid(level_width: int, level_height: int, choice: LevelChoice) -> list[
     """All grid tiles in row-major order (y, then x), level-0 origins."""
     nx, ny = grid_counts(level_width, level_height, choice.size_px)
     ds, s = choice.downsample, choice.size_px
-    return [TileSpec(x=round(i * s * ds), y=round(j * s * ds), level=choice.level, size_px=s)
-            for j in range(ny) for i in range(nx)]
+    return [
+        TileSpec(x=round(i * s * ds), y=round(j * s * ds), level=choice.level, size_px=s)
+        for j in range(ny)
+        for i in range(nx)
+    ]

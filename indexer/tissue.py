@@ -40,8 +40,10 @@ MAX_SMALL_SHARE = 0.005
 def mask_downsample(mpp0: float, tile_extent_l0: float, width: int, height: int) -> float:
     """Level-0 pixels per mask pixel wanted: ~MASK_MPP, but finer where a tile would span fewer
     than MIN_TILE_MASK_PX mask pixels or the mask's short side would be under MIN_MASK_SIDE."""
-    return max(1.0, min(MASK_MPP / mpp0, tile_extent_l0 / MIN_TILE_MASK_PX,
-                        min(width, height) / MIN_MASK_SIDE))
+    return max(
+        1.0,
+        min(MASK_MPP / mpp0, tile_extent_l0 / MIN_TILE_MASK_PX, min(width, height) / MIN_MASK_SIDE),
+    )
 
 
 def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,7 +90,7 @@ def otsu(values: np.ndarray) -> float:
 
 
 def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return (xx * xx + yy * yy) <= radius * radius
 
 
@@ -177,8 +179,9 @@ class TissueMask:
         return tissue / area if area else 0.0
 
 
-def detect_tissue(rgb: np.ndarray, downsample: float, mpp0: float, width: int,
-                  height: int) -> TissueMask:
+def detect_tissue(
+    rgb: np.ndarray, downsample: float, mpp0: float, width: int, height: int
+) -> TissueMask:
     """Tissue mask of an overview ``rgb`` whose pixels are ``downsample`` level-0 pixels wide."""
     mask_mpp = mpp0 * downsample
     h, s, v = hsv(rgb)
@@ -198,5 +201,11 @@ def detect_tissue(rgb: np.ndarray, downsample: float, mpp0: float, width: int,
     cap = MAX_SMALL_SHARE * tissue.size
     tissue = _fill_small_holes(tissue, int(min(small, cap)))
     tissue = _drop_small(tissue, int(min(small, cap))) & ~pen
-    return TissueMask(mask=tissue, downsample=downsample, width=width, height=height,
-                      threshold=thr, pen_fraction=float(pen.mean()) if pen.size else 0.0)
+    return TissueMask(
+        mask=tissue,
+        downsample=downsample,
+        width=width,
+        height=height,
+        threshold=thr,
+        pen_fraction=float(pen.mean()) if pen.size else 0.0,
+    )

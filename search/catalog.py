@@ -31,7 +31,8 @@ CATALOG_FILE = "catalog.duckdb"
 metadata = sa.MetaData()
 
 cohorts_table = sa.Table(
-    "cohorts", metadata,
+    "cohorts",
+    metadata,
     sa.Column("name", sa.String, primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("collection", sa.String, nullable=False),
@@ -45,7 +46,8 @@ cohorts_table = sa.Table(
 )
 
 members_table = sa.Table(
-    "cohort_members", metadata,
+    "cohort_members",
+    metadata,
     sa.Column("name", sa.String, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("tile_id", sa.BigInteger, nullable=False),
@@ -53,7 +55,8 @@ members_table = sa.Table(
 )
 
 exports_table = sa.Table(
-    "exports", metadata,
+    "exports",
+    metadata,
     sa.Column("id", sa.String, primary_key=True),
     sa.Column("collection", sa.String, nullable=False),
     sa.Column("cohort", sa.String, nullable=True),
@@ -67,8 +70,18 @@ exports_table = sa.Table(
     sa.Column("created_at", sa.String, nullable=False),
 )
 
-_COHORT_FIELDS = ("name", "version", "collection", "snapshot", "encoder", "definition",
-                  "created_at", "n_tiles", "n_sources", "n_patients")
+_COHORT_FIELDS = (
+    "name",
+    "version",
+    "collection",
+    "snapshot",
+    "encoder",
+    "definition",
+    "created_at",
+    "n_tiles",
+    "n_sources",
+    "n_patients",
+)
 
 
 def now_utc() -> str:
@@ -114,8 +127,12 @@ class Catalog:
     def __enter__(self) -> Catalog:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     @contextmanager
@@ -130,34 +147,53 @@ class Catalog:
                 yield self._conn
 
     # -- cohorts ----------------------------------------------------------------------------
-    def add_cohort(self, record: dict[str, Any], tile_ids: Sequence[int],
-                   scores: Sequence[float] | None) -> dict[str, Any]:
+    def add_cohort(
+        self, record: dict[str, Any], tile_ids: Sequence[int], scores: Sequence[float] | None
+    ) -> dict[str, Any]:
         """Store a new version of cohort ``record['name']``; returns the stored record."""
         name = record["name"]
         with self._tx() as conn:
             latest = conn.execute(
-                sa.select(sa.func.max(cohorts_table.c.version))
-                .where(cohorts_table.c.name == name)).scalar()
+                sa.select(sa.func.max(cohorts_table.c.version)).where(cohorts_table.c.name == name)
+            ).scalar()
             version = int(latest or 0) + 1
             row = {k: record.get(k) for k in _COHORT_FIELDS}
-            row.update(version=version, created_at=record.get("created_at") or now_utc(),
-                       definition=json.dumps(record.get("definition") or {}, sort_keys=True))
+            row.update(
+                version=version,
+                created_at=record.get("created_at") or now_utc(),
+                definition=json.dumps(record.get("definition") or {}, sort_keys=True),
+            )
             conn.execute(sa.insert(cohorts_table), [row])
-            members = [{"name": name, "version": version, "tile_id": int(t),
-                        "score": None if scores is None else float(scores[i])}
-                       for i, t in enumerate(tile_ids)]
+            members = [
+                {
+                    "name": name,
+                    "version": version,
+                    "tile_id": int(t),
+                    "score": None if scores is None else float(scores[i]),
+                }
+                for i, t in enumerate(tile_ids)
+            ]
             if members:
                 conn.execute(sa.insert(members_table), members)
         return self.cohort(name, version)
 
     def cohorts(self) -> list[dict[str, Any]]:
         """The latest version of every cohort, by name."""
-        latest = (sa.select(cohorts_table.c.name, sa.func.max(cohorts_table.c.version).label("v"))
-                  .group_by(cohorts_table.c.name).subquery())
-        q = (sa.select(cohorts_table)
-             .join(latest, sa.and_(cohorts_table.c.name == latest.c.name,
-                                   cohorts_table.c.version == latest.c.v))
-             .order_by(cohorts_table.c.name))
+        latest = (
+            sa.select(cohorts_table.c.name, sa.func.max(cohorts_table.c.version).label("v"))
+            .group_by(cohorts_table.c.name)
+            .subquery()
+        )
+        q = (
+            sa.select(cohorts_table)
+            .join(
+                latest,
+                sa.and_(
+                    cohorts_table.c.name == latest.c.name, cohorts_table.c.version == latest.c.v
+                ),
+            )
+            .order_by(cohorts_table.c.name)
+        )
         with self._tx() as conn:
             rows = conn.execute(q).mappings().all()
         out = [_cohort_dict(r) for r in rows]
@@ -174,8 +210,11 @@ class Catalog:
     def cohort(self, name: str, version: int | None = None) -> dict[str, Any]:
         """One version of a cohort (the latest by default)."""
         q = sa.select(cohorts_table).where(cohorts_table.c.name == name)
-        q = (q.where(cohorts_table.c.version == version) if version is not None
-             else q.order_by(cohorts_table.c.version.desc()).limit(1))
+        q = (
+            q.where(cohorts_table.c.version == version)
+            if version is not None
+            else q.order_by(cohorts_table.c.version.desc()).limit(1)
+        )
         with self._tx() as conn:
             row = conn.execute(q).mappings().first()
         if row is None:
@@ -187,16 +226,21 @@ class Catalog:
         return out
 
     def versions(self, name: str) -> list[int]:
-        q = (sa.select(cohorts_table.c.version).where(cohorts_table.c.name == name)
-             .order_by(cohorts_table.c.version))
+        q = (
+            sa.select(cohorts_table.c.version)
+            .where(cohorts_table.c.name == name)
+            .order_by(cohorts_table.c.version)
+        )
         with self._tx() as conn:
             return [int(v) for v in conn.execute(q).scalars()]
 
     def members(self, name: str, version: int) -> tuple[list[int], list[float | None]]:
         """Tile ids (ascending) and scores of one cohort version."""
-        q = (sa.select(members_table.c.tile_id, members_table.c.score)
-             .where(members_table.c.name == name, members_table.c.version == version)
-             .order_by(members_table.c.tile_id))
+        q = (
+            sa.select(members_table.c.tile_id, members_table.c.score)
+            .where(members_table.c.name == name, members_table.c.version == version)
+            .order_by(members_table.c.tile_id)
+        )
         with self._tx() as conn:
             rows = conn.execute(q).all()
         return [int(r[0]) for r in rows], [None if r[1] is None else float(r[1]) for r in rows]
@@ -241,4 +285,3 @@ def _cohort_dict(row: Any) -> dict[str, Any]:
     if d["n_patients"] is not None:
         d["n_patients"] = int(d["n_patients"])
     return d
-

@@ -52,20 +52,28 @@ def best_scores(vectors: np.ndarray, queries: np.ndarray, positions: np.ndarray)
     """(n_queries, len(positions)) inner products, computed in chunks."""
     out = np.empty((len(queries), len(positions)), np.float32)
     for start in range(0, len(positions), _CHUNK):
-        chunk = positions[start:start + _CHUNK]
-        out[:, start:start + len(chunk)] = queries @ vectors[chunk].T
+        chunk = positions[start : start + _CHUNK]
+        out[:, start : start + len(chunk)] = queries @ vectors[chunk].T
     return out
 
 
-def compute_members(view: CollectionView, *, filters: Sequence[str] = (),
-                    filter_json: Mapping[str, Any] | None = None,
-                    queries: np.ndarray | None = None, k: int | None = None,
-                    min_score: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def compute_members(
+    view: CollectionView,
+    *,
+    filters: Sequence[str] = (),
+    filter_json: Mapping[str, Any] | None = None,
+    queries: np.ndarray | None = None,
+    k: int | None = None,
+    min_score: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """-> (tile ids ascending, scores or None). See the module docstring for the rules."""
     conds = parse_filters(filters, filter_json)
     where, params = compile_conditions(conds, view.schema)
-    positions = (np.arange(view.n_tiles, dtype=np.int64) if where == "TRUE"
-                 else np.asarray(view.matching_positions(where, params), dtype=np.int64))
+    positions = (
+        np.arange(view.n_tiles, dtype=np.int64)
+        if where == "TRUE"
+        else np.asarray(view.matching_positions(where, params), dtype=np.int64)
+    )
     tile_ids = view.index.tile_ids[positions]
     if queries is None or len(queries) == 0:
         order = np.argsort(tile_ids, kind="stable")
@@ -100,8 +108,11 @@ def summary_counts(view: CollectionView, tile_ids: Sequence[int]) -> dict[str, i
     cte, params = _member_cte(tile_ids)
     pcol = patient_column(view)
     pexpr = f"count(DISTINCT t.{quote_ident(pcol)})" if pcol else "NULL"
-    row = view.sql(cte + f"SELECT count(*) AS n_tiles, count(DISTINCT t.source_id) AS n_sources, "
-                   f"{pexpr} AS n_patients FROM tiles t JOIN m USING (tile_id)", params)[0]
+    row = view.sql(
+        cte + f"SELECT count(*) AS n_tiles, count(DISTINCT t.source_id) AS n_sources, "
+        f"{pexpr} AS n_patients FROM tiles t JOIN m USING (tile_id)",
+        params,
+    )[0]
     return {k: (None if v is None else int(v)) for k, v in row.items()}
 
 
@@ -116,22 +127,33 @@ def label_columns(view: CollectionView) -> list[str]:
     return [c for c, n in zip(cols, counts, strict=True) if 0 < int(n) <= LABEL_MAX_DISTINCT]
 
 
-def _value_counts(view: CollectionView, column: str, tile_ids: Sequence[int]) -> list[dict[str, Any]]:
+def _value_counts(
+    view: CollectionView, column: str, tile_ids: Sequence[int]
+) -> list[dict[str, Any]]:
     cte, params = _member_cte(tile_ids)
     col = quote_ident(column)
-    rows = view.sql(cte + f"SELECT t.{col} AS value, count(*) AS n FROM tiles t JOIN m USING "
-                    f"(tile_id) GROUP BY ALL ORDER BY n DESC, value NULLS LAST", params)
+    rows = view.sql(
+        cte + f"SELECT t.{col} AS value, count(*) AS n FROM tiles t JOIN m USING "
+        f"(tile_id) GROUP BY ALL ORDER BY n DESC, value NULLS LAST",
+        params,
+    )
     return [{"value": _plain(r["value"]), "n": int(r["n"])} for r in rows]
 
 
-def cohort_counts(view: CollectionView, tile_ids: Sequence[int],
-                  label_column: str | None = None) -> dict[str, Any]:
+def cohort_counts(
+    view: CollectionView, tile_ids: Sequence[int], label_column: str | None = None
+) -> dict[str, Any]:
     """Counts per slide (source), per patient and per label column over the given tiles."""
     cte, params = _member_cte(tile_ids)
-    per_slide = [{"source_id": r["source_id"], "source": r["source"], "n": int(r["n"])}
-                 for r in view.sql(cte + "SELECT t.source_id, any_value(t.source) AS source, "
-                                   "count(*) AS n FROM tiles t JOIN m USING (tile_id) "
-                                   "GROUP BY t.source_id ORDER BY n DESC, t.source_id", params)]
+    per_slide = [
+        {"source_id": r["source_id"], "source": r["source"], "n": int(r["n"])}
+        for r in view.sql(
+            cte + "SELECT t.source_id, any_value(t.source) AS source, "
+            "count(*) AS n FROM tiles t JOIN m USING (tile_id) "
+            "GROUP BY t.source_id ORDER BY n DESC, t.source_id",
+            params,
+        )
+    ]
     pcol = patient_column(view)
     per_patient = _value_counts(view, pcol, tile_ids) if pcol else []
     if label_column is not None:
@@ -140,8 +162,12 @@ def cohort_counts(view: CollectionView, tile_ids: Sequence[int],
         labels = [label_column]
     else:
         labels = label_columns(view)
-    return {"patient_column": pcol, "per_slide": per_slide, "per_patient": per_patient,
-            "per_label": {c: _value_counts(view, c, tile_ids) for c in labels}}
+    return {
+        "patient_column": pcol,
+        "per_slide": per_slide,
+        "per_patient": per_patient,
+        "per_label": {c: _value_counts(view, c, tile_ids) for c in labels},
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -152,12 +178,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def create_cohort(catalog: Catalog, service: SearchService, name: str, collection: str, *,
-                  filters: Sequence[str] = (), filter_json: Mapping[str, Any] | None = None,
-                  near_vectors: Sequence[np.ndarray] = (),
-                  near_images: Sequence[Mapping[str, Any]] = (),
-                  near_tile_ids: Sequence[int] = (), k: int | None = None,
-                  min_score: float | None = None) -> dict[str, Any]:
+def create_cohort(
+    catalog: Catalog,
+    service: SearchService,
+    name: str,
+    collection: str,
+    *,
+    filters: Sequence[str] = (),
+    filter_json: Mapping[str, Any] | None = None,
+    near_vectors: Sequence[np.ndarray] = (),
+    near_images: Sequence[Mapping[str, Any]] = (),
+    near_tile_ids: Sequence[int] = (),
+    k: int | None = None,
+    min_score: float | None = None,
+) -> dict[str, Any]:
     """Compute and store a new version of cohort ``name``.
 
     ``near_vectors`` are the embeddings of example images (made by the caller with the
@@ -177,22 +211,36 @@ def create_cohort(catalog: Catalog, service: SearchService, name: str, collectio
         raise InvalidQueryError("k / min_score need examples (near images or near tile ids)")
     if queries is not None and k is None and min_score is None:
         k = DEFAULT_K
-    ids, scores = compute_members(view, filters=filters, filter_json=filter_json,
-                                  queries=queries, k=k, min_score=min_score)
+    ids, scores = compute_members(
+        view, filters=filters, filter_json=filter_json, queries=queries, k=k, min_score=min_score
+    )
     definition = {
         "filter": conditions_to_json(parse_filters(filters, filter_json)),
         "near_images": [dict(m) for m in near_images],
         "near_tile_ids": [int(t) for t in near_tile_ids],
-        "k": k, "min_score": min_score,
+        "k": k,
+        "min_score": min_score,
     }
-    record = {"name": name, "collection": collection, "snapshot": view.snapshot.id,
-              "encoder": view.collection.fingerprint, "definition": definition,
-              "created_at": now_utc(), **summary_counts(view, ids.tolist())}
+    record = {
+        "name": name,
+        "collection": collection,
+        "snapshot": view.snapshot.id,
+        "encoder": view.collection.fingerprint,
+        "definition": definition,
+        "created_at": now_utc(),
+        **summary_counts(view, ids.tolist()),
+    }
     return catalog.add_cohort(record, ids.tolist(), None if scores is None else scores.tolist())
 
 
-def show_cohort(catalog: Catalog, service: SearchService, name: str, *,
-                version: int | None = None, label_column: str | None = None) -> dict[str, Any]:
+def show_cohort(
+    catalog: Catalog,
+    service: SearchService,
+    name: str,
+    *,
+    version: int | None = None,
+    label_column: str | None = None,
+) -> dict[str, Any]:
     """The cohort record plus its counts per slide, patient and label column."""
     record = catalog.cohort(name, version)
     view = service.view(record["collection"])
@@ -201,11 +249,14 @@ def show_cohort(catalog: Catalog, service: SearchService, name: str, *,
     return record
 
 
-def cohort_tile_ids(catalog: Catalog, name: str, collection: str) -> tuple[list[int], dict[str, Any]]:
+def cohort_tile_ids(
+    catalog: Catalog, name: str, collection: str
+) -> tuple[list[int], dict[str, Any]]:
     """Members of the latest version of ``name``, checked to belong to ``collection``."""
     record = catalog.cohort(name)
     if record["collection"] != collection:
         raise InvalidQueryError(
-            f"cohort {name!r} belongs to collection {record['collection']!r}, not {collection!r}")
+            f"cohort {name!r} belongs to collection {record['collection']!r}, not {collection!r}"
+        )
     ids, _ = catalog.members(name, record["version"])
     return ids, record

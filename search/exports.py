@@ -50,8 +50,9 @@ def lamina_version() -> str:
         return "0+unknown"
 
 
-def assign_split(groups: Sequence[str], labels: Sequence[str], test_fraction: float,
-                 seed: int) -> np.ndarray:
+def assign_split(
+    groups: Sequence[str], labels: Sequence[str], test_fraction: float, seed: int
+) -> np.ndarray:
     """Boolean ``is_test`` per row; whole groups go to one side (see the module docstring)."""
     if not 0.0 <= float(test_fraction) < 1.0:
         raise InvalidQueryError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
@@ -88,9 +89,9 @@ def assign_split(groups: Sequence[str], labels: Sequence[str], test_fraction: fl
 class LabeledSet:
     """The rows of an export, as arrays, plus what the file records about itself."""
 
-    tile_id: np.ndarray                 # int64 (n,)
-    text: dict[str, list[str | None]]   # TEXT_COLUMNS -> values
-    embedding: np.ndarray               # float32 (n, dim)
+    tile_id: np.ndarray  # int64 (n,)
+    text: dict[str, list[str | None]]  # TEXT_COLUMNS -> values
+    embedding: np.ndarray  # float32 (n, dim)
     meta: dict[str, Any]
     nn_tile_id: list[list[int]] | None = None
     nn_score: list[list[float]] | None = None
@@ -115,10 +116,17 @@ class LabeledSet:
         return table.replace_schema_metadata({"lamina": json.dumps(self.meta, sort_keys=True)})
 
 
-def build_labeled_set(view: CollectionView, label_column: str, *,
-                      tile_ids: Sequence[int] | None = None, split_by: str | None = None,
-                      test_fraction: float = 0.2, seed: int = 0, neighbors: int | None = None,
-                      cohort: dict[str, Any] | None = None) -> LabeledSet:
+def build_labeled_set(
+    view: CollectionView,
+    label_column: str,
+    *,
+    tile_ids: Sequence[int] | None = None,
+    split_by: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    neighbors: int | None = None,
+    cohort: dict[str, Any] | None = None,
+) -> LabeledSet:
     """Rows of the collection (or of ``tile_ids``) with a non-null label, split train/test."""
     for col, what in ((label_column, "label column"), (split_by, "split-by column")):
         if col is not None and col not in view.schema:
@@ -130,8 +138,10 @@ def build_labeled_set(view: CollectionView, label_column: str, *,
     lab = quote_ident(label_column)
     pat = f"CAST({quote_ident(pcol)} AS VARCHAR)" if pcol else "NULL::VARCHAR"
     grp = f"CAST({quote_ident(split_by)} AS VARCHAR)" if split_by else "NULL::VARCHAR"
-    select = (f"SELECT tile_id, source, source_id, {pat} AS patient, "
-              f"CAST({lab} AS VARCHAR) AS label, {grp} AS grp FROM tiles")
+    select = (
+        f"SELECT tile_id, source, source_id, {pat} AS patient, "
+        f"CAST({lab} AS VARCHAR) AS label, {grp} AS grp FROM tiles"
+    )
     params: list[Any] = []
     if tile_ids is not None:
         select += " WHERE tile_id IN (SELECT unnest(?::BIGINT[]))"
@@ -143,22 +153,37 @@ def build_labeled_set(view: CollectionView, label_column: str, *,
     labels = [str(r["label"]) for r in kept]
     is_test = assign_split(groups, labels, test_fraction, seed)
     text: dict[str, list[str | None]] = {
-        "source": [r["source"] for r in kept], "source_id": [r["source_id"] for r in kept],
-        "patient": [r["patient"] for r in kept], "label": list(labels),
-        "split": ["test" if t else "train" for t in is_test], "group": list(groups),
+        "source": [r["source"] for r in kept],
+        "source_id": [r["source_id"] for r in kept],
+        "patient": [r["patient"] for r in kept],
+        "label": list(labels),
+        "split": ["test" if t else "train" for t in is_test],
+        "group": list(groups),
     }
-    emb = (view.tile_vectors(ids.tolist()).astype(np.float32) if len(ids)
-           else np.zeros((0, view.dim), np.float32))
+    emb = (
+        view.tile_vectors(ids.tolist()).astype(np.float32)
+        if len(ids)
+        else np.zeros((0, view.dim), np.float32)
+    )
     meta = {
-        "format": EXPORT_FORMAT, "lamina_version": lamina_version(),
-        "collection": view.collection.name, "snapshot": view.snapshot.id,
-        "encoder": view.collection.fingerprint, "encoder_key": view.collection.encoder_key,
-        "label_column": label_column, "split_by": split_by, "patient_column": pcol,
-        "test_fraction": float(test_fraction), "seed": int(seed), "neighbors": neighbors,
+        "format": EXPORT_FORMAT,
+        "lamina_version": lamina_version(),
+        "collection": view.collection.name,
+        "snapshot": view.snapshot.id,
+        "encoder": view.collection.fingerprint,
+        "encoder_key": view.collection.encoder_key,
+        "label_column": label_column,
+        "split_by": split_by,
+        "patient_column": pcol,
+        "test_fraction": float(test_fraction),
+        "seed": int(seed),
+        "neighbors": neighbors,
         "cohort": None if cohort is None else cohort["name"],
         "cohort_version": None if cohort is None else cohort["version"],
-        "n_rows": int(len(ids)), "n_dropped_null_label": len(rows) - len(kept),
-        "n_train": int((~is_test).sum()), "n_test": int(is_test.sum()),
+        "n_rows": int(len(ids)),
+        "n_dropped_null_label": len(rows) - len(kept),
+        "n_train": int((~is_test).sum()),
+        "n_test": int(is_test.sum()),
         "embedding_dim": int(view.dim),
     }
     out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta)
@@ -168,8 +193,10 @@ def build_labeled_set(view: CollectionView, label_column: str, *,
 
 
 def _add_neighbors(view: CollectionView, ls: LabeledSet, label_column: str, k: int) -> None:
-    rows = view.sql(f"SELECT tile_id, CAST({quote_ident(label_column)} AS VARCHAR) AS label "
-                    f"FROM tiles WHERE {quote_ident(label_column)} IS NOT NULL ORDER BY tile_id")
+    rows = view.sql(
+        f"SELECT tile_id, CAST({quote_ident(label_column)} AS VARCHAR) AS label "
+        f"FROM tiles WHERE {quote_ident(label_column)} IS NOT NULL ORDER BY tile_id"
+    )
     cand_ids = np.asarray([int(r["tile_id"]) for r in rows], dtype=np.int64)
     cand_labels = [str(r["label"]) for r in rows]
     cand_pos = view.positions_of(cand_ids) if len(cand_ids) else np.zeros(0, np.int64)
@@ -177,7 +204,7 @@ def _add_neighbors(view: CollectionView, ls: LabeledSet, label_column: str, k: i
     nn_scores: list[list[float]] = []
     nn_labels: list[list[str]] = []
     for start in range(0, ls.n, 1024):
-        q = ls.embedding[start:start + 1024]
+        q = ls.embedding[start : start + 1024]
         scores = best_scores(view.vectors, q, cand_pos)
         for i, row in enumerate(scores):
             self_id = ls.tile_id[start + i]
@@ -201,8 +228,7 @@ def csv_sidecar(path: str | os.PathLike[str]) -> Path:
     return Path(str(path) + ".meta.json")
 
 
-def write_labeled_set(ls: LabeledSet, path: str | os.PathLike[str],
-                      fmt: str | None = None) -> str:
+def write_labeled_set(ls: LabeledSet, path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """Write atomically (temporary file + rename); returns the sha256 of the data file."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -232,8 +258,9 @@ def _csv_table(ls: LabeledSet) -> pa.Table:
         cols[c] = pa.array(ls.text[c], pa.string())
     if ls.nn_tile_id is not None:
         cols["nn_tile_id"] = [json.dumps(v) for v in ls.nn_tile_id]
-        cols["nn_score"] = [json.dumps([float(np.float32(s)) for s in v])
-                            for v in ls.nn_score or []]
+        cols["nn_score"] = [
+            json.dumps([float(np.float32(s)) for s in v]) for v in ls.nn_score or []
+        ]
         cols["nn_label"] = [json.dumps(v) for v in ls.nn_label]
     for j in range(ls.embedding.shape[1]):
         cols[f"e{j}"] = pa.array(ls.embedding[:, j], pa.float32())
@@ -267,8 +294,12 @@ def read_labeled_set(path: str | os.PathLike[str]) -> LabeledSet:
     if fmt == "npz":
         with np.load(path, allow_pickle=False) as z:
             text = {c: [v or None for v in z[c].tolist()] for c in TEXT_COLUMNS}
-            return LabeledSet(tile_id=z["tile_id"], text=text, embedding=z["embedding"],
-                              meta=json.loads(str(z["meta_json"])))
+            return LabeledSet(
+                tile_id=z["tile_id"],
+                text=text,
+                embedding=z["embedding"],
+                meta=json.loads(str(z["meta_json"])),
+            )
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -285,15 +316,28 @@ def read_labeled_set(path: str | os.PathLike[str]) -> LabeledSet:
         dims = [c for c in table.column_names if c.startswith("e") and c[1:].isdigit()]
         emb = np.stack([table.column(c).to_numpy() for c in dims], axis=1)
     text = {c: table.column(c).to_pylist() for c in TEXT_COLUMNS}
-    return LabeledSet(tile_id=table.column("tile_id").to_numpy().astype(np.int64), text=text,
-                      embedding=np.asarray(emb, np.float32), meta=meta)
+    return LabeledSet(
+        tile_id=table.column("tile_id").to_numpy().astype(np.int64),
+        text=text,
+        embedding=np.asarray(emb, np.float32),
+        meta=meta,
+    )
 
 
-def export_labeled_set(view: CollectionView, catalog: Any, out: str | os.PathLike[str], *,
-                       label_column: str, cohort: str | None = None,
-                       split_by: str | None = None, test_fraction: float = 0.2, seed: int = 0,
-                       neighbors: int | None = None, fmt: str | None = None,
-                       record_path: bool = True) -> dict[str, Any]:
+def export_labeled_set(
+    view: CollectionView,
+    catalog: Any,
+    out: str | os.PathLike[str],
+    *,
+    label_column: str,
+    cohort: str | None = None,
+    split_by: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    neighbors: int | None = None,
+    fmt: str | None = None,
+    record_path: bool = True,
+) -> dict[str, Any]:
     """Build, write and record (in the catalog, when given) one export; returns its record.
 
     ``record_path=False`` leaves the file's path out of the record (a temporary file that
@@ -308,18 +352,39 @@ def export_labeled_set(view: CollectionView, catalog: Any, out: str | os.PathLik
     tile_ids, record = (None, None)
     if cohort is not None:
         tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
-    ls = build_labeled_set(view, label_column, tile_ids=tile_ids, split_by=split_by,
-                           test_fraction=test_fraction, seed=seed, neighbors=neighbors,
-                           cohort=record)
+    ls = build_labeled_set(
+        view,
+        label_column,
+        tile_ids=tile_ids,
+        split_by=split_by,
+        test_fraction=test_fraction,
+        seed=seed,
+        neighbors=neighbors,
+        cohort=record,
+    )
     digest = write_labeled_set(ls, out, fmt)
-    args = {"label_column": label_column, "cohort": cohort, "split_by": split_by,
-            "test_fraction": float(test_fraction), "seed": int(seed), "neighbors": neighbors,
-            "format": fmt}
-    entry = {"id": secrets.token_hex(8), "collection": view.collection.name, "cohort": cohort,
-             "cohort_version": None if record is None else record["version"], "args": args,
-             "snapshot": ls.meta["snapshot"], "encoder": ls.meta["encoder"], "rows": ls.n,
-             "sha256": digest, "path": str(Path(out).resolve()) if record_path else None,
-             "created_at": now_utc()}
+    args = {
+        "label_column": label_column,
+        "cohort": cohort,
+        "split_by": split_by,
+        "test_fraction": float(test_fraction),
+        "seed": int(seed),
+        "neighbors": neighbors,
+        "format": fmt,
+    }
+    entry = {
+        "id": secrets.token_hex(8),
+        "collection": view.collection.name,
+        "cohort": cohort,
+        "cohort_version": None if record is None else record["version"],
+        "args": args,
+        "snapshot": ls.meta["snapshot"],
+        "encoder": ls.meta["encoder"],
+        "rows": ls.n,
+        "sha256": digest,
+        "path": str(Path(out).resolve()) if record_path else None,
+        "created_at": now_utc(),
+    }
     if catalog is not None:
         catalog.record_export(entry)
     return {"ok": True, "export": entry, "meta": ls.meta}

@@ -20,8 +20,21 @@ OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
 _SQL_OP = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _EXPR_RE = re.compile(r"^\s*([^!<>=]+?)\s*(!=|>=|<=|=|>|<)(.*)$", re.S)
 _EXPR_OP = {"=": "in", "!=": "nin", ">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
-NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE",
-                 "DECIMAL", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "REAL")
+NUMERIC_TYPES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "REAL",
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,9 @@ def parse_json(spec: Mapping[str, Any]) -> list[Condition]:
             raise FilterError(f"filter on {col!r} has no operator")
         for op, value in cond.items():
             if op not in OPERATORS:
-                raise FilterError(f"unknown filter operator {op!r} on {col!r}; use one of {OPERATORS}")
+                raise FilterError(
+                    f"unknown filter operator {op!r} on {col!r}; use one of {OPERATORS}"
+                )
             if op in ("in", "nin"):
                 if not isinstance(value, list | tuple):
                     raise FilterError(f"{col}.{op} needs a list of values")
@@ -93,8 +108,9 @@ def parse_json(spec: Mapping[str, Any]) -> list[Condition]:
     return out
 
 
-def parse_filters(exprs: Iterable[str] | None = None,
-                  spec: Mapping[str, Any] | None = None) -> list[Condition]:
+def parse_filters(
+    exprs: Iterable[str] | None = None, spec: Mapping[str, Any] | None = None
+) -> list[Condition]:
     conds = [parse_expr(e) for e in (exprs or [])]
     if spec:
         conds.extend(parse_json(spec))
@@ -117,8 +133,14 @@ def _coerce(value: Any, sql_type: str, cond: Condition) -> Any:
         try:
             num = float(str(value))
         except ValueError:
-            raise FilterError(f"column {cond.column!r} is numeric; {value!r} is not a number") from None
-        return int(num) if num.is_integer() and base not in ("FLOAT", "DOUBLE", "REAL", "DECIMAL") else num
+            raise FilterError(
+                f"column {cond.column!r} is numeric; {value!r} is not a number"
+            ) from None
+        return (
+            int(num)
+            if num.is_integer() and base not in ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+            else num
+        )
     if base == "BOOLEAN":
         if isinstance(value, bool):
             return value
@@ -133,8 +155,9 @@ def _coerce(value: Any, sql_type: str, cond: Condition) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
-def compile_conditions(conds: Iterable[Condition], schema: Mapping[str, str],
-                       table_alias: str = "") -> tuple[str, list[Any]]:
+def compile_conditions(
+    conds: Iterable[Condition], schema: Mapping[str, str], table_alias: str = ""
+) -> tuple[str, list[Any]]:
     """-> (SQL boolean expression, parameters). ``schema`` maps column name to DuckDB type."""
     clauses: list[str] = []
     params: list[Any] = []

@@ -96,8 +96,9 @@ def _interval(point: float, samples: np.ndarray) -> dict[str, float | None]:
     return {"value": point, "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def fit_proba(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int,
-              seed: int) -> tuple[np.ndarray, bool]:
+def fit_proba(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int
+) -> tuple[np.ndarray, bool]:
     """Class probabilities (n_test, n_classes) of a standardised logistic regression."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -126,21 +127,27 @@ def select_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]
     return {uniq[i] for i in perm[:m]}
 
 
-def retrieval_metrics(x_train: np.ndarray, y_train: np.ndarray, ids_train: np.ndarray,
-                      x_test: np.ndarray, y_test: np.ndarray) -> dict[str, float | None]:
+def retrieval_metrics(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    ids_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> dict[str, float | None]:
     """Acc@1, Acc@3, Acc@5 and mMV@5 (see the module docstring)."""
     if len(x_train) == 0 or len(x_test) == 0:
         return {"acc@1": None, "acc@3": None, "acc@5": None, "mmv@5": None}
     k = min(5, len(x_train))
     top = np.empty((len(x_test), k), np.int64)
     for start in range(0, len(x_test), 1024):
-        s = x_test[start:start + 1024] @ x_train.T
+        s = x_test[start : start + 1024] @ x_train.T
         for i, row in enumerate(s):
             top[start + i] = np.lexsort((ids_train, -row))[:k]
     labels = y_train[top]
     hit = labels == y_test[:, None]
-    out: dict[str, float | None] = {f"acc@{j}": float(hit[:, :j].any(axis=1).mean())
-                                    for j in (1, 3, 5)}
+    out: dict[str, float | None] = {
+        f"acc@{j}": float(hit[:, :j].any(axis=1).mean()) for j in (1, 3, 5)
+    }
     votes = np.empty(len(x_test), np.int64)
     for i, row in enumerate(labels):
         vals, counts = np.unique(row, return_counts=True)
@@ -151,8 +158,12 @@ def retrieval_metrics(x_train: np.ndarray, y_train: np.ndarray, ids_train: np.nd
     return out
 
 
-def probe_labeled_set(ls: LabeledSet, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                      seed: int = 0, n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
+def probe_labeled_set(
+    ls: LabeledSet,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    n_bootstrap: int = N_BOOTSTRAP,
+) -> dict[str, Any]:
     """The probe report (the JSON of ``lamina probe``) for one labeled set."""
     fractions = [float(f) for f in fractions]
     if not fractions or any(not 0 < f <= 1 for f in fractions):
@@ -167,7 +178,8 @@ def probe_labeled_set(ls: LabeledSet, fractions: Sequence[float] = DEFAULT_FRACT
     if len(classes) < 2 or len(test) == 0 or len(np.unique(y[train])) < 2:
         raise InvalidQueryError(
             f"a probe needs at least two classes in train and a non-empty test split "
-            f"(classes {classes}, train {len(train)}, test {len(test)})")
+            f"(classes {classes}, train {len(train)}, test {len(test)})"
+        )
     x = ls.embedding.astype(np.float64)
     y_test = y[test]
     rows = []
@@ -180,9 +192,13 @@ def probe_labeled_set(ls: LabeledSet, fractions: Sequence[float] = DEFAULT_FRACT
         for idx in bootstrap_indices(len(test), n_bootstrap, seed):
             for key, vals in metric_rows(y_test, proba, idx).items():
                 boots[key].append(vals)
-        row: dict[str, Any] = {"fraction": f, "n_train_groups": len(chosen), "n_train": len(sub),
-                               "n_train_classes": int(len(np.unique(y[sub]))),
-                               "converged": converged}
+        row: dict[str, Any] = {
+            "fraction": f,
+            "n_train_groups": len(chosen),
+            "n_train": len(sub),
+            "n_train_classes": int(len(np.unique(y[sub]))),
+            "converged": converged,
+        }
         for key, vals in point.items():
             samples = np.concatenate(boots[key]) if boots[key] else np.zeros(0)
             row[key] = _interval(float(vals[0]), samples)
@@ -191,34 +207,61 @@ def probe_labeled_set(ls: LabeledSet, fractions: Sequence[float] = DEFAULT_FRACT
     retrieval = retrieval_metrics(unit[train], y[train], ls.tile_id[train], unit[test], y_test)
     meta = ls.meta
     return {
-        "ok": True, "collection": meta.get("collection"), "snapshot": meta.get("snapshot"),
-        "encoder": meta.get("encoder"), "label_column": meta.get("label_column"),
-        "split_by": meta.get("split_by"), "cohort": meta.get("cohort"),
-        "seed": int(seed), "test_fraction": meta.get("test_fraction"),
-        "n_train": len(train), "n_test": len(test),
+        "ok": True,
+        "collection": meta.get("collection"),
+        "snapshot": meta.get("snapshot"),
+        "encoder": meta.get("encoder"),
+        "label_column": meta.get("label_column"),
+        "split_by": meta.get("split_by"),
+        "cohort": meta.get("cohort"),
+        "seed": int(seed),
+        "test_fraction": meta.get("test_fraction"),
+        "n_train": len(train),
+        "n_test": len(test),
         "n_train_groups": len(set(groups[train].tolist())),
         "n_test_groups": len(set(groups[test].tolist())),
         "n_dropped_null_label": meta.get("n_dropped_null_label"),
         "classes": classes,
-        "class_counts": {c: {"train": int((y[train] == i).sum()), "test": int((y_test == i).sum())}
-                         for i, c in enumerate(classes)},
+        "class_counts": {
+            c: {"train": int((y[train] == i).sum()), "test": int((y_test == i).sum())}
+            for i, c in enumerate(classes)
+        },
         "model": "StandardScaler + LogisticRegression(lbfgs, C=1, max_iter=2000)",
-        "ci": {"method": "percentile bootstrap of the test set", "level": 0.95,
-               "n_resamples": n_bootstrap},
-        "fractions": rows, "retrieval": retrieval,
+        "ci": {
+            "method": "percentile bootstrap of the test set",
+            "level": 0.95,
+            "n_resamples": n_bootstrap,
+        },
+        "fractions": rows,
+        "retrieval": retrieval,
     }
 
 
-def probe_collection(view: CollectionView, catalog: Any, label_column: str, *,
-                     cohort: str | None = None, split_by: str | None = None,
-                     fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-                     test_fraction: float = 0.2, n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
+def probe_collection(
+    view: CollectionView,
+    catalog: Any,
+    label_column: str,
+    *,
+    cohort: str | None = None,
+    split_by: str | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    n_bootstrap: int = N_BOOTSTRAP,
+) -> dict[str, Any]:
     """Build the labeled set exactly as ``lamina export`` would, then probe it."""
     from search.cohorts import cohort_tile_ids
 
     tile_ids, record = (None, None)
     if cohort is not None:
         tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
-    ls = build_labeled_set(view, label_column, tile_ids=tile_ids, split_by=split_by,
-                           test_fraction=test_fraction, seed=seed, cohort=record)
+    ls = build_labeled_set(
+        view,
+        label_column,
+        tile_ids=tile_ids,
+        split_by=split_by,
+        test_fraction=test_fraction,
+        seed=seed,
+        cohort=record,
+    )
     return probe_labeled_set(ls, fractions, seed, n_bootstrap)

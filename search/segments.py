@@ -112,9 +112,16 @@ class SegmentInfo:
     @classmethod
     def load(cls, path: Path) -> SegmentInfo:
         meta = json.loads((path / "segment.json").read_text())
-        return cls(segment_id=meta["segment_id"], path=path, n_tiles=meta["n_tiles"],
-                   n_sources=meta["n_sources"], dim=meta["dim"], fingerprint=meta["fingerprint"],
-                   run_id=meta.get("run_id", ""), created_at=meta.get("created_at", ""))
+        return cls(
+            segment_id=meta["segment_id"],
+            path=path,
+            n_tiles=meta["n_tiles"],
+            n_sources=meta["n_sources"],
+            dim=meta["dim"],
+            fingerprint=meta["fingerprint"],
+            run_id=meta.get("run_id", ""),
+            created_at=meta.get("created_at", ""),
+        )
 
     @property
     def tiles_path(self) -> Path:
@@ -128,14 +135,19 @@ class SegmentInfo:
         """Memory-mapped (n_tiles, dim) float32 vectors."""
         if self.n_tiles == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.memmap(self.path / "vectors.f32", dtype="<f4", mode="r",
-                         shape=(self.n_tiles, self.dim))
+        return np.memmap(
+            self.path / "vectors.f32", dtype="<f4", mode="r", shape=(self.n_tiles, self.dim)
+        )
 
     def source_vectors(self) -> np.ndarray:
         if self.n_sources == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.memmap(self.path / "source_vectors.f32", dtype="<f4", mode="r",
-                         shape=(self.n_sources, self.dim))
+        return np.memmap(
+            self.path / "source_vectors.f32",
+            dtype="<f4",
+            mode="r",
+            shape=(self.n_sources, self.dim),
+        )
 
 
 def list_segments(segments_dir: Path) -> list[SegmentInfo]:
@@ -206,8 +218,9 @@ class SegmentWriter:
     Vectors are streamed to disk as they arrive; rows are kept in memory until commit.
     """
 
-    def __init__(self, segments_dir: Path, dim: int, fingerprint: str, run_id: str,
-                 allocate_ids: Any) -> None:
+    def __init__(
+        self, segments_dir: Path, dim: int, fingerprint: str, run_id: str, allocate_ids: Any
+    ) -> None:
         self.segments_dir = segments_dir
         self.dim = dim
         self.fingerprint = fingerprint
@@ -233,12 +246,15 @@ class SegmentWriter:
     def n_sources(self) -> int:
         return len(self._sources)
 
-    def add_source(self, source: dict[str, Any], tiles: list[dict[str, Any]],
-                   vectors: np.ndarray) -> list[int]:
+    def add_source(
+        self, source: dict[str, Any], tiles: list[dict[str, Any]], vectors: np.ndarray
+    ) -> list[int]:
         """Add one whole source with its tile rows and (n, dim) vectors; returns the tile ids."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.shape != (len(tiles), self.dim):
-            raise ValueError(f"vectors {vectors.shape} do not match {len(tiles)} tiles x {self.dim}")
+            raise ValueError(
+                f"vectors {vectors.shape} do not match {len(tiles)} tiles x {self.dim}"
+            )
         ids = self._allocate_ids(len(tiles)) if tiles else []
         base_row = len(self._tiles)
         for i, (tile, tid) in enumerate(zip(tiles, ids, strict=True)):
@@ -320,7 +336,8 @@ def committed_source_ids(segments: Iterable[SegmentInfo]) -> dict[str, list[str]
     out: dict[str, list[str]] = {}
     for seg in segments:
         t = pq.read_table(seg.sources_path, columns=["source_id", "source"])
-        for sid, src in zip(t.column("source_id").to_pylist(), t.column("source").to_pylist(),
-                            strict=True):
+        for sid, src in zip(
+            t.column("source_id").to_pylist(), t.column("source").to_pylist(), strict=True
+        ):
             out.setdefault(sid, []).append(src)
     return out

@@ -52,8 +52,13 @@ class Group:
     hits: list[Hit]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "value": self.value, "score": self.score, "n_hits": self.n_hits,
-                "hits": [h.to_dict() for h in self.hits]}
+        return {
+            "key": self.key,
+            "value": self.value,
+            "score": self.score,
+            "n_hits": self.n_hits,
+            "hits": [h.to_dict() for h in self.hits],
+        }
 
 
 @dataclass
@@ -66,8 +71,13 @@ class SearchResult:
     query: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": True, "collection": self.collection, "snapshot": self.snapshot,
-                               "encoder": self.encoder, "hits": [h.to_dict() for h in self.hits]}
+        out: dict[str, Any] = {
+            "ok": True,
+            "collection": self.collection,
+            "snapshot": self.snapshot,
+            "encoder": self.encoder,
+            "hits": [h.to_dict() for h in self.hits],
+        }
         if self.groups is not None:
             out["groups"] = [g.to_dict() for g in self.groups]
         if self.query:
@@ -99,18 +109,29 @@ class SearchService:
             if current is not None and current.snapshot.id == snap.id:
                 return current
             factory = str(col.info.get("index_factory", "Flat"))
-            view = CollectionView(col, snap, factory=factory, previous=current,
-                                  save_index=self.save_index)
+            view = CollectionView(
+                col, snap, factory=factory, previous=current, save_index=self.save_index
+            )
             self._views[name] = view
             return view
 
     # -- search -----------------------------------------------------------------------------
-    def search(self, collection: str, vector: np.ndarray | Sequence[float], k: int = 10, *,
-               filters: Sequence[str] | None = None, filter_json: Mapping[str, Any] | None = None,
-               conditions: Sequence[Condition] | None = None, group_by: str | None = None,
-               exclude_same: str | None = None, query_tile_id: int | None = None,
-               fingerprint: str | None = None, per_group: int = 3,
-               view: CollectionView | None = None) -> SearchResult:
+    def search(
+        self,
+        collection: str,
+        vector: np.ndarray | Sequence[float],
+        k: int = 10,
+        *,
+        filters: Sequence[str] | None = None,
+        filter_json: Mapping[str, Any] | None = None,
+        conditions: Sequence[Condition] | None = None,
+        group_by: str | None = None,
+        exclude_same: str | None = None,
+        query_tile_id: int | None = None,
+        fingerprint: str | None = None,
+        per_group: int = 3,
+        view: CollectionView | None = None,
+    ) -> SearchResult:
         """k nearest tiles to ``vector`` among those matching the filters (filtered first)."""
         view = view or self.view(collection)
         col = view.collection
@@ -141,17 +162,30 @@ class SearchService:
             groups = None
         else:
             hits, groups = self._grouped(view, q, k, allowed, group_col, per_group)
-        return SearchResult(collection=col.name, snapshot=view.snapshot.id,
-                            encoder=col.fingerprint, hits=hits, groups=groups)
+        return SearchResult(
+            collection=col.name,
+            snapshot=view.snapshot.id,
+            encoder=col.fingerprint,
+            hits=hits,
+            groups=groups,
+        )
 
-    def search_tile(self, collection: str, tile_id: int, k: int = 10, **kwargs: Any) -> SearchResult:
+    def search_tile(
+        self, collection: str, tile_id: int, k: int = 10, **kwargs: Any
+    ) -> SearchResult:
         view = self.view(collection)
         vec = view.tile_vectors([int(tile_id)])[0]
         return self.search(collection, vec, k, query_tile_id=int(tile_id), view=view, **kwargs)
 
     # -- internals --------------------------------------------------------------------------
-    def _exclude_same(self, view: CollectionView, column: str, query_tile_id: int | None,
-                      where: str, params: list[Any]) -> tuple[str, list[Any]]:
+    def _exclude_same(
+        self,
+        view: CollectionView,
+        column: str,
+        query_tile_id: int | None,
+        where: str,
+        params: list[Any],
+    ) -> tuple[str, list[Any]]:
         if column not in view.schema:
             raise InvalidQueryError(f"exclude_same: unknown column {column!r}")
         if query_tile_id is None:
@@ -175,8 +209,9 @@ class SearchService:
             return col
         raise InvalidQueryError(f"group_by must be 'slide' or 'patient', not {group_by!r}")
 
-    def _rank(self, view: CollectionView, q: np.ndarray, k: int,
-              allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(
+        self, view: CollectionView, q: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
             scores, pos = view.index.search(q, k)
             scores, pos = scores[0], pos[0]
@@ -199,8 +234,15 @@ class SearchService:
         rows = view.tile_rows(tile_ids.tolist())
         return [_hit(view, rows[int(t)], float(s)) for t, s in zip(tile_ids, scores, strict=True)]
 
-    def _grouped(self, view: CollectionView, q: np.ndarray, k: int, allowed: np.ndarray | None,
-                 column: str, per_group: int) -> tuple[list[Hit], list[Group]]:
+    def _grouped(
+        self,
+        view: CollectionView,
+        q: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        column: str,
+        per_group: int,
+    ) -> tuple[list[Hit], list[Group]]:
         n_avail = view.n_tiles if allowed is None else len(allowed)
         fetch = min(n_avail, max(100, k * per_group * 10))
         while True:
@@ -215,13 +257,16 @@ class SearchService:
             fetch = min(n_avail, fetch * 4)
         ranked = sorted(groups.items(), key=lambda kv: -kv[1][0].score)[:k]
         key = "slide" if column == "source_id" else column
-        out = [Group(key=key, value=v, score=g[0].score, n_hits=len(g), hits=g[:per_group])
-               for v, g in ranked]
+        out = [
+            Group(key=key, value=v, score=g[0].score, n_hits=len(g), hits=g[:per_group])
+            for v, g in ranked
+        ]
         return hits[:k], out
 
 
-def _exact_topk(vectors: np.ndarray, q: np.ndarray, k: int,
-                allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _exact_topk(
+    vectors: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     scores = vectors[allowed] @ q
     k = min(k, len(scores))
     top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
@@ -233,9 +278,15 @@ def _hit(view: CollectionView, row: dict[str, Any], score: float) -> Hit:
     mpp = row.get("mpp")
     tf = row.get("tissue_fraction")
     return Hit(
-        tile_id=int(row["tile_id"]), score=round(score, 6), source_id=str(row["source_id"]),
-        source=str(row["source"]), x=int(row["x"]), y=int(row["y"]), size_px=int(row["size_px"]),
-        mpp=None if mpp is None or mpp != mpp else float(mpp), metadata=view.metadata_of(row),
+        tile_id=int(row["tile_id"]),
+        score=round(score, 6),
+        source_id=str(row["source_id"]),
+        source=str(row["source"]),
+        x=int(row["x"]),
+        y=int(row["y"]),
+        size_px=int(row["size_px"]),
+        mpp=None if mpp is None or mpp != mpp else float(mpp),
+        metadata=view.metadata_of(row),
         level=int(row.get("level") or 0),
         tile_px=None if row.get("tile_px") is None else int(row["tile_px"]),
         kind=str(row.get("kind") or "photo"),

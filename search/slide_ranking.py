@@ -24,7 +24,8 @@ from search.views import CollectionView
 
 _CHUNK = 65_536
 _SOURCE_CODES: weakref.WeakKeyDictionary[CollectionView, tuple[np.ndarray, list[str]]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _source_codes(view: CollectionView) -> tuple[np.ndarray, list[str]]:
@@ -56,8 +57,9 @@ def _unit(vectors: np.ndarray, dim: int) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def slide_scores(vectors: np.ndarray, codes: np.ndarray, n_sources: int, queries: np.ndarray,
-                 top_m: int) -> tuple[np.ndarray, np.ndarray]:
+def slide_scores(
+    vectors: np.ndarray, codes: np.ndarray, n_sources: int, queries: np.ndarray, top_m: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(score per source code, number of tiles per source code) by the top-m mean method."""
     totals = np.zeros(n_sources, np.float64)
     counts = np.bincount(codes, minlength=n_sources) if len(codes) else np.zeros(n_sources, int)
@@ -66,7 +68,7 @@ def slide_scores(vectors: np.ndarray, codes: np.ndarray, n_sources: int, queries
     for q in queries:
         sims = np.empty(len(codes), np.float32)
         for lo in range(0, len(codes), _CHUNK):
-            sims[lo:lo + _CHUNK] = vectors[lo:lo + _CHUNK] @ q
+            sims[lo : lo + _CHUNK] = vectors[lo : lo + _CHUNK] @ q
         order = np.lexsort((-sims, codes))  # by source, best first within a source
         rank = np.arange(len(order)) - starts[codes[order]]
         keep = order[rank < top_m]
@@ -76,12 +78,22 @@ def slide_scores(vectors: np.ndarray, codes: np.ndarray, n_sources: int, queries
     return mean / max(len(queries), 1), counts
 
 
-def rank_slides(service: SearchService, collection: str, *, vectors: np.ndarray | None = None,
-                tile_id: int | None = None, source_id: str | None = None, k: int = 10,
-                top_m: int = 5, filters: Sequence[str] | None = None,
-                filter_json: Mapping[str, Any] | None = None, exclude_same: str | None = None,
-                fingerprint: str | None = None, per_group: int = 3,
-                max_queries: int = 64) -> SearchResult:
+def rank_slides(
+    service: SearchService,
+    collection: str,
+    *,
+    vectors: np.ndarray | None = None,
+    tile_id: int | None = None,
+    source_id: str | None = None,
+    k: int = 10,
+    top_m: int = 5,
+    filters: Sequence[str] | None = None,
+    filter_json: Mapping[str, Any] | None = None,
+    exclude_same: str | None = None,
+    fingerprint: str | None = None,
+    per_group: int = 3,
+    max_queries: int = 64,
+) -> SearchResult:
     """The k sources whose tiles best match the query (a vector, a stored tile or a whole slide).
 
     A ``source_id`` query uses up to ``max_queries`` of that slide's tiles and leaves the slide
@@ -104,8 +116,9 @@ def rank_slides(service: SearchService, collection: str, *, vectors: np.ndarray 
         queries = view.tile_vectors([int(tile_id)])
     elif source_id is not None:
         view.source(source_id)
-        ids = view.column("SELECT tile_id FROM tiles WHERE source_id = ? ORDER BY tile_id",
-                          [source_id]).astype(np.int64)
+        ids = view.column(
+            "SELECT tile_id FROM tiles WHERE source_id = ? ORDER BY tile_id", [source_id]
+        ).astype(np.int64)
         if len(ids) == 0:
             raise InvalidQueryError(f"source {source_id!r} has no tiles")
         if len(ids) > max_queries:  # deterministic, evenly spaced subsample
@@ -116,7 +129,8 @@ def rank_slides(service: SearchService, collection: str, *, vectors: np.ndarray 
         queries = np.asarray(vectors, dtype=np.float64)
         if queries.ndim not in (1, 2) or queries.shape[-1] != col.dim:
             raise InvalidQueryError(
-                f"query vector has shape {queries.shape}; collection {col.name!r} has {col.dim} dims")
+                f"query vector has shape {queries.shape}; collection {col.name!r} has {col.dim} dims"
+            )
     q = _unit(queries, col.dim)
 
     where, params = compile_conditions(parse_filters(filters, filter_json), view.schema)
@@ -131,8 +145,11 @@ def rank_slides(service: SearchService, collection: str, *, vectors: np.ndarray 
         if value is not None:
             where = f"({where}) AND {quote_ident(exclude_same)} IS DISTINCT FROM ?"
             params = [*params, value]
-    allowed = (np.arange(view.n_tiles) if where == "TRUE"
-               else np.sort(view.matching_positions(where, params)))
+    allowed = (
+        np.arange(view.n_tiles)
+        if where == "TRUE"
+        else np.sort(view.matching_positions(where, params))
+    )
     codes_all, names = _source_codes(view)
     codes = codes_all[allowed]
     scores, counts = slide_scores(view.vectors[allowed], codes, len(names), q, top_m)
@@ -148,10 +165,25 @@ def rank_slides(service: SearchService, collection: str, *, vectors: np.ndarray 
         top = np.argsort(-best, kind="stable")[:per_group]
         tile_ids = view.index.tile_ids[pos[top]]
         rows = view.tile_rows(tile_ids.tolist())
-        g_hits = [_hit(view, rows[int(t)], float(best[i])) for t, i in zip(tile_ids, top, strict=True)]
-        groups.append(Group(key="slide", value=names[code], score=round(float(scores[code]), 6),
-                            n_hits=int(counts[code]), hits=g_hits))
+        g_hits = [
+            _hit(view, rows[int(t)], float(best[i])) for t, i in zip(tile_ids, top, strict=True)
+        ]
+        groups.append(
+            Group(
+                key="slide",
+                value=names[code],
+                score=round(float(scores[code]), 6),
+                n_hits=int(counts[code]),
+                hits=g_hits,
+            )
+        )
         hits.append(g_hits[0])
     query = {"level": "slide", "method": "top_m_mean", "top_m": top_m, "n_queries": len(q)}
-    return SearchResult(collection=col.name, snapshot=view.snapshot.id, encoder=col.fingerprint,
-                        hits=hits, groups=groups, query=query)
+    return SearchResult(
+        collection=col.name,
+        snapshot=view.snapshot.id,
+        encoder=col.fingerprint,
+        hits=hits,
+        groups=groups,
+        query=query,
+    )

@@ -72,7 +72,9 @@ class Collection:
         self.name = path.name
         info_path = path / "collection.json"
         if not info_path.is_file():
-            raise CollectionNotFoundError(f"collection {self.name!r} does not exist in {path.parent}")
+            raise CollectionNotFoundError(
+                f"collection {self.name!r} does not exist in {path.parent}"
+            )
         self.info: dict[str, Any] = json.loads(info_path.read_text())
 
     @property
@@ -142,8 +144,9 @@ class Collection:
         return range(start, start + n)
 
     def writer(self, run_id: str) -> SegmentWriter:
-        return SegmentWriter(self.segments_dir, self.dim, self.fingerprint, run_id,
-                             self.allocate_tile_ids)
+        return SegmentWriter(
+            self.segments_dir, self.dim, self.fingerprint, run_id, self.allocate_tile_ids
+        )
 
     def write_run(self, record: dict[str, Any]) -> None:
         self.runs_dir.mkdir(exist_ok=True)
@@ -175,8 +178,9 @@ class Store:
     def names(self) -> list[str]:
         if not self.collections_dir.is_dir():
             return []
-        return sorted(p.name for p in self.collections_dir.iterdir()
-                      if (p / "collection.json").is_file())
+        return sorted(
+            p.name for p in self.collections_dir.iterdir() if (p / "collection.json").is_file()
+        )
 
     def collection(self, name: str) -> Collection:
         if not NAME_RE.match(name):
@@ -189,9 +193,17 @@ class Store:
             )
         return Collection(path)
 
-    def open_or_create(self, name: str, *, encoder: str, fingerprint: str, embed_dim: int,
-                       tile_px: int | None, mpp: float | None,
-                       extra: dict[str, Any] | None = None) -> Collection:
+    def open_or_create(
+        self,
+        name: str,
+        *,
+        encoder: str,
+        fingerprint: str,
+        embed_dim: int,
+        tile_px: int | None,
+        mpp: float | None,
+        extra: dict[str, Any] | None = None,
+    ) -> Collection:
         """Open ``name`` if it exists with the same encoder fingerprint, else create it."""
         if not NAME_RE.match(name):
             raise CollectionExistsError(

@@ -44,8 +44,14 @@ def needs_training(factory: str) -> bool:
 class VectorIndex:
     """A FAISS index over a snapshot's vectors plus the position -> tile_id map."""
 
-    def __init__(self, factory: str, dim: int, index: faiss.Index, segment_ids: list[str],
-                 tile_ids: np.ndarray) -> None:
+    def __init__(
+        self,
+        factory: str,
+        dim: int,
+        index: faiss.Index,
+        segment_ids: list[str],
+        tile_ids: np.ndarray,
+    ) -> None:
         self.factory = factory
         self.dim = dim
         self.index = index
@@ -57,8 +63,14 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, factory: str, dim: int, segments: Sequence[SegmentInfo],
-              vectors: np.ndarray, tile_ids: np.ndarray) -> VectorIndex:
+    def build(
+        cls,
+        factory: str,
+        dim: int,
+        segments: Sequence[SegmentInfo],
+        vectors: np.ndarray,
+        tile_ids: np.ndarray,
+    ) -> VectorIndex:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
             if len(vectors) == 0:
@@ -68,15 +80,17 @@ class VectorIndex:
             index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(factory, dim, index, [s.segment_id for s in segments], tile_ids)
 
-    def extend(self, segments: Sequence[SegmentInfo], vectors: np.ndarray,
-               tile_ids: np.ndarray) -> None:
+    def extend(
+        self, segments: Sequence[SegmentInfo], vectors: np.ndarray, tile_ids: np.ndarray
+    ) -> None:
         if len(vectors):
             self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.segment_ids = self.segment_ids + [s.segment_id for s in segments]
         self.tile_ids = np.concatenate([self.tile_ids, tile_ids.astype(np.int64)])
 
-    def search(self, queries: np.ndarray, k: int,
-               positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, positions: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) for each query; restricted to ``positions`` when given."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -106,10 +120,16 @@ class VectorIndex:
         os.replace(tmp, index_dir / f"{slug}.faiss")
         os.replace(index_dir / f".{slug}.ids.tmp.npy", index_dir / f"{slug}.ids.npy")
         fsync_dir(index_dir)
-        write_json_atomic(index_dir / f"{slug}.json", {
-            "factory": self.factory, "dim": self.dim, "ntotal": self.ntotal,
-            "segments": self.segment_ids, "format": 1,
-        })
+        write_json_atomic(
+            index_dir / f"{slug}.json",
+            {
+                "factory": self.factory,
+                "dim": self.dim,
+                "ntotal": self.ntotal,
+                "segments": self.segment_ids,
+                "format": 1,
+            },
+        )
 
     @classmethod
     def load(cls, index_dir: Path, factory: str, dim: int) -> VectorIndex | None:

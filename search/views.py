@@ -39,8 +39,14 @@ def _segment_tile_ids(seg: SegmentInfo) -> np.ndarray:
 class CollectionView:
     """Answers metadata and vector questions about one snapshot of a collection."""
 
-    def __init__(self, collection: Collection, snapshot: Snapshot, factory: str = "Flat",
-                 previous: CollectionView | None = None, save_index: bool = True) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        snapshot: Snapshot,
+        factory: str = "Flat",
+        previous: CollectionView | None = None,
+        save_index: bool = True,
+    ) -> None:
         self.collection = collection
         self.snapshot = snapshot
         self.factory = factory
@@ -49,15 +55,21 @@ class CollectionView:
         self.index: VectorIndex
         segs = list(snapshot.segments)
         prev_ids = previous.index.segment_ids if previous is not None else []
-        if previous is not None and prev_ids == [s.segment_id for s in segs[: len(prev_ids)]] \
-                and previous.factory == factory:
-            new = segs[len(prev_ids):]
+        if (
+            previous is not None
+            and prev_ids == [s.segment_id for s in segs[: len(prev_ids)]]
+            and previous.factory == factory
+        ):
+            new = segs[len(prev_ids) :]
             vectors = [previous.vectors] + [np.asarray(s.vectors()) for s in new]
             self.vectors = np.concatenate(vectors) if new else previous.vectors
             self.index = self._extended(previous.index, new)
         else:
-            self.vectors = (np.concatenate([np.asarray(s.vectors()) for s in segs])
-                            if segs else np.zeros((0, self.dim), np.float32))
+            self.vectors = (
+                np.concatenate([np.asarray(s.vectors()) for s in segs])
+                if segs
+                else np.zeros((0, self.dim), np.float32)
+            )
             self.index = self._load_or_build(segs, save_index)
         order = np.argsort(self.index.tile_ids, kind="stable")
         self._sorted_ids = self.index.tile_ids[order]
@@ -92,16 +104,18 @@ class CollectionView:
         saved = VectorIndex.load(self.collection.index_dir, self.factory, self.dim)
         if saved is not None and saved.segment_ids == ids[: len(saved.segment_ids)]:
             # positions of the saved index follow its manifest order, which is ours
-            new = segs[len(saved.segment_ids):]
+            new = segs[len(saved.segment_ids) :]
             if new:
                 offset = saved.ntotal
-                saved.extend(new, self.vectors[offset:],
-                             np.concatenate([_segment_tile_ids(s) for s in new]))
+                saved.extend(
+                    new, self.vectors[offset:], np.concatenate([_segment_tile_ids(s) for s in new])
+                )
                 if save:
                     saved.save(self.collection.index_dir)
             return saved
-        tile_ids = (np.concatenate([_segment_tile_ids(s) for s in segs])
-                    if segs else np.zeros(0, np.int64))
+        tile_ids = (
+            np.concatenate([_segment_tile_ids(s) for s in segs]) if segs else np.zeros(0, np.int64)
+        )
         built = VectorIndex.build(self.factory, self.dim, segs, self.vectors, tile_ids)
         if save and segs:
             built.save(self.collection.index_dir)
@@ -115,9 +129,11 @@ class CollectionView:
         tiles = [str(s.tiles_path) for s in segs]
         sources = [str(s.sources_path) for s in segs]
         self._con.execute(
-            "CREATE TABLE tiles AS SELECT * FROM read_parquet(?, union_by_name=true)", [tiles])
+            "CREATE TABLE tiles AS SELECT * FROM read_parquet(?, union_by_name=true)", [tiles]
+        )
         self._con.execute(
-            "CREATE TABLE sources AS SELECT * FROM read_parquet(?, union_by_name=true)", [sources])
+            "CREATE TABLE sources AS SELECT * FROM read_parquet(?, union_by_name=true)", [sources]
+        )
 
     # -- queries ---------------------------------------------------------------------------
     def sql(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:

@@ -53,15 +53,20 @@ def write_huge_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     comp = zlib.compressobj(9)
     row = b"\x00" * (1 + (width + 7) // 8)
     body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body)
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -95,8 +100,9 @@ CELL = 128
 a 0.25 µm/px slide: 64 pixels read at pyramid level 1)."""
 
 
-def synthetic_rgb(width: int, height: int, tissue: list[tuple[int, int, int, int]],
-                  pens: Any = (), seed: int = 0) -> Any:
+def synthetic_rgb(
+    width: int, height: int, tissue: list[tuple[int, int, int, int]], pens: Any = (), seed: int = 0
+) -> Any:
     """Glass with textured pink/purple tissue rectangles and pen strokes, given in CELL units
     (col0, row0, col1, row1), end-exclusive."""
     import numpy as np
@@ -113,12 +119,13 @@ def synthetic_rgb(width: int, height: int, tissue: list[tuple[int, int, int, int
         patch = np.array(PINK, np.float32) * (1 - mix) + np.array(PURPLE, np.float32) * mix
         img[ys, xs] = patch + rng.normal(0, 6, patch.shape)
     for colour, (c0, r0, c1, r1) in pens:
-        img[r0 * CELL:r1 * CELL, c0 * CELL:c1 * CELL] = PEN_COLOURS[colour]
+        img[r0 * CELL : r1 * CELL, c0 * CELL : c1 * CELL] = PEN_COLOURS[colour]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_pyramid_tiff(path: Path, rgb: Any, mpp: float | None, levels: int = 3,
-                       layout: str = "pages", tile: int = 256) -> Path:
+def write_pyramid_tiff(
+    path: Path, rgb: Any, mpp: float | None, levels: int = 3, layout: str = "pages", tile: int = 256
+) -> Path:
     """A tiled, deflate-compressed TIFF: levels as pages of the main IFD chain (what OpenSlide's
     generic-tiff reads as a pyramid) or as SubIFDs (OpenSlide then sees level 0 only).
     Resolution tags in pixels per centimetre give OpenSlide its mpp; mpp=None writes none."""
@@ -129,14 +136,14 @@ def write_pyramid_tiff(path: Path, rgb: Any, mpp: float | None, levels: int = 3,
     for _ in range(1, levels):
         a = pyramid[-1]
         h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-        pyramid.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round()
-                       .astype(np.uint8))
+        pyramid.append(
+            a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
+        )
     with tifffile.TiffWriter(path) as tw:
         for i, level in enumerate(pyramid):
-            kw: dict[str, Any] = {"tile": (tile, tile), "compression": "zlib",
-                                  "photometric": "rgb"}
+            kw: dict[str, Any] = {"tile": (tile, tile), "compression": "zlib", "photometric": "rgb"}
             if mpp is not None:
-                ppcm = 1e4 / (mpp * 2 ** i)
+                ppcm = 1e4 / (mpp * 2**i)
                 kw.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
             if layout == "subifds" and i == 0:
                 kw["subifds"] = len(pyramid) - 1
@@ -151,9 +158,18 @@ def make_slide(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("synthetic-slides")
     made: dict[str, Path] = {}
 
-    def make(name: str, tissue: list[tuple[int, int, int, int]], pens: Any = (), cols: int = 16,
-             rows: int = 12, mpp: float | None = 0.25, levels: int = 3, layout: str = "pages",
-             seed: int = 0, folder: str = "") -> Path:
+    def make(
+        name: str,
+        tissue: list[tuple[int, int, int, int]],
+        pens: Any = (),
+        cols: int = 16,
+        rows: int = 12,
+        mpp: float | None = 0.25,
+        levels: int = 3,
+        layout: str = "pages",
+        seed: int = 0,
+        folder: str = "",
+    ) -> Path:
         key = f"{folder}/{name}"
         if key not in made:
             (root / folder).mkdir(parents=True, exist_ok=True)

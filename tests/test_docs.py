@@ -23,8 +23,9 @@ def test_every_route_is_documented() -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        assert f"`{_shape(rule.rule)}" in doc or f" {_shape(rule.rule)}" in doc, \
+        assert f"`{_shape(rule.rule)}" in doc or f" {_shape(rule.rule)}" in doc, (
             f"{rule.rule} is not in docs/api.md"
+        )
 
 
 def test_every_setting_is_documented() -> None:
@@ -40,8 +41,11 @@ def test_every_setting_is_documented() -> None:
 def test_every_command_and_option_is_documented() -> None:
     from api.cli import cli
 
-    doc = (REPO / "docs" / "cli.md").read_text() + (REPO / "docs" / "api.md").read_text() \
+    doc = (
+        (REPO / "docs" / "cli.md").read_text()
+        + (REPO / "docs" / "api.md").read_text()
         + (REPO / "docs" / "worked-example.md").read_text()
+    )
     ctx = click.Context(cli)
     for name, cmd in cli.commands.items():
         assert f"lamina {name}" in doc, f"command {name} is undocumented"

@@ -16,8 +16,18 @@ FORBIDDEN = {
     "search": {"encoders", "indexer", "api", "torch", "timm", "torchvision", "flask"},
     "indexer": {"api", "flask"},
 }
-CLIENT_FORBIDDEN = {"flask", "torch", "faiss", "duckdb", "werkzeug", "encoders", "indexer",
-                    "search", "numpy", "timm"}
+CLIENT_FORBIDDEN = {
+    "flask",
+    "torch",
+    "faiss",
+    "duckdb",
+    "werkzeug",
+    "encoders",
+    "indexer",
+    "search",
+    "numpy",
+    "timm",
+}
 
 
 def _imports(path: Path) -> set[str]:

@@ -29,8 +29,9 @@ def as_doc(obj: Any) -> Any:
     return obj
 
 
-def embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]
-                   ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+def embed_examples(
+    collection: Any, files: Sequence[tuple[str, bytes]]
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Embed example images with the collection's encoder; also describe them for the record."""
     from api.queries import image_vector
 
@@ -43,8 +44,10 @@ def embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]
 
 def _print_cohort(c: dict[str, Any]) -> None:
     patients = "" if c.get("n_patients") is None else f", {c['n_patients']} patients"
-    click.echo(f"cohort {c['name']} v{c['version']}  collection {c['collection']}  "
-               f"snapshot {c['snapshot']}  created {c['created_at']}")
+    click.echo(
+        f"cohort {c['name']} v{c['version']}  collection {c['collection']}  "
+        f"snapshot {c['snapshot']}  created {c['created_at']}"
+    )
     click.echo(f"  {c['n_tiles']} tiles, {c['n_sources']} slides/photos{patients}")
     click.echo(f"  definition: {c['definition']}")
     counts = c.get("counts")
@@ -67,22 +70,53 @@ def register(cli: click.Group) -> None:
     @cohort_group.command("create")
     @click.argument("name")
     @click.option("--collection", required=True)
-    @click.option("--filter", "filters", multiple=True,
-                  help="COL=V1[,V2], COL!=V, COL>=N, ... (repeat to AND); applied first.")
-    @click.option("--near", "near", multiple=True, type=click.Path(exists=True, dir_okay=False),
-                  help="Example image (repeat: union of the neighbours of each example).")
-    @click.option("--near-tile", "near_tiles", multiple=True, type=int,
-                  help="Example stored tile id (repeatable).")
-    @click.option("--k", "k", type=click.IntRange(1), default=None,
-                  help="Nearest tiles per example (default 100 when examples are given).")
-    @click.option("--min-score", type=float, default=None,
-                  help="Instead of --k: every tile scoring at least this against an example.")
+    @click.option(
+        "--filter",
+        "filters",
+        multiple=True,
+        help="COL=V1[,V2], COL!=V, COL>=N, ... (repeat to AND); applied first.",
+    )
+    @click.option(
+        "--near",
+        "near",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Example image (repeat: union of the neighbours of each example).",
+    )
+    @click.option(
+        "--near-tile",
+        "near_tiles",
+        multiple=True,
+        type=int,
+        help="Example stored tile id (repeatable).",
+    )
+    @click.option(
+        "--k",
+        "k",
+        type=click.IntRange(1),
+        default=None,
+        help="Nearest tiles per example (default 100 when examples are given).",
+    )
+    @click.option(
+        "--min-score",
+        type=float,
+        default=None,
+        help="Instead of --k: every tile scoring at least this against an example.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
-    def create_command(ctx: CliContext, name: str, collection: str, filters: tuple[str, ...],
-                       near: tuple[str, ...], near_tiles: tuple[int, ...], k: int | None,
-                       min_score: float | None, as_json: bool) -> None:
+    def create_command(
+        ctx: CliContext,
+        name: str,
+        collection: str,
+        filters: tuple[str, ...],
+        near: tuple[str, ...],
+        near_tiles: tuple[int, ...],
+        k: int | None,
+        min_score: float | None,
+        as_json: bool,
+    ) -> None:
         """Create cohort NAME (a new version if it exists) and save it in the catalog."""
         if k is not None and min_score is not None:
             raise click.UsageError("give --k or --min-score, not both")
@@ -94,8 +128,14 @@ def register(cli: click.Group) -> None:
 
             spec = conditions_to_json(parse_filters(filters)) if filters else None
             res = Client(ctx.url).create_cohort(
-                name, collection, filter=spec, near=list(near) or None,
-                near_tiles=list(near_tiles) or None, k=k, min_score=min_score)
+                name,
+                collection,
+                filter=spec,
+                near=list(near) or None,
+                near_tiles=list(near_tiles) or None,
+                k=k,
+                min_score=min_score,
+            )
             doc = as_doc(res)
             cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
         else:
@@ -105,12 +145,22 @@ def register(cli: click.Group) -> None:
 
             service = SearchService(ctx.store())
             files = [(p, Path(p).read_bytes()) for p in near]
-            vectors, described = (embed_examples(service.collection(collection), files)
-                                  if files else ([], []))
+            vectors, described = (
+                embed_examples(service.collection(collection), files) if files else ([], [])
+            )
             with Catalog(ctx.home) as catalog:
-                cohort = create_cohort(catalog, service, name, collection, filters=filters,
-                                       near_vectors=vectors, near_images=described,
-                                       near_tile_ids=near_tiles, k=k, min_score=min_score)
+                cohort = create_cohort(
+                    catalog,
+                    service,
+                    name,
+                    collection,
+                    filters=filters,
+                    near_vectors=vectors,
+                    near_images=described,
+                    near_tile_ids=near_tiles,
+                    k=k,
+                    min_score=min_score,
+                )
         if as_json:
             emit_json({"ok": True, "cohort": cohort})
         else:
@@ -139,20 +189,31 @@ def register(cli: click.Group) -> None:
             click.echo("no cohorts")
         for c in cohorts:
             c = as_doc(c)
-            click.echo(f"{c['name']:<24} v{c['version']:<3} {c['collection']:<16} "
-                       f"{c['n_tiles']:>7} tiles  snapshot {c['snapshot']}  {c['created_at']}")
+            click.echo(
+                f"{c['name']:<24} v{c['version']:<3} {c['collection']:<16} "
+                f"{c['n_tiles']:>7} tiles  snapshot {c['snapshot']}  {c['created_at']}"
+            )
 
     @cohort_group.command("show")
     @click.argument("name")
-    @click.option("--label-column", default=None,
-                  help="Count per this column only (default: every low-cardinality column).")
-    @click.option("--version", "version", type=click.IntRange(1), default=None,
-                  help="An older version (default: the latest).")
+    @click.option(
+        "--label-column",
+        default=None,
+        help="Count per this column only (default: every low-cardinality column).",
+    )
+    @click.option(
+        "--version",
+        "version",
+        type=click.IntRange(1),
+        default=None,
+        help="An older version (default: the latest).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
-    def show_command(ctx: CliContext, name: str, label_column: str | None, version: int | None,
-                     as_json: bool) -> None:
+    def show_command(
+        ctx: CliContext, name: str, label_column: str | None, version: int | None, as_json: bool
+    ) -> None:
         """One cohort with counts per slide, per patient and per label."""
         if ctx.url:
             from api.client import Client
@@ -165,8 +226,13 @@ def register(cli: click.Group) -> None:
             from search.cohorts import show_cohort
 
             with Catalog(ctx.home) as catalog:
-                cohort = show_cohort(catalog, SearchService(ctx.store()), name,
-                                     version=version, label_column=label_column)
+                cohort = show_cohort(
+                    catalog,
+                    SearchService(ctx.store()),
+                    name,
+                    version=version,
+                    label_column=label_column,
+                )
         if as_json:
             emit_json({"ok": True, "cohort": cohort})
         else:

@@ -23,5 +23,7 @@ def register(cli: click.Group) -> None:
         for r in rows:
             mpp = "-" if r["mpp"] is None else f"{r['mpp']:g}"
             avail = "yes" if r["weights_available"] else "no"
-            click.echo(f"{r['key']:38} {r['modality']:12} {r['embed_dim']:>5} {r['input_px']:>4} "
-                       f"{mpp:>5}  {avail}: {r['weights']}")
+            click.echo(
+                f"{r['key']:38} {r['modality']:12} {r['embed_dim']:>5} {r['input_px']:>4} "
+                f"{mpp:>5}  {avail}: {r['weights']}"
+            )

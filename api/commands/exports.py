@@ -13,23 +13,49 @@ from api.commands.cohorts import as_doc
 def register(cli: click.Group) -> None:
     @cli.command("export")
     @click.option("--collection", required=True)
-    @click.option("--cohort", default=None, help="Only the members of this cohort (latest version).")
+    @click.option(
+        "--cohort", default=None, help="Only the members of this cohort (latest version)."
+    )
     @click.option("--label-column", required=True, help="Metadata column used as the label.")
-    @click.option("--neighbors", type=click.IntRange(1, 1000), default=None,
-                  help="Add the K nearest labeled tiles of each row (nn_tile_id/nn_score/nn_label).")
-    @click.option("--split-by", default=None,
-                  help="Column whose groups (e.g. patient_id) go wholly to train or to test.")
-    @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2,
-                  show_default=True)
+    @click.option(
+        "--neighbors",
+        type=click.IntRange(1, 1000),
+        default=None,
+        help="Add the K nearest labeled tiles of each row (nn_tile_id/nn_score/nn_label).",
+    )
+    @click.option(
+        "--split-by",
+        default=None,
+        help="Column whose groups (e.g. patient_id) go wholly to train or to test.",
+    )
+    @click.option(
+        "--test-fraction",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.2,
+        show_default=True,
+    )
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="FILE.parquet, FILE.csv (+ FILE.csv.meta.json) or FILE.npz")
+    @click.option(
+        "--out",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="FILE.parquet, FILE.csv (+ FILE.csv.meta.json) or FILE.npz",
+    )
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
-    def export_command(ctx: CliContext, collection: str, cohort: str | None, label_column: str,
-                       neighbors: int | None, split_by: str | None, test_fraction: float,
-                       seed: int, out: Path, as_json: bool) -> None:
+    def export_command(
+        ctx: CliContext,
+        collection: str,
+        cohort: str | None,
+        label_column: str,
+        neighbors: int | None,
+        split_by: str | None,
+        test_fraction: float,
+        seed: int,
+        out: Path,
+        as_json: bool,
+    ) -> None:
         """Write one row per labeled tile (tile_id, source, patient, label, split, embedding)."""
         from search.exports import format_of
 
@@ -37,9 +63,16 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            res = Client(ctx.url).export(collection, cohort=cohort, label_column=label_column,
-                                         split_by=split_by, neighbors=neighbors,
-                                         test_fraction=test_fraction, seed=seed, out=str(out))
+            res = Client(ctx.url).export(
+                collection,
+                cohort=cohort,
+                label_column=label_column,
+                split_by=split_by,
+                neighbors=neighbors,
+                test_fraction=test_fraction,
+                seed=seed,
+                out=str(out),
+            )
             doc = as_doc(res)
             doc = doc if isinstance(doc, dict) else {"ok": True, "result": doc}
         else:
@@ -49,18 +82,27 @@ def register(cli: click.Group) -> None:
 
             service = SearchService(ctx.store())
             with Catalog(ctx.home) as catalog:
-                doc = export_labeled_set(service.view(collection), catalog, out,
-                                         label_column=label_column, cohort=cohort,
-                                         split_by=split_by, test_fraction=test_fraction,
-                                         seed=seed, neighbors=neighbors)
+                doc = export_labeled_set(
+                    service.view(collection),
+                    catalog,
+                    out,
+                    label_column=label_column,
+                    cohort=cohort,
+                    split_by=split_by,
+                    test_fraction=test_fraction,
+                    seed=seed,
+                    neighbors=neighbors,
+                )
         if as_json:
             emit_json(doc)
             return
         meta = doc.get("meta") or {}
         if meta:
-            click.echo(f"wrote {meta['n_rows']} rows to {out} (train {meta['n_train']}, "
-                       f"test {meta['n_test']}; {meta['n_dropped_null_label']} rows without "
-                       f"{label_column} dropped)")
+            click.echo(
+                f"wrote {meta['n_rows']} rows to {out} (train {meta['n_train']}, "
+                f"test {meta['n_test']}; {meta['n_dropped_null_label']} rows without "
+                f"{label_column} dropped)"
+            )
             click.echo(f"snapshot {meta['snapshot']}  encoder {meta['encoder']}")
         else:
             click.echo(f"wrote {out}")

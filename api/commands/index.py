@@ -12,8 +12,15 @@ from api.cli import CliContext, emit_json, handle_errors
 DEFAULT_ENCODER = "classic/stain-texture"
 
 
-def load_encoder_for(ctx: CliContext, collection: str, encoder_key: str | None, weights: str | None,
-                     device: str, allow_test: bool, batch_size: int | None = None):  # noqa: ANN201
+def load_encoder_for(
+    ctx: CliContext,
+    collection: str,
+    encoder_key: str | None,
+    weights: str | None,
+    device: str,
+    allow_test: bool,
+    batch_size: int | None = None,
+):  # noqa: ANN201
     """The encoder of an existing collection (or ``encoder_key`` for a new one)."""
     from encoders import create_encoder
     from search import CollectionNotFoundError, EncoderMismatchError
@@ -30,44 +37,98 @@ def load_encoder_for(ctx: CliContext, collection: str, encoder_key: str | None, 
             )
         encoder_key = col.encoder_key
         weights = weights or col.info.get("encoder_weights")
-    return create_encoder(encoder_key or DEFAULT_ENCODER, weights=weights, device=device,
-                          batch_size=batch_size, allow_test=allow_test)
+    return create_encoder(
+        encoder_key or DEFAULT_ENCODER,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        allow_test=allow_test,
+    )
 
 
 def register(cli: click.Group) -> None:
     @cli.command("index")
     @click.argument("paths", nargs=-1, required=True)
     @click.option("--collection", required=True, help="Collection to index into (created if new).")
-    @click.option("--encoder", "encoder_key", default=None,
-                  help=f"Encoder key (default {DEFAULT_ENCODER}; an existing collection keeps its own).")
-    @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                  help="Local weights file for the encoder.")
-    @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
-                  help="Metadata CSV joined to the files.")
-    @click.option("--source-column", default="file", show_default=True,
-                  help="Manifest column naming the file (file name or trailing path).")
+    @click.option(
+        "--encoder",
+        "encoder_key",
+        default=None,
+        help=f"Encoder key (default {DEFAULT_ENCODER}; an existing collection keeps its own).",
+    )
+    @click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local weights file for the encoder.",
+    )
+    @click.option(
+        "--manifest",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Metadata CSV joined to the files.",
+    )
+    @click.option(
+        "--source-column",
+        default="file",
+        show_default=True,
+        help="Manifest column naming the file (file name or trailing path).",
+    )
     @click.option("--tile-px", type=click.IntRange(16, 4096), default=224, show_default=True)
-    @click.option("--mpp", type=click.FloatRange(min=0.01, max=100), default=0.5, show_default=True,
-                  help="Target microns per pixel of slide tiles.")
-    @click.option("--mpp-override", type=click.FloatRange(min=0.01, max=100), default=None,
-                  help="Microns per pixel of slides that lack it in their properties.")
-    @click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                  help="Minimum tissue fraction of a slide tile.")
+    @click.option(
+        "--mpp",
+        type=click.FloatRange(min=0.01, max=100),
+        default=0.5,
+        show_default=True,
+        help="Target microns per pixel of slide tiles.",
+    )
+    @click.option(
+        "--mpp-override",
+        type=click.FloatRange(min=0.01, max=100),
+        default=None,
+        help="Microns per pixel of slides that lack it in their properties.",
+    )
+    @click.option(
+        "--min-tissue",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="Minimum tissue fraction of a slide tile.",
+    )
     @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
-    @click.option("--workers", type=click.IntRange(1, 64), default=None,
-                  help="Reader threads (default: number of cores, at most 8).")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                  show_default=True)
+    @click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=None,
+        help="Reader threads (default: number of cores, at most 8).",
+    )
+    @click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    )
     @click.option("--allow-test-encoder", is_flag=True, help="Permit test/* encoders.")
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
     @click.pass_obj
     @handle_errors
-    def index_command(ctx: CliContext, paths: tuple[str, ...], collection: str,
-                      encoder_key: str | None, weights: str | None, manifest: str | None,
-                      source_column: str, tile_px: int, mpp: float, mpp_override: float | None,
-                      min_tissue: float, batch_size: int, workers: int | None, device: str,
-                      allow_test_encoder: bool, no_progress: bool, as_json: bool) -> None:
+    def index_command(
+        ctx: CliContext,
+        paths: tuple[str, ...],
+        collection: str,
+        encoder_key: str | None,
+        weights: str | None,
+        manifest: str | None,
+        source_column: str,
+        tile_px: int,
+        mpp: float,
+        mpp_override: float | None,
+        min_tissue: float,
+        batch_size: int,
+        workers: int | None,
+        device: str,
+        allow_test_encoder: bool,
+        no_progress: bool,
+        as_json: bool,
+    ) -> None:
         """Index files or folders (recursively) into a collection.
 
         Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors.
@@ -75,16 +136,22 @@ def register(cli: click.Group) -> None:
         from indexer import IngestOptions, Manifest
         from indexer.pipeline import Ingest, open_collection_for
 
-        options = IngestOptions(tile_px=tile_px, mpp=mpp, mpp_override=mpp_override,
-                                min_tissue=min_tissue, batch_size=batch_size,
-                                progress=not no_progress)
+        options = IngestOptions(
+            tile_px=tile_px,
+            mpp=mpp,
+            mpp_override=mpp_override,
+            min_tissue=min_tissue,
+            batch_size=batch_size,
+            progress=not no_progress,
+        )
         if workers:
             options.workers = workers
         tile_px_source = click.get_current_context().get_parameter_source("tile_px")
         options.photo_tiles = tile_px_source == click.core.ParameterSource.COMMANDLINE
         table = Manifest.load(manifest, source_column) if manifest else None
-        encoder = load_encoder_for(ctx, collection, encoder_key, weights, device,
-                                   allow_test_encoder, batch_size)
+        encoder = load_encoder_for(
+            ctx, collection, encoder_key, weights, device, allow_test_encoder, batch_size
+        )
         col = open_collection_for(ctx.store(), collection, encoder, options, weights)
         report = Ingest(col, encoder, options, table).run(list(paths))
         if as_json:
@@ -96,20 +163,28 @@ def register(cli: click.Group) -> None:
 
 def _print_summary(report) -> None:  # noqa: ANN001
     err = sys.stdout
-    print(f"collection {report.collection}: {report.indexed} indexed ({report.tiles} vectors), "
-          f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
-          f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
-          file=err)
+    print(
+        f"collection {report.collection}: {report.indexed} indexed ({report.tiles} vectors), "
+        f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
+        f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
+        file=err,
+    )
     for d in report.duplicates[:5]:
         print(f"  duplicate: {d['file']} has the same content as {d['same_as']}", file=err)
     if len(report.duplicates) > 5:
-        print(f"  ... and {len(report.duplicates) - 5} more duplicates (all in --json and the run "
-              "record)", file=err)
+        print(
+            f"  ... and {len(report.duplicates) - 5} more duplicates (all in --json and the run "
+            "record)",
+            file=err,
+        )
     for e in report.empty:
         print(f"  no tiles: {e['file']}: {e['reason']}", file=err)
     for f in report.failed:
         print(f"  failed: {f['file']}: {f['reason']}", file=err)
     if report.unmatched_manifest:
         n = len(report.unmatched_manifest)
-        print(f"  {n} files had no manifest row (indexed without metadata), e.g. "
-              f"{Path(report.unmatched_manifest[0]).name}", file=err)
+        print(
+            f"  {n} files had no manifest row (indexed without metadata), e.g. "
+            f"{Path(report.unmatched_manifest[0]).name}",
+            file=err,
+        )

@@ -14,8 +14,9 @@ def parse_fractions(text: str) -> list[float]:
     try:
         values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected numbers like 0.125,0.25,0.5,1, got {text!r}",
-                                 param_hint="--fractions") from None
+        raise click.BadParameter(
+            f"expected numbers like 0.125,0.25,0.5,1, got {text!r}", param_hint="--fractions"
+        ) from None
     if not values or any(not 0 < v <= 1 for v in values):
         raise click.BadParameter("fractions must be in (0, 1]", param_hint="--fractions")
     return values
@@ -31,16 +32,24 @@ def _fmt(m: dict[str, Any]) -> str:
 
 def print_report(r: dict[str, Any]) -> None:
     click.echo(f"collection {r['collection']}  snapshot {r['snapshot']}  encoder {r['encoder']}")
-    click.echo(f"label {r['label_column']}  split by {r['split_by'] or 'tile'}  "
-               f"train {r['n_train']}  test {r['n_test']}  classes {', '.join(r['classes'])}")
-    click.echo(f"{'fraction':>8} {'groups':>6} {'n':>6}  {'AUROC [95% CI]':<22}  "
-               f"{'accuracy':<22}  {'balanced accuracy':<22}")
+    click.echo(
+        f"label {r['label_column']}  split by {r['split_by'] or 'tile'}  "
+        f"train {r['n_train']}  test {r['n_test']}  classes {', '.join(r['classes'])}"
+    )
+    click.echo(
+        f"{'fraction':>8} {'groups':>6} {'n':>6}  {'AUROC [95% CI]':<22}  "
+        f"{'accuracy':<22}  {'balanced accuracy':<22}"
+    )
     for f in r["fractions"]:
-        click.echo(f"{f['fraction']:>8.3f} {f['n_train_groups']:>6} {f['n_train']:>6}  "
-                   f"{_fmt(f['auroc'])}  {_fmt(f['accuracy'])}  {_fmt(f['balanced_accuracy'])}")
+        click.echo(
+            f"{f['fraction']:>8.3f} {f['n_train_groups']:>6} {f['n_train']:>6}  "
+            f"{_fmt(f['auroc'])}  {_fmt(f['accuracy'])}  {_fmt(f['balanced_accuracy'])}"
+        )
     ret = r["retrieval"]
-    click.echo("retrieval: " + "  ".join(
-        f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in ret.items()))
+    click.echo(
+        "retrieval: "
+        + "  ".join(f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in ret.items())
+    )
 
 
 def register(cli: click.Group) -> None:
@@ -49,24 +58,48 @@ def register(cli: click.Group) -> None:
     @click.option("--label-column", required=True)
     @click.option("--cohort", default=None, help="Only the members of this cohort.")
     @click.option("--split-by", default=None, help="Group column (e.g. patient_id) for the split.")
-    @click.option("--fractions", default="0.125,0.25,0.5,1", show_default=True,
-                  help="Fractions of the training groups to train on.")
-    @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                  default=0.2, show_default=True)
+    @click.option(
+        "--fractions",
+        default="0.125,0.25,0.5,1",
+        show_default=True,
+        help="Fractions of the training groups to train on.",
+    )
+    @click.option(
+        "--test-fraction",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.2,
+        show_default=True,
+    )
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
-    def probe_command(ctx: CliContext, collection: str, label_column: str, cohort: str | None,
-                      split_by: str | None, fractions: str, test_fraction: float, seed: int,
-                      as_json: bool) -> None:
+    def probe_command(
+        ctx: CliContext,
+        collection: str,
+        label_column: str,
+        cohort: str | None,
+        split_by: str | None,
+        fractions: str,
+        test_fraction: float,
+        seed: int,
+        as_json: bool,
+    ) -> None:
         """Linear probe (AUROC, accuracy, balanced accuracy with 95% CIs) + retrieval metrics."""
         fracs = parse_fractions(fractions)
         if ctx.url:
             from api.client import Client
 
-            doc = as_doc(Client(ctx.url).probe(collection, label_column, cohort=cohort,
-                                               split_by=split_by, fractions=fracs, seed=seed))
+            doc = as_doc(
+                Client(ctx.url).probe(
+                    collection,
+                    label_column,
+                    cohort=cohort,
+                    split_by=split_by,
+                    fractions=fracs,
+                    seed=seed,
+                )
+            )
             report = doc.get("report", doc) if isinstance(doc, dict) else doc
         else:
             from search import SearchService
@@ -74,15 +107,29 @@ def register(cli: click.Group) -> None:
 
             view = SearchService(ctx.store()).view(collection)
             if cohort is None:
-                report = probe_collection(view, None, label_column, split_by=split_by,
-                                          fractions=fracs, seed=seed, test_fraction=test_fraction)
+                report = probe_collection(
+                    view,
+                    None,
+                    label_column,
+                    split_by=split_by,
+                    fractions=fracs,
+                    seed=seed,
+                    test_fraction=test_fraction,
+                )
             else:
                 from search.catalog import Catalog
 
                 with Catalog(ctx.home) as catalog:
-                    report = probe_collection(view, catalog, label_column, cohort=cohort,
-                                              split_by=split_by, fractions=fracs, seed=seed,
-                                              test_fraction=test_fraction)
+                    report = probe_collection(
+                        view,
+                        catalog,
+                        label_column,
+                        cohort=cohort,
+                        split_by=split_by,
+                        fractions=fracs,
+                        seed=seed,
+                        test_fraction=test_fraction,
+                    )
         if as_json:
             emit_json(report)
         else:

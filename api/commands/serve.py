@@ -23,10 +23,16 @@ def register(cli: click.Group) -> None:
     @cli.command("serve")
     @click.option("--host", default="127.0.0.1", show_default=True)
     @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-    @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
-                  help="Request threads.")
-    @click.option("--insecure", is_flag=True,
-                  help="Allow a non-loopback host without LAMINA_API_TOKEN.")
+    @click.option(
+        "--workers",
+        type=click.IntRange(1, 256),
+        default=8,
+        show_default=True,
+        help="Request threads.",
+    )
+    @click.option(
+        "--insecure", is_flag=True, help="Allow a non-loopback host without LAMINA_API_TOKEN."
+    )
     @click.pass_obj
     def serve_command(ctx: CliContext, host: str, port: int, workers: int, insecure: bool) -> None:
         """Serve the HTTP API (/api/v1) and the web page (/)."""
@@ -34,7 +40,8 @@ def register(cli: click.Group) -> None:
         if not is_loopback(host) and not token and not insecure:
             raise click.UsageError(
                 f"refusing to serve on {host} without LAMINA_API_TOKEN; set a token "
-                "(clients send 'Authorization: Bearer <token>') or pass --insecure")
+                "(clients send 'Authorization: Bearer <token>') or pass --insecure"
+            )
         import waitress
 
         from api.app import create_app
@@ -42,8 +49,16 @@ def register(cli: click.Group) -> None:
         app = create_app({"HOME": str(ctx.home)})
         limit = int(app.config["MAX_CONTENT_LENGTH"] or 0)
         auth = "token required" if token else "no token"
-        click.echo(f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, "
-                   f"{auth})", err=True)
-        waitress.serve(app, host=host, port=port, threads=workers, ident="lamina",
-                       max_request_body_size=limit + 65_536 if limit else 1 << 30,
-                       clear_untrusted_proxy_headers=True)
+        click.echo(
+            f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",
+            err=True,
+        )
+        waitress.serve(
+            app,
+            host=host,
+            port=port,
+            threads=workers,
+            ident="lamina",
+            max_request_body_size=limit + 65_536 if limit else 1 << 30,
+            clear_untrusted_proxy_headers=True,
+        )

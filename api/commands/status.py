@@ -23,8 +23,12 @@ def collection_status(col: Any, runs: int = 5) -> dict[str, Any]:
     last_runs = col.runs(limit=runs)
     committed = {p for paths in col.committed_sources().values() for p in paths}
     # failures of the last runs, less files that a later run has since committed
-    failures = [dict(f, run_id=r["run_id"]) for r in last_runs for f in r.get("failed", [])
-                if str(Path(f["file"]).resolve()) not in committed]
+    failures = [
+        dict(f, run_id=r["run_id"])
+        for r in last_runs
+        for f in r.get("failed", [])
+        if str(Path(f["file"]).resolve()) not in committed
+    ]
     return {
         "name": col.name,
         "encoder": col.encoder_key,
@@ -41,8 +45,20 @@ def collection_status(col: Any, runs: int = 5) -> dict[str, Any]:
         "snapshot": snap.id,
         "index_type": col.info.get("index_factory", "Flat"),
         "last_runs": [
-            {k: r.get(k) for k in ("run_id", "started_at", "finished_at", "indexed", "tiles",
-                                   "unchanged", "seconds", "ok", "interrupted")}
+            {
+                k: r.get(k)
+                for k in (
+                    "run_id",
+                    "started_at",
+                    "finished_at",
+                    "indexed",
+                    "tiles",
+                    "unchanged",
+                    "seconds",
+                    "ok",
+                    "interrupted",
+                )
+            }
             | {"failed": len(r.get("failed", [])), "duplicates": len(r.get("duplicates", []))}
             for r in last_runs
         ],
@@ -67,12 +83,18 @@ def register(cli: click.Group) -> None:
         if not cols:
             click.echo(f"no collections in {store.home}")
         for c in cols:
-            kinds = ", ".join(f"{v} {k}s" for k, v in sorted(c["sources_by_kind"].items())) or "empty"
-            click.echo(f"{c['name']}: {c['encoder']} ({c['fingerprint']}), {c['embed_dim']}-d, "
-                       f"{kinds}, {c['tiles']} vectors in {c['segments']} segments, "
-                       f"index {c['index_type']}, snapshot {c['snapshot']}")
+            kinds = (
+                ", ".join(f"{v} {k}s" for k, v in sorted(c["sources_by_kind"].items())) or "empty"
+            )
+            click.echo(
+                f"{c['name']}: {c['encoder']} ({c['fingerprint']}), {c['embed_dim']}-d, "
+                f"{kinds}, {c['tiles']} vectors in {c['segments']} segments, "
+                f"index {c['index_type']}, snapshot {c['snapshot']}"
+            )
             for r in c["last_runs"]:
-                click.echo(f"  run {r['run_id']}: {r['indexed']} indexed, {r['unchanged']} unchanged, "
-                           f"{r['failed']} failed ({r['seconds']}s)")
+                click.echo(
+                    f"  run {r['run_id']}: {r['indexed']} indexed, {r['unchanged']} unchanged, "
+                    f"{r['failed']} failed ({r['seconds']}s)"
+                )
             for f in c["failures"][-10:]:
                 click.echo(f"  failed: {f['file']}: {f['reason']}")

@@ -21,8 +21,11 @@ from api.errors import ApiError
 bp = Blueprint("cohorts", __name__)
 
 MAX_EXAMPLES = 64
-EXPORT_MIMETYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv",
-                    "npz": "application/octet-stream"}
+EXPORT_MIMETYPES = {
+    "parquet": "application/vnd.apache.parquet",
+    "csv": "text/csv",
+    "npz": "application/octet-stream",
+}
 
 
 def _invalid(message: str) -> ApiError:
@@ -40,8 +43,9 @@ def _body() -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         return fields, files
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError("the body must be a JSON object (or multipart/form-data)", 400,
-                       "BAD_REQUEST")
+        raise ApiError(
+            "the body must be a JSON object (or multipart/form-data)", 400, "BAD_REQUEST"
+        )
     return body, []
 
 
@@ -133,12 +137,20 @@ def create_cohort() -> Response:
     if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
         raise ApiError("filters must be a list of COL=V expressions", 422, "INVALID_FILTER")
     st = state()
-    vectors, described = (_embed(st.service.collection(collection), files) if files
-                          else ([], []))
-    cohort = create(st.catalog(), st.service, name, collection, filters=exprs,
-                    filter_json=_filter(fields.get("filter")), near_vectors=vectors,
-                    near_images=described, near_tile_ids=_tile_ids(fields.get("near_tile_ids")),
-                    k=k, min_score=min_score)
+    vectors, described = _embed(st.service.collection(collection), files) if files else ([], [])
+    cohort = create(
+        st.catalog(),
+        st.service,
+        name,
+        collection,
+        filters=exprs,
+        filter_json=_filter(fields.get("filter")),
+        near_vectors=vectors,
+        near_images=described,
+        near_tile_ids=_tile_ids(fields.get("near_tile_ids")),
+        k=k,
+        min_score=min_score,
+    )
     return jsonify({"ok": True, "cohort": cohort})
 
 
@@ -152,9 +164,13 @@ def show_cohort(name: str) -> Response:
     from search.cohorts import show_cohort as show
 
     st = state()
-    cohort = show(st.catalog(), st.service, name,
-                  version=_int(request.args.get("version"), "version"),
-                  label_column=_str(request.args.get("label_column"), "label_column"))
+    cohort = show(
+        st.catalog(),
+        st.service,
+        name,
+        version=_int(request.args.get("version"), "version"),
+        label_column=_str(request.args.get("label_column"), "label_column"),
+    )
     return jsonify({"ok": True, "cohort": cohort})
 
 
@@ -178,13 +194,18 @@ def create_export() -> Response:
     with tempfile.TemporaryDirectory(prefix="lamina-export-") as tmp:
         out = Path(tmp) / f"export.{fmt}"
         doc = export_labeled_set(
-            view, st.catalog(), out,
+            view,
+            st.catalog(),
+            out,
             label_column=_str(fields.get("label_column"), "label_column", required=True) or "",
             cohort=_str(fields.get("cohort"), "cohort"),
             split_by=_str(fields.get("split_by"), "split_by"),
             test_fraction=0.2 if test_fraction is None else test_fraction,
             seed=_int(fields.get("seed"), "seed") or 0,
-            neighbors=_int(fields.get("neighbors"), "neighbors"), fmt=fmt, record_path=False)
+            neighbors=_int(fields.get("neighbors"), "neighbors"),
+            fmt=fmt,
+            record_path=False,
+        )
         data = out.read_bytes()
     meta = doc["meta"]
     resp = Response(data, mimetype=EXPORT_MIMETYPES[fmt])
@@ -213,8 +234,10 @@ def create_probe() -> Response:
         st.service.view(_str(fields.get("collection"), "collection", required=True) or ""),
         st.catalog() if cohort else None,
         _str(fields.get("label_column"), "label_column", required=True) or "",
-        cohort=cohort, split_by=_str(fields.get("split_by"), "split_by"),
+        cohort=cohort,
+        split_by=_str(fields.get("split_by"), "split_by"),
         fractions=[_float(f, "fractions") or 0.0 for f in fractions],
         seed=_int(fields.get("seed"), "seed") or 0,
-        test_fraction=0.2 if test_fraction is None else test_fraction)
+        test_fraction=0.2 if test_fraction is None else test_fraction,
+    )
     return jsonify({"ok": True, "report": report})

@@ -85,21 +85,31 @@ def resolve_collection(name: str | None) -> str:
         return names[0]
     if not names:
         raise ApiError("there are no collections", 404, "COLLECTION_NOT_FOUND")
-    raise ApiError("tile ids are per collection: add ?collection=NAME (one of "
-                   + ", ".join(names) + ")", 400, "COLLECTION_REQUIRED")
+    raise ApiError(
+        "tile ids are per collection: add ?collection=NAME (one of " + ", ".join(names) + ")",
+        400,
+        "COLLECTION_REQUIRED",
+    )
 
 
 def tile_doc(view: Any, row: dict[str, Any]) -> dict[str, Any]:
     def num(v: Any) -> float | None:
         return None if v is None or v != v else float(v)
 
-    return {"tile_id": int(row["tile_id"]), "source_id": str(row["source_id"]),
-            "source": str(row["source"]), "kind": str(row.get("kind") or "photo"),
-            "x": int(row["x"]), "y": int(row["y"]), "level": int(row.get("level") or 0),
-            "size_px": int(row["size_px"]),
-            "tile_px": None if row.get("tile_px") is None else int(row["tile_px"]),
-            "mpp": num(row.get("mpp")), "tissue_fraction": num(row.get("tissue_fraction")),
-            "metadata": view.metadata_of(row)}
+    return {
+        "tile_id": int(row["tile_id"]),
+        "source_id": str(row["source_id"]),
+        "source": str(row["source"]),
+        "kind": str(row.get("kind") or "photo"),
+        "x": int(row["x"]),
+        "y": int(row["y"]),
+        "level": int(row.get("level") or 0),
+        "size_px": int(row["size_px"]),
+        "tile_px": None if row.get("tile_px") is None else int(row["tile_px"]),
+        "mpp": num(row.get("mpp")),
+        "tissue_fraction": num(row.get("tissue_fraction")),
+        "metadata": view.metadata_of(row),
+    }
 
 
 def _tile_row(tile_id: int) -> tuple[str, Any, dict[str, Any]]:
@@ -113,8 +123,9 @@ def _tile_row(tile_id: int) -> tuple[str, Any, dict[str, Any]]:
 @bp.get("/tiles/<int:tile_id>")
 def tile(tile_id: int) -> Response:
     name, view, row = _tile_row(tile_id)
-    return jsonify({"ok": True, "collection": name, "snapshot": view.snapshot.id,
-                    "tile": tile_doc(view, row)})
+    return jsonify(
+        {"ok": True, "collection": name, "snapshot": view.snapshot.id, "tile": tile_doc(view, row)}
+    )
 
 
 @bp.get("/tiles/<int:tile_id>/image")

@@ -55,7 +55,9 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
             try:
                 spec = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ApiError(f"filter is not valid JSON: {exc.msg}", 422, "INVALID_FILTER") from None
+                raise ApiError(
+                    f"filter is not valid JSON: {exc.msg}", 422, "INVALID_FILTER"
+                ) from None
         else:  # EXPR lines, as typed in the web page
             exprs, spec = text, None
     if spec is not None and not isinstance(spec, dict):
@@ -72,7 +74,8 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
 
 def _unit_vector(value: Any, dim: int) -> np.ndarray:
     if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
         raise _invalid("vector must be a list of numbers")
     if len(value) != dim:
         raise _invalid(f"vector has {len(value)} dimensions; the collection has {dim}")
@@ -99,11 +102,13 @@ def _region(view: Any, spec: Any) -> tuple[str, tuple[int, int, int, int]]:
     x, y, w, h = (int(b) for b in box)  # type: ignore[arg-type]
     if x < 0 or y < 0 or w <= 0 or h <= 0 or max(x, y, w, h) > 10_000_000 or w * h > 16_000_000:
         raise _invalid("region: x, y >= 0, w, h > 0, and at most 16 Mpx")
-    rows = view.sql("SELECT source, kind FROM sources WHERE source_id = ? OR source = ? LIMIT 1",
-                    [slide, slide])
+    rows = view.sql(
+        "SELECT source, kind FROM sources WHERE source_id = ? OR source = ? LIMIT 1", [slide, slide]
+    )
     if not rows:
-        raise ApiError(f"{slide!r} is not an indexed source of this collection", 404,
-                       "SOURCE_NOT_FOUND")
+        raise ApiError(
+            f"{slide!r} is not an indexed source of this collection", 404, "SOURCE_NOT_FOUND"
+        )
     return str(rows[0]["source"]), (x, y, w, h)
 
 
@@ -127,8 +132,9 @@ def _parse_request() -> tuple[dict[str, Any], bytes | None, str]:
         if not isinstance(body, dict):
             raise ApiError("the body must be a JSON object", 400, "BAD_REQUEST")
         return body, None, ""
-    raise ApiError("send multipart/form-data (image=@file) or application/json", 415,
-                   "UNSUPPORTED_MEDIA_TYPE")
+    raise ApiError(
+        "send multipart/form-data (image=@file) or application/json", 415, "UNSUPPORTED_MEDIA_TYPE"
+    )
 
 
 def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
@@ -139,8 +145,13 @@ def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
     max_pixels = int(st.config["MAX_IMAGE_PIXELS"])
     check_upload_pixels(data, max_pixels)
     with st.embed_lock:
-        return image_vector(collection, data, name, max_pixels=max_pixels,
-                            device=str(st.config.get("DEVICE") or "auto"))
+        return image_vector(
+            collection,
+            data,
+            name,
+            max_pixels=max_pixels,
+            device=str(st.config.get("DEVICE") or "auto"),
+        )
 
 
 def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -149,10 +160,13 @@ def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -
     st = state()
     try:
         with st.embed_lock:
-            vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "auto"))
+            vec, _ = region_vector(
+                collection, path, box, device=str(st.config.get("DEVICE") or "auto")
+            )
     except ImportError:
-        raise ApiError("region queries need slide support on this server", 501,
-                       "NOT_IMPLEMENTED") from None
+        raise ApiError(
+            "region queries need slide support on this server", 501, "NOT_IMPLEMENTED"
+        ) from None
     return vec
 
 
@@ -176,11 +190,12 @@ def search(name: str) -> Response:
     if upload is not None:
         given.append("image")
     if len(given) != 1:
-        raise _invalid("give exactly one query: image (multipart), tile_id, vector, region "
-                       f"or source_id (got {', '.join(given) or 'none'})")
+        raise _invalid(
+            "give exactly one query: image (multipart), tile_id, vector, region "
+            f"or source_id (got {', '.join(given) or 'none'})"
+        )
     what = given[0]
-    common: dict[str, Any] = {"filters": exprs, "filter_json": spec,
-                              "exclude_same": exclude_same}
+    common: dict[str, Any] = {"filters": exprs, "filter_json": spec, "exclude_same": exclude_same}
     tile_id = _int(fields.get("tile_id"), "tile_id") if what == "tile_id" else None
     if tile_id is not None and not 0 <= tile_id < 2**63:
         raise ApiError(f"tile {tile_id} does not exist", 404, "TILE_NOT_FOUND")
@@ -198,20 +213,30 @@ def search(name: str) -> Response:
             res = rank_slides(svc, name, vectors=vec, **kw)
         return jsonify(res.to_dict())
     if what == "source_id":
-        raise _invalid("source_id queries rank slides: add \"level\": \"slide\"")
+        raise _invalid('source_id queries rank slides: add "level": "slide"')
     if what == "tile_id":
         vec = view.tile_vectors([int(tile_id)])[0]  # type: ignore[arg-type]
-        res = svc.search(name, vec, k, query_tile_id=tile_id, view=view, group_by=group_by,
-                         fingerprint=fingerprint, **common)  # type: ignore[arg-type]
+        res = svc.search(
+            name,
+            vec,
+            k,
+            query_tile_id=tile_id,
+            view=view,
+            group_by=group_by,
+            fingerprint=fingerprint,
+            **common,
+        )  # type: ignore[arg-type]
     else:
         vec = _query_vector(what, fields, upload, upload_name, view, col)
-        res = svc.search(name, vec, k, view=view, group_by=group_by, fingerprint=fingerprint,
-                         **common)  # type: ignore[arg-type]
+        res = svc.search(
+            name, vec, k, view=view, group_by=group_by, fingerprint=fingerprint, **common
+        )  # type: ignore[arg-type]
     return jsonify(res.to_dict())
 
 
-def _query_vector(what: str, fields: dict[str, Any], upload: bytes | None, upload_name: str,
-                  view: Any, col: Any) -> np.ndarray:
+def _query_vector(
+    what: str, fields: dict[str, Any], upload: bytes | None, upload_name: str, view: Any, col: Any
+) -> np.ndarray:
     if what == "image":
         return _embed_upload(col, upload or b"", upload_name)
     if what == "vector":

@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-DERM_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
+DERM_DIR = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
+)
 
 
 def index_derm(home: Path, images: list[Path] | Path, collection: str = "derm") -> Any:
@@ -20,26 +22,58 @@ def index_derm(home: Path, images: list[Path] | Path, collection: str = "derm") 
     from search import Store
 
     paths = images if isinstance(images, list) else [images]
-    return ingest(Store(home), collection, paths, create_encoder("test/tiny-vit", device="cpu"),
-                  IngestOptions(progress=False), Manifest.load(DERM_DIR / "labels.csv", "filename"))
+    return ingest(
+        Store(home),
+        collection,
+        paths,
+        create_encoder("test/tiny-vit", device="cpu"),
+        IngestOptions(progress=False),
+        Manifest.load(DERM_DIR / "labels.csv", "filename"),
+    )
 
 
-def write_synthetic(home: Path, name: str, sources: dict[str, np.ndarray], dim: int,
-                    meta: dict[str, dict[str, Any]] | None = None) -> None:
+def write_synthetic(
+    home: Path,
+    name: str,
+    sources: dict[str, np.ndarray],
+    dim: int,
+    meta: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """A collection built directly from hand-made vectors: source name -> (n, dim) tiles."""
     from search import Store
 
-    col = Store(home).open_or_create(name, encoder="synthetic/v1", fingerprint="synthetic@1",
-                                     embed_dim=dim, tile_px=224, mpp=0.5)
+    col = Store(home).open_or_create(
+        name, encoder="synthetic/v1", fingerprint="synthetic@1", embed_dim=dim, tile_px=224, mpp=0.5
+    )
     w = col.writer("synthetic")
     for src, vecs in sources.items():
         vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-        tiles = [{"kind": "tile", "x": 224 * i, "y": 0, "level": 0, "size_px": 224, "tile_px": 224,
-                  "mpp": 0.5, "tissue_fraction": 1.0, **(meta or {}).get(src, {})}
-                 for i in range(len(vecs))]
-        w.add_source({"source_id": src, "source": f"/nonexistent/{src}.svs", "kind": "slide",
-                      "width": 224 * len(vecs), "height": 224, "mpp": 0.5}, tiles,
-                     vecs.astype(np.float32))
+        tiles = [
+            {
+                "kind": "tile",
+                "x": 224 * i,
+                "y": 0,
+                "level": 0,
+                "size_px": 224,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 1.0,
+                **(meta or {}).get(src, {}),
+            }
+            for i in range(len(vecs))
+        ]
+        w.add_source(
+            {
+                "source_id": src,
+                "source": f"/nonexistent/{src}.svs",
+                "kind": "slide",
+                "width": 224 * len(vecs),
+                "height": 224,
+                "mpp": 0.5,
+            },
+            tiles,
+            vecs.astype(np.float32),
+        )
     w.commit()
 
 
@@ -76,8 +110,9 @@ class FlaskTestTransport:
     def __init__(self, app: Any) -> None:
         self.client = app.test_client()
 
-    def __call__(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                 timeout: float) -> tuple[int, dict[str, str], bytes]:
+    def __call__(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         resp = self.client.open(path, method=method, headers=headers, data=body)
@@ -90,8 +125,9 @@ class LiveServer:
     def __init__(self, app: Any, threads: int = 8) -> None:
         import waitress.server
 
-        self.server = waitress.server.create_server(app, host="127.0.0.1", port=0,
-                                                    threads=threads, ident="lamina-test")
+        self.server = waitress.server.create_server(
+            app, host="127.0.0.1", port=0, threads=threads, ident="lamina-test"
+        )
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.closing = False
         self.thread = threading.Thread(target=self._run, daemon=True)

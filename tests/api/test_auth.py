@@ -20,16 +20,30 @@ def secured(derm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return app.test_client()
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/api/v1/encoders"), ("GET", "/api/v1/collections"), ("GET", "/api/v1/collections/derm"),
-    ("POST", "/api/v1/collections/derm/search"), ("GET", "/api/v1/tiles/1"),
-    ("GET", "/api/v1/tiles/1/image"), ("GET", "/api/v1/sources/x/thumbnail"),
-    ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/cohorts"), ("POST", "/api/v1/exports"),
-    ("POST", "/api/v1/probes"), ("GET", "/api/v1/nope"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/encoders"),
+        ("GET", "/api/v1/collections"),
+        ("GET", "/api/v1/collections/derm"),
+        ("POST", "/api/v1/collections/derm/search"),
+        ("GET", "/api/v1/tiles/1"),
+        ("GET", "/api/v1/tiles/1/image"),
+        ("GET", "/api/v1/sources/x/thumbnail"),
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/api/v1/cohorts"),
+        ("POST", "/api/v1/exports"),
+        ("POST", "/api/v1/probes"),
+        ("GET", "/api/v1/nope"),
+    ],
+)
 def test_needs_token(secured: Any, method: str, path: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                    {"Authorization": "Basic " + TOKEN}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Basic " + TOKEN},
+    ):
         r = secured.open(path, method=method, headers=headers, json={"tile_id": 1})
         assert r.status_code == 401, (path, headers)
         assert r.get_json()["code"] == "UNAUTHORIZED"
@@ -51,8 +65,9 @@ def test_health_and_page_without_token(secured: Any) -> None:
     assert secured.get("/static/lamina.js").status_code == 200
 
 
-def test_client_token(secured: Any, flask_transport_cls: Any, derm_home: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_token(
+    secured: Any, flask_transport_cls: Any, derm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from api.app import create_app
     from api.client import Client, Unauthorized
 

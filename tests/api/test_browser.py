@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "search-page.png"
 # CI sets LAMINA_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
 REQUIRED = os.environ.get("LAMINA_REQUIRE_BROWSER") == "1"
@@ -35,8 +42,9 @@ def sync_playwright() -> Any:
 
 
 @pytest.mark.browser
-def test_search_page(sync_playwright: Any, live_url: str, derm_images: list[Path],
-                     tmp_path: Path) -> None:
+def test_search_page(
+    sync_playwright: Any, live_url: str, derm_images: list[Path], tmp_path: Path
+) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -55,9 +63,12 @@ def test_search_page(sync_playwright: Any, live_url: str, derm_images: list[Path
             assert first_name == derm_images[0].name
             page.wait_for_function(
                 "Array.from(document.querySelectorAll('.hit img')).every(i => i.complete && i.naturalWidth > 0)",
-                timeout=30_000)
+                timeout=30_000,
+            )
             # LAMINA_WRITE_SCREENSHOT=1 refreshes the screenshot in docs/
-            shot = DOCS_SCREENSHOT if os.environ.get("LAMINA_WRITE_SCREENSHOT") else tmp_path / "p.png"
+            shot = (
+                DOCS_SCREENSHOT if os.environ.get("LAMINA_WRITE_SCREENSHOT") else tmp_path / "p.png"
+            )
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=False)
             assert shot.stat().st_size > 10_000
@@ -66,7 +77,8 @@ def test_search_page(sync_playwright: Any, live_url: str, derm_images: list[Path
             cards.nth(2).click()
             page.wait_for_function(
                 f"document.querySelector('.hit') && document.querySelector('.hit').dataset.tileId === '{tid}'",
-                timeout=30_000)
+                timeout=30_000,
+            )
             assert not errors, errors
         finally:
             browser.close()

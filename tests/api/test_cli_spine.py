@@ -13,8 +13,12 @@ LAMINA = [sys.executable, "-m", "api"]
 
 
 def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*LAMINA, "--home", str(home), *args], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [*LAMINA, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
@@ -23,9 +27,20 @@ def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def derm_home(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path) -> Path:
     home = tmp_path_factory.mktemp("cli-home")
-    proc = run(home, "index", str(derm_dir / "images"), "--manifest", str(derm_dir / "labels.csv"),
-               "--source-column", "filename", "--collection", "derm",
-               "--encoder", "classic/stain-texture", "--json")
+    proc = run(
+        home,
+        "index",
+        str(derm_dir / "images"),
+        "--manifest",
+        str(derm_dir / "labels.csv"),
+        "--source-column",
+        "filename",
+        "--collection",
+        "derm",
+        "--encoder",
+        "classic/stain-texture",
+        "--json",
+    )
     report = json.loads(proc.stdout)
     assert report["indexed"] == 686 and report["failed"] == [] and report["ok"] is True
     assert "indexing derm" in proc.stderr  # progress on stderr, JSON alone on stdout
@@ -33,9 +48,18 @@ def derm_home(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path) -> Path:
 
 
 def test_rerun_adds_nothing(derm_home: Path, derm_dir: Path) -> None:
-    proc = run(derm_home, "index", str(derm_dir / "images"), "--manifest",
-               str(derm_dir / "labels.csv"), "--source-column", "filename", "--collection", "derm",
-               "--json")
+    proc = run(
+        derm_home,
+        "index",
+        str(derm_dir / "images"),
+        "--manifest",
+        str(derm_dir / "labels.csv"),
+        "--source-column",
+        "filename",
+        "--collection",
+        "derm",
+        "--json",
+    )
     report = json.loads(proc.stdout)
     assert report["indexed"] == 0 and report["unchanged"] == 686 and report["segments"] == []
 
@@ -52,35 +76,95 @@ def test_status(derm_home: Path) -> None:
 
 def test_search_by_image_finds_itself(derm_home: Path, derm_dir: Path) -> None:
     photo = derm_dir / "images" / "PAT_46_881_939.jpg"
-    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", str(photo),
-                         "-k", "5", "--json").stdout)
+    doc = json.loads(
+        run(
+            derm_home, "search", "--collection", "derm", "--image", str(photo), "-k", "5", "--json"
+        ).stdout
+    )
     assert doc["ok"] is True and doc["collection"] == "derm" and doc["snapshot"]
     assert len(doc["hits"]) == 5
     top = doc["hits"][0]
     assert Path(top["source"]).name == photo.name and top["score"] >= 0.999
-    assert set(top) >= {"tile_id", "score", "source_id", "source", "x", "y", "size_px", "mpp",
-                        "metadata"}
+    assert set(top) >= {
+        "tile_id",
+        "score",
+        "source_id",
+        "source",
+        "x",
+        "y",
+        "size_px",
+        "mpp",
+        "metadata",
+    }
     assert top["metadata"]["patient_id"] == "PAT_46"
 
 
 def test_search_filters(derm_home: Path, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
-    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", photo, "-k", "5",
-                         "--filter", "diagnostic=MEL", "--json").stdout)
+    doc = json.loads(
+        run(
+            derm_home,
+            "search",
+            "--collection",
+            "derm",
+            "--image",
+            photo,
+            "-k",
+            "5",
+            "--filter",
+            "diagnostic=MEL",
+            "--json",
+        ).stdout
+    )
     assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
-    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--image", photo, "-k", "50",
-                         "--filter", "diagnostic=MEL,BCC", "--filter", "age>=60", "--json").stdout)
+    doc = json.loads(
+        run(
+            derm_home,
+            "search",
+            "--collection",
+            "derm",
+            "--image",
+            photo,
+            "-k",
+            "50",
+            "--filter",
+            "diagnostic=MEL,BCC",
+            "--filter",
+            "age>=60",
+            "--json",
+        ).stdout
+    )
     assert len(doc["hits"]) == 50
-    assert all(h["metadata"]["diagnostic"] in ("MEL", "BCC") and h["metadata"]["age"] >= 60
-               for h in doc["hits"])
+    assert all(
+        h["metadata"]["diagnostic"] in ("MEL", "BCC") and h["metadata"]["age"] >= 60
+        for h in doc["hits"]
+    )
 
 
 def test_search_by_tile_and_grouping(derm_home: Path) -> None:
-    doc = json.loads(run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "4",
-                         "--group-by", "patient", "--exclude-same", "patient_id", "--json").stdout)
+    doc = json.loads(
+        run(
+            derm_home,
+            "search",
+            "--collection",
+            "derm",
+            "--tile-id",
+            "7",
+            "-k",
+            "4",
+            "--group-by",
+            "patient",
+            "--exclude-same",
+            "patient_id",
+            "--json",
+        ).stdout
+    )
     assert len(doc["groups"]) == 4
-    own = json.loads(run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "1",
-                         "--json").stdout)["hits"][0]
+    own = json.loads(
+        run(
+            derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "1", "--json"
+        ).stdout
+    )["hits"][0]
     assert own["tile_id"] == 7 and own["score"] >= 0.999
     assert all(g["value"] != own["metadata"]["patient_id"] for g in doc["groups"])
     text = run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "3").stdout
@@ -91,22 +175,49 @@ def test_usage_errors_exit_2(derm_home: Path, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
     p = run(derm_home, "search", "--collection", "nope", "--image", photo, check=False)
     assert p.returncode == 2 and "does not exist" in p.stderr
-    p = run(derm_home, "search", "--collection", "derm", "--image", photo, "--filter", "nope=1",
-            "--json", check=False)
+    p = run(
+        derm_home,
+        "search",
+        "--collection",
+        "derm",
+        "--image",
+        photo,
+        "--filter",
+        "nope=1",
+        "--json",
+        check=False,
+    )
     assert p.returncode == 2 and json.loads(p.stdout)["code"] == "INVALID_FILTER"
     p = run(derm_home, "search", "--collection", "derm", check=False)
     assert p.returncode == 2 and "exactly one" in p.stderr
-    p = run(derm_home, "index", photo, "--collection", "t", "--encoder", "test/tiny-vit",
-            check=False)
+    p = run(
+        derm_home, "index", photo, "--collection", "t", "--encoder", "test/tiny-vit", check=False
+    )
     assert p.returncode == 2 and "--allow-test-encoder" in p.stderr
-    p = run(derm_home, "index", photo, "--collection", "derm", "--encoder", "test/tiny-vit",
-            "--allow-test-encoder", check=False)
+    p = run(
+        derm_home,
+        "index",
+        photo,
+        "--collection",
+        "derm",
+        "--encoder",
+        "test/tiny-vit",
+        "--allow-test-encoder",
+        check=False,
+    )
     assert p.returncode == 2 and "uses classic/stain-texture" in p.stderr
 
 
 def test_failed_inputs_exit_1(tmp_path: Path, bad_images: dict[str, Path]) -> None:
-    p = run(tmp_path / "h", "index", str(bad_images["empty"].parent), "--collection", "bad",
-            "--json", check=False)
+    p = run(
+        tmp_path / "h",
+        "index",
+        str(bad_images["empty"].parent),
+        "--collection",
+        "bad",
+        "--json",
+        check=False,
+    )
     assert p.returncode == 1
     report = json.loads(p.stdout)
     assert len(report["failed"]) == 4 and report["indexed"] == 0
@@ -127,13 +238,30 @@ def test_encoders_command() -> None:
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "lamina"
     assert script.is_file()
-    assert "index" in subprocess.run([str(script), "--help"], capture_output=True, text=True,
-                                     check=True).stdout
+    assert (
+        "index"
+        in subprocess.run(
+            [str(script), "--help"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
-    p = subprocess.run([*LAMINA, "--url", "http://127.0.0.1:9", "search", "--collection", "derm",
-                        "--tile-id", "1", "--json"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            *LAMINA,
+            "--url",
+            "http://127.0.0.1:9",
+            "search",
+            "--collection",
+            "derm",
+            "--tile-id",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert json.loads(p.stdout)["code"] == "UNREACHABLE"
 
@@ -141,8 +269,11 @@ def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
 def test_explicit_tile_px_tiles_photos(tmp_path: Path, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
     plain = json.loads(run(tmp_path / "a", "index", photo, "--collection", "p", "--json").stdout)
-    tiled = json.loads(run(tmp_path / "b", "index", photo, "--collection", "p", "--tile-px", "150",
-                           "--json").stdout)
+    tiled = json.loads(
+        run(
+            tmp_path / "b", "index", photo, "--collection", "p", "--tile-px", "150", "--json"
+        ).stdout
+    )
     assert plain["tiles"] == 1 and tiled["tiles"] == 1 + 4
 
 
@@ -150,8 +281,12 @@ def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Pa
     import shutil
 
     target = tmp_path / "late.jpg"
-    assert run(tmp_path / "h", "index", str(target), "--collection", "c", check=False).returncode == 1
-    failures = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0]["failures"]
+    assert (
+        run(tmp_path / "h", "index", str(target), "--collection", "c", check=False).returncode == 1
+    )
+    failures = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0][
+        "failures"
+    ]
     assert [Path(f["file"]).name for f in failures] == ["late.jpg"]
     shutil.copy(derm_dir / "images" / "PAT_46_881_939.jpg", target)
     run(tmp_path / "h", "index", str(target), "--collection", "c")

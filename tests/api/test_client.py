@@ -23,10 +23,13 @@ QUERIES: list[dict[str, Any]] = [
 
 
 def test_client_import_is_light() -> None:
-    code = ("import sys, api.client; heavy = [m for m in ('flask', 'torch', 'faiss', 'duckdb', "
-            "'numpy', 'werkzeug', 'timm', 'pyarrow', 'PIL') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, api.client; heavy = [m for m in ('flask', 'torch', 'faiss', 'duckdb', "
+        "'numpy', 'werkzeug', 'timm', 'pyarrow', 'PIL') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -37,10 +40,22 @@ def test_congruence_service_vs_http(app: Any, live_url: str) -> None:
     svc = app.extensions["lamina"].service
     client = Client(live_url)
     for q in QUERIES:
-        local = svc.search_tile("derm", q["tile_id"], q["k"], filter_json=q.get("filter"),
-                                group_by=q.get("group_by"), exclude_same=q.get("exclude_same"))
-        remote = client.search_tile("derm", tile_id=q["tile_id"], k=q["k"], filter=q.get("filter"),
-                                    group_by=q.get("group_by"), exclude_same=q.get("exclude_same"))
+        local = svc.search_tile(
+            "derm",
+            q["tile_id"],
+            q["k"],
+            filter_json=q.get("filter"),
+            group_by=q.get("group_by"),
+            exclude_same=q.get("exclude_same"),
+        )
+        remote = client.search_tile(
+            "derm",
+            tile_id=q["tile_id"],
+            k=q["k"],
+            filter=q.get("filter"),
+            group_by=q.get("group_by"),
+            exclude_same=q.get("exclude_same"),
+        )
         assert remote.to_dict() == json.loads(json.dumps(local.to_dict())), q
         assert [h.tile_id for h in remote.hits] == [h.tile_id for h in local.hits]
 
@@ -82,11 +97,19 @@ def test_typed_results_and_errors(flask_transport: Any) -> None:
     cases = [
         (lambda: c.collection("nope"), lc.NotFound, 404, "COLLECTION_NOT_FOUND"),
         (lambda: c.search_tile("derm", 10**9), lc.NotFound, 404, "TILE_NOT_FOUND"),
-        (lambda: c.search_vector("derm", [1.0] * 64, encoder="x@1"), lc.EncoderMismatch, 409,
-         "ENCODER_MISMATCH"),
+        (
+            lambda: c.search_vector("derm", [1.0] * 64, encoder="x@1"),
+            lc.EncoderMismatch,
+            409,
+            "ENCODER_MISMATCH",
+        ),
         (lambda: c.search_tile("derm", 3, k=0), lc.InvalidRequest, 422, "INVALID_QUERY"),
-        (lambda: c.search_image("derm", b"not an image"), lc.InvalidRequest, 422,
-         "UNREADABLE_IMAGE"),
+        (
+            lambda: c.search_image("derm", b"not an image"),
+            lc.InvalidRequest,
+            422,
+            "UNREADABLE_IMAGE",
+        ),
     ]
     for call, cls, status, code in cases:
         with pytest.raises(cls) as err:
@@ -108,9 +131,23 @@ def test_cli_search_through_url(live_url: str) -> None:
 
     from api.cli import cli
 
-    res = CliRunner().invoke(cli, ["--url", live_url, "search", "--collection", "derm",
-                                   "--tile-id", "3", "-k", "2", "--filter", "diagnostic=MEL,BCC",
-                                   "--json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--url",
+            live_url,
+            "search",
+            "--collection",
+            "derm",
+            "--tile-id",
+            "3",
+            "-k",
+            "2",
+            "--filter",
+            "diagnostic=MEL,BCC",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["ok"] and len(doc["hits"]) == 2 and doc["snapshot"]

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from api.cli import cli
 
-DERM_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
+DERM_DIR = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
+)
 
 
 @pytest.fixture()
@@ -32,13 +34,19 @@ def own_app(derm_home: Path, tmp_path: Path) -> Any:
 
 def test_cohort_routes(own_app: Any, derm_images: list[Path]) -> None:
     c = own_app.test_client()
-    r = c.post("/api/v1/cohorts", json={"name": "bcc", "collection": "derm",
-                                        "filter": {"diagnostic": {"in": ["BCC"]}}})
+    r = c.post(
+        "/api/v1/cohorts",
+        json={"name": "bcc", "collection": "derm", "filter": {"diagnostic": {"in": ["BCC"]}}},
+    )
     assert r.status_code == 200, r.get_json()
     cohort = r.get_json()["cohort"]
     assert cohort["version"] == 1 and cohort["n_tiles"] > 0 and cohort["snapshot"]
-    data = {"name": "near", "collection": "derm", "k": "20",
-            "near": [(io.BytesIO(derm_images[0].read_bytes()), derm_images[0].name)]}
+    data = {
+        "name": "near",
+        "collection": "derm",
+        "k": "20",
+        "near": [(io.BytesIO(derm_images[0].read_bytes()), derm_images[0].name)],
+    }
     r = c.post("/api/v1/cohorts", data=data, content_type="multipart/form-data")
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["cohort"]["n_tiles"] == 20
@@ -56,16 +64,32 @@ def test_cohort_routes(own_app: Any, derm_images: list[Path]) -> None:
 
 def test_export_and_probe_routes(own_app: Any) -> None:
     c = own_app.test_client()
-    r = c.post("/api/v1/exports", json={"collection": "derm", "label_column": "diagnostic",
-                                        "split_by": "patient_id", "cohort": None,
-                                        "test_fraction": 0.2, "seed": 1, "format": "parquet"})
+    r = c.post(
+        "/api/v1/exports",
+        json={
+            "collection": "derm",
+            "label_column": "diagnostic",
+            "split_by": "patient_id",
+            "cohort": None,
+            "test_fraction": 0.2,
+            "seed": 1,
+            "format": "parquet",
+        },
+    )
     assert r.status_code == 200
     table = pq.read_table(io.BytesIO(r.get_data()))
     meta = json.loads(table.schema.metadata[b"lamina"])
     assert r.headers["X-Lamina-Snapshot"] == meta["snapshot"]
     assert r.headers["X-Lamina-Encoder"] == meta["encoder"] and meta["seed"] == 1
-    r = c.post("/api/v1/probes", json={"collection": "derm", "label_column": "diagnostic",
-                                       "split_by": "patient_id", "fractions": [0.5, 1]})
+    r = c.post(
+        "/api/v1/probes",
+        json={
+            "collection": "derm",
+            "label_column": "diagnostic",
+            "split_by": "patient_id",
+            "fractions": [0.5, 1],
+        },
+    )
     assert r.status_code == 200, r.get_json()
     report = r.get_json()["report"]
     assert [f["fraction"] for f in report["fractions"]] == [0.5, 1.0]
@@ -73,30 +97,61 @@ def test_export_and_probe_routes(own_app: Any) -> None:
     assert r.status_code == 422
 
 
-def test_cli_through_server(own_app: Any, live_server: Any, tmp_path: Path,
-                            derm_images: list[Path]) -> None:
+def test_cli_through_server(
+    own_app: Any, live_server: Any, tmp_path: Path, derm_images: list[Path]
+) -> None:
     with live_server(own_app) as srv:
         env = {"LAMINA_URL": srv.url}
         home = str(tmp_path / "unused-home")
 
         def run(*args: str) -> str:
-            res = CliRunner().invoke(cli, ["--home", home, *args], env=env,
-                                     catch_exceptions=False)
+            res = CliRunner().invoke(cli, ["--home", home, *args], env=env, catch_exceptions=False)
             assert res.exit_code == 0, res.output
             return res.stdout
 
-        made = json.loads(run("cohort", "create", "c1", "--collection", "derm", "--near",
-                              str(derm_images[1]), "--k", "10", "--json"))
+        made = json.loads(
+            run(
+                "cohort",
+                "create",
+                "c1",
+                "--collection",
+                "derm",
+                "--near",
+                str(derm_images[1]),
+                "--k",
+                "10",
+                "--json",
+            )
+        )
         assert made["cohort"]["n_tiles"] == 10
         assert json.loads(run("cohort", "list", "--json"))["cohorts"][0]["name"] == "c1"
         shown = json.loads(run("cohort", "show", "c1", "--json"))["cohort"]
         assert sum(x["n"] for x in shown["counts"]["per_slide"]) == 10
         out = tmp_path / "remote.parquet"
-        run("export", "--collection", "derm", "--cohort", "c1", "--label-column", "diagnostic",
-            "--out", str(out))
+        run(
+            "export",
+            "--collection",
+            "derm",
+            "--cohort",
+            "c1",
+            "--label-column",
+            "diagnostic",
+            "--out",
+            str(out),
+        )
         assert pq.read_table(out).num_rows == 10
-        doc = json.loads(run("probe", "--collection", "derm", "--label-column", "diagnostic",
-                             "--fractions", "1", "--json"))
+        doc = json.loads(
+            run(
+                "probe",
+                "--collection",
+                "derm",
+                "--label-column",
+                "diagnostic",
+                "--fractions",
+                "1",
+                "--json",
+            )
+        )
         assert doc["ok"] and len(doc["fractions"]) == 1
         run("cohort", "delete", "c1")
         assert not (tmp_path / "unused-home" / "catalog.duckdb").exists()

@@ -54,20 +54,26 @@ def test_search_by_tile(client: Any) -> None:
 
 def test_search_filter_json_and_exprs(client: Any) -> None:
     spec = {"diagnostic": {"in": ["MEL", "BCC"]}, "age": {"gte": 50}}
-    body = client.post(f"{API}/collections/derm/search",
-                       json={"tile_id": 5, "k": 20, "filter": spec}).get_json()
+    body = client.post(
+        f"{API}/collections/derm/search", json={"tile_id": 5, "k": 20, "filter": spec}
+    ).get_json()
     assert len(body["hits"]) == 20
-    assert all(h["metadata"]["diagnostic"] in ("MEL", "BCC") and h["metadata"]["age"] >= 50
-               for h in body["hits"])
-    same = client.post(f"{API}/collections/derm/search",
-                       json={"tile_id": 5, "k": 20, "filters": ["diagnostic=MEL,BCC", "age>=50"]})
+    assert all(
+        h["metadata"]["diagnostic"] in ("MEL", "BCC") and h["metadata"]["age"] >= 50
+        for h in body["hits"]
+    )
+    same = client.post(
+        f"{API}/collections/derm/search",
+        json={"tile_id": 5, "k": 20, "filters": ["diagnostic=MEL,BCC", "age>=50"]},
+    )
     assert [h["tile_id"] for h in same.get_json()["hits"]] == [h["tile_id"] for h in body["hits"]]
 
 
 def test_search_group_by_and_exclude_same(client: Any) -> None:
-    body = client.post(f"{API}/collections/derm/search",
-                       json={"tile_id": 5, "k": 5, "group_by": "patient",
-                             "exclude_same": "patient_id"}).get_json()
+    body = client.post(
+        f"{API}/collections/derm/search",
+        json={"tile_id": 5, "k": 5, "group_by": "patient", "exclude_same": "patient_id"},
+    ).get_json()
     q = client.get(f"{API}/tiles/5").get_json()["tile"]["metadata"]["patient_id"]
     assert len(body["groups"]) == 5
     assert all(g["key"] == "patient_id" and g["value"] != q for g in body["groups"])
@@ -77,8 +83,10 @@ def test_search_group_by_and_exclude_same(client: Any) -> None:
 def test_search_by_vector_and_encoder_mismatch(client: Any) -> None:
     col = client.get(f"{API}/collections/derm").get_json()["collection"]
     vec = np.random.default_rng(0).normal(size=col["embed_dim"]).tolist()
-    r = client.post(f"{API}/collections/derm/search",
-                    json={"vector": vec, "k": 3, "encoder": col["fingerprint"]})
+    r = client.post(
+        f"{API}/collections/derm/search",
+        json={"vector": vec, "k": 3, "encoder": col["fingerprint"]},
+    )
     assert r.status_code == 200 and len(r.get_json()["hits"]) == 3
     r = client.post(f"{API}/collections/derm/search", json={"vector": vec, "encoder": "other@1"})
     assert r.status_code == 409 and r.get_json()["code"] == "ENCODER_MISMATCH"
@@ -90,34 +98,48 @@ def test_search_by_vector_and_encoder_mismatch(client: Any) -> None:
 
 def test_search_by_image(client: Any, derm_images: list[Path]) -> None:
     data = derm_images[0].read_bytes()
-    r = client.post(f"{API}/collections/derm/search",
-                    data={"image": (io.BytesIO(data), "q.jpg"), "k": "3",
-                          "filter": '{"diagnostic": {"ne": "NEV"}}', "group_by": "slide"})
+    r = client.post(
+        f"{API}/collections/derm/search",
+        data={
+            "image": (io.BytesIO(data), "q.jpg"),
+            "k": "3",
+            "filter": '{"diagnostic": {"ne": "NEV"}}',
+            "group_by": "slide",
+        },
+    )
     body = r.get_json()
     assert r.status_code == 200, body
     assert len(body["hits"]) == 3 and body["groups"][0]["key"] == "slide"
     assert all(h["metadata"]["diagnostic"] != "NEV" for h in body["hits"])
     # the query photo itself is indexed: it comes first with score ~1
-    r = client.post(f"{API}/collections/derm/search",
-                    data={"image": (io.BytesIO(data), "q.jpg"), "k": "1"})
+    r = client.post(
+        f"{API}/collections/derm/search", data={"image": (io.BytesIO(data), "q.jpg"), "k": "1"}
+    )
     assert r.get_json()["hits"][0]["source"].endswith(derm_images[0].name)
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"tile_id": 5, "k": 0}, 422, "INVALID_QUERY"),
-    ({"tile_id": 5, "k": "many"}, 422, "INVALID_QUERY"),
-    ({"tile_id": 5, "filter": {"nope": {"eq": 1}}}, 422, "INVALID_FILTER"),
-    ({"tile_id": 5, "filter": {"age": {"like": 1}}}, 422, "INVALID_FILTER"),
-    ({"tile_id": 5, "filter": "[1]"}, 422, "INVALID_FILTER"),
-    ({"tile_id": 5, "group_by": "lesion"}, 422, "INVALID_QUERY"),
-    ({"tile_id": 10**9}, 404, "TILE_NOT_FOUND"),
-    ({"tile_id": 5, "vector": [1.0]}, 422, "INVALID_QUERY"),
-    ({}, 422, "INVALID_QUERY"),
-    ({"source_id": "x"}, 422, "INVALID_QUERY"),
-    ({"tile_id": 5, "level": "patient"}, 422, "INVALID_QUERY"),
-    ({"region": {"slide": "/etc/passwd", "x": 0, "y": 0, "w": 10, "h": 10}}, 404, "SOURCE_NOT_FOUND"),
-    ({"region": {"slide": "s", "x": -1, "y": 0, "w": 10, "h": 10}}, 422, "INVALID_QUERY"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"tile_id": 5, "k": 0}, 422, "INVALID_QUERY"),
+        ({"tile_id": 5, "k": "many"}, 422, "INVALID_QUERY"),
+        ({"tile_id": 5, "filter": {"nope": {"eq": 1}}}, 422, "INVALID_FILTER"),
+        ({"tile_id": 5, "filter": {"age": {"like": 1}}}, 422, "INVALID_FILTER"),
+        ({"tile_id": 5, "filter": "[1]"}, 422, "INVALID_FILTER"),
+        ({"tile_id": 5, "group_by": "lesion"}, 422, "INVALID_QUERY"),
+        ({"tile_id": 10**9}, 404, "TILE_NOT_FOUND"),
+        ({"tile_id": 5, "vector": [1.0]}, 422, "INVALID_QUERY"),
+        ({}, 422, "INVALID_QUERY"),
+        ({"source_id": "x"}, 422, "INVALID_QUERY"),
+        ({"tile_id": 5, "level": "patient"}, 422, "INVALID_QUERY"),
+        (
+            {"region": {"slide": "/etc/passwd", "x": 0, "y": 0, "w": 10, "h": 10}},
+            404,
+            "SOURCE_NOT_FOUND",
+        ),
+        ({"region": {"slide": "s", "x": -1, "y": 0, "w": 10, "h": 10}}, 422, "INVALID_QUERY"),
+    ],
+)
 def test_search_errors(client: Any, body: dict[str, Any], status: int, code: str) -> None:
     r = client.post(f"{API}/collections/derm/search", json=body)
     assert r.status_code == status, r.get_json()
@@ -126,8 +148,9 @@ def test_search_errors(client: Any, body: dict[str, Any], status: int, code: str
 
 
 def test_bad_bodies(client: Any) -> None:
-    r = client.post(f"{API}/collections/derm/search", data=b"{not json",
-                    content_type="application/json")
+    r = client.post(
+        f"{API}/collections/derm/search", data=b"{not json", content_type="application/json"
+    )
     assert r.status_code == 400 and r.get_json()["code"] == "BAD_REQUEST"
     r = client.post(f"{API}/collections/derm/search", data=b"hello", content_type="text/plain")
     assert r.status_code == 415 and r.get_json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
@@ -182,21 +205,38 @@ def test_internal_error_hides_details(app: Any, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(app.extensions["lamina"].service, "view", boom)
     r = app.test_client().post(f"{API}/collections/derm/search", json={"tile_id": 1})
     assert r.status_code == 500
-    assert r.get_json() == {"ok": False, "status": 500, "code": "INTERNAL", "error": "internal error"}
+    assert r.get_json() == {
+        "ok": False,
+        "status": 500,
+        "code": "INTERNAL",
+        "error": "internal error",
+    }
 
 
 def test_openapi_lists_every_endpoint(client: Any, app: Any) -> None:
     spec = client.get(f"{API}/openapi.json").get_json()
     assert spec["openapi"].startswith("3.1")
     paths = set(spec["paths"])
-    for p in ("/health", "/encoders", "/collections", "/collections/{c}", "/collections/{c}/search",
-              "/tiles/{tile_id}", "/tiles/{tile_id}/image", "/sources/{source_id}/thumbnail",
-              "/cohorts", "/cohorts/{name}", "/exports", "/probes", "/openapi.json"):
+    for p in (
+        "/health",
+        "/encoders",
+        "/collections",
+        "/collections/{c}",
+        "/collections/{c}/search",
+        "/tiles/{tile_id}",
+        "/tiles/{tile_id}/image",
+        "/sources/{source_id}/thumbnail",
+        "/cohorts",
+        "/cohorts/{name}",
+        "/exports",
+        "/probes",
+        "/openapi.json",
+    ):
         assert p in paths
     # every route of ours under /api/v1 is documented
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith(API + "/"):
-            path = rule.rule[len(API):].replace("<int:", "<").replace("<", "{").replace(">", "}")
+            path = rule.rule[len(API) :].replace("<int:", "<").replace("<", "{").replace(">", "}")
             path = path.replace("{name}/search", "{c}/search")
             if path.startswith("/collections/{name}"):
                 path = path.replace("{name}", "{c}")

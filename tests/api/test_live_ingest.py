@@ -19,13 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def lamina_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("lamina")
-    return [str(exe)] if exe.exists() else [sys.executable, "-c",
-                                            "from api.cli import main; main()"]
+    return (
+        [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+    )
 
 
 @pytest.mark.slow
-def test_search_during_ingest(tmp_path: Path, derm_images: list[Path], live_server: Any,
-                              ) -> None:
+def test_search_during_ingest(
+    tmp_path: Path,
+    derm_images: list[Path],
+    live_server: Any,
+) -> None:
     from api.app import create_app
 
     labels = derm_images[0].parents[1] / "labels.csv"
@@ -39,10 +43,29 @@ def test_search_during_ingest(tmp_path: Path, derm_images: list[Path], live_serv
 
     def index(folder: Path, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [*lamina_cmd(), "index", str(folder), "--collection", "derm", "--encoder",
-             "test/tiny-vit", "--allow-test-encoder", "--manifest", str(labels),
-             "--source-column", "filename", "--device", "cpu", "--no-progress", *extra],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                *lamina_cmd(),
+                "index",
+                str(folder),
+                "--collection",
+                "derm",
+                "--encoder",
+                "test/tiny-vit",
+                "--allow-test-encoder",
+                "--manifest",
+                str(labels),
+                "--source-column",
+                "filename",
+                "--device",
+                "cpu",
+                "--no-progress",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     proc = index(first)
     assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""

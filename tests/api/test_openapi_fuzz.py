@@ -20,12 +20,22 @@ def test_no_server_errors(app: Any) -> None:
     for op in operations:
 
         @given(case=op.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: Any) -> None:
             response = case.call()
-            assert response.status_code < 500, (case.method, case.formatted_path, case.query,
-                                                case.body, response.text[:300])
+            assert response.status_code < 500, (
+                case.method,
+                case.formatted_path,
+                case.query,
+                case.body,
+                response.text[:300],
+            )
             if response.status_code >= 400 and "json" in str(response.headers):
                 body = response.json()
                 assert body["ok"] is False and body["code"]

@@ -76,11 +76,14 @@ def test_slide_level_over_http(slides_home: Path) -> None:
     body = r.get_json()
     assert r.status_code == 200 and [g["value"] for g in body["groups"]] == ["A", "C"]
     assert body["snapshot"] and body["query"]["level"] == "slide"
-    r = c.post("/api/v1/collections/slides/search",
-               json={"source_id": "A", "level": "slide", "k": 3, "exclude_same": "label"})
+    r = c.post(
+        "/api/v1/collections/slides/search",
+        json={"source_id": "A", "level": "slide", "k": 3, "exclude_same": "label"},
+    )
     assert [g["value"] for g in r.get_json()["groups"]] == ["C", "D"]
-    r = c.post("/api/v1/collections/slides/search",
-               json={"vector": q, "level": "slide", "top_m": 0})
+    r = c.post(
+        "/api/v1/collections/slides/search", json={"vector": q, "level": "slide", "top_m": 0}
+    )
     assert r.status_code == 422
     r = c.post("/api/v1/collections/slides/search", json={"source_id": "Z", "level": "slide"})
     assert r.status_code == 404 and r.get_json()["code"] == "SOURCE_NOT_FOUND"

@@ -16,9 +16,14 @@ URL = "/api/v1/collections/derm/search"
 
 def png_header_only(width: int, height: int) -> bytes:
     """A valid 1-bit grayscale PNG of width x height, all black, streamed (low memory)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     comp = zlib.compressobj(9)
@@ -76,9 +81,13 @@ def test_chunked_body_over_limit_through_waitress(derm_home: Path, live_server: 
         host, port = srv.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         body = b'{"vector": [' + b"0.5, " * 60_000 + b"0.5]}"
-        conn.request("POST", URL, body=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
-                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-                     encode_chunked=True)
+        conn.request(
+            "POST",
+            URL,
+            body=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
         resp = conn.getresponse()
         doc = resp.read()
         conn.close()

@@ -93,8 +93,10 @@ def test_other_sizes_are_resized(encoder):
     assert out.shape == (2, encoder.embed_dim) and np.all(np.isfinite(out))
 
 
-@pytest.mark.skipif(not (LC25000 / "labels.csv").is_file(),
-                    reason=f"LC25000 tiles not found at {LC25000} (set LAMINA_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (LC25000 / "labels.csv").is_file(),
+    reason=f"LC25000 tiles not found at {LC25000} (set LAMINA_SHARED_DATA)",
+)
 def test_lc25000_one_nn_beats_chance(encoder):
     with open(LC25000 / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

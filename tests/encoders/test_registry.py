@@ -27,8 +27,9 @@ from encoders.registry import unregister_encoder
 
 def _pattern(seed: int, size: int = 64) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size]
-    return np.stack([(x * 4 + seed * 10) % 256, (y * 4) % 256, ((x + y) * 2 + seed * 37) % 256],
-                    -1).astype(np.uint8)
+    return np.stack(
+        [(x * 4 + seed * 10) % 256, (y * 4) % 256, ((x + y) * 2 + seed * 37) % 256], -1
+    ).astype(np.uint8)
 
 
 # Golden outputs of the seeded test encoders on _pattern(0) and _pattern(1) (first 6 values).
@@ -46,9 +47,16 @@ GOLDEN = {
 
 def test_expected_entries_are_registered() -> None:
     keys = {c.key for c in list_encoders()}
-    for key in ("classic/stain-texture", "path/vit_small_patch16", "derm/bit_resnet101x3",
-                "generic/vit_small_patch16.imagenet", "generic/bit_resnet101x3.imagenet",
-                "path/uni", "test/tiny-vit", "test/tiny-resnet"):
+    for key in (
+        "classic/stain-texture",
+        "path/vit_small_patch16",
+        "derm/bit_resnet101x3",
+        "generic/vit_small_patch16.imagenet",
+        "generic/bit_resnet101x3.imagenet",
+        "path/uni",
+        "test/tiny-vit",
+        "test/tiny-resnet",
+    ):
         assert key in keys
     assert get_config("path/vit_small_patch16").embed_dim == 384
     assert get_config("derm/bit_resnet101x3").embed_dim == 6144
@@ -63,8 +71,14 @@ def test_unknown_key_raises_with_known_keys() -> None:
 
 
 def test_duplicate_registration_raises() -> None:
-    cfg = EncoderConfig(key="test/dup-check", modality="any", architecture="x", embed_dim=2,
-                        input_px=8, test_only=True)
+    cfg = EncoderConfig(
+        key="test/dup-check",
+        modality="any",
+        architecture="x",
+        embed_dim=2,
+        input_px=8,
+        test_only=True,
+    )
     register_encoder(cfg)(lambda *a, **k: None)
     try:
         with pytest.raises(DuplicateEncoderError):
@@ -75,8 +89,9 @@ def test_duplicate_registration_raises() -> None:
 
 def test_keys_must_be_namespaced() -> None:
     with pytest.raises(ValueError, match="namespaced"):
-        register_encoder(EncoderConfig(key="plain", modality="any", architecture="x",
-                                       embed_dim=2, input_px=8))
+        register_encoder(
+            EncoderConfig(key="plain", modality="any", architecture="x", embed_dim=2, input_px=8)
+        )
 
 
 def test_config_is_frozen() -> None:
@@ -92,9 +107,14 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     from dataclasses import replace
 
     assert fingerprint_of(replace(cfg, input_px=96), "seed=0") != fingerprint_of(cfg, "seed=0")
-    assert fingerprint_of(replace(cfg, mean=(0.1, 0.2, 0.3)), "seed=0") != fingerprint_of(cfg, "seed=0")
+    assert fingerprint_of(replace(cfg, mean=(0.1, 0.2, 0.3)), "seed=0") != fingerprint_of(
+        cfg, "seed=0"
+    )
     # the fingerprint of a built encoder is the same in every process (no randomness, no paths)
-    assert create_encoder("test/tiny-vit", device="cpu").fingerprint == "test/tiny-vit@329dd4c99e78ec2b"
+    assert (
+        create_encoder("test/tiny-vit", device="cpu").fingerprint
+        == "test/tiny-vit@329dd4c99e78ec2b"
+    )
 
 
 @pytest.mark.parametrize("key", sorted(GOLDEN))
@@ -120,8 +140,9 @@ def test_embed_accepts_lists_of_any_size_and_rejects_bad_input() -> None:
 def test_batching_does_not_change_vectors() -> None:
     enc = create_encoder("test/tiny-vit", device="cpu")
     imgs = np.stack([_pattern(i) for i in range(5)])
-    np.testing.assert_allclose(enc.embed(imgs, batch_size=2), enc.embed(imgs, batch_size=5),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        enc.embed(imgs, batch_size=2), enc.embed(imgs, batch_size=5), atol=1e-5
+    )
 
 
 def test_test_encoders_refused_when_not_allowed() -> None:
@@ -129,7 +150,9 @@ def test_test_encoders_refused_when_not_allowed() -> None:
         create_encoder("test/tiny-vit", allow_test=False)
 
 
-def test_missing_weights_say_what_to_obtain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_weights_say_what_to_obtain(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("LAMINA_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(WeightsNotFoundError) as info:
@@ -141,7 +164,9 @@ def test_missing_weights_say_what_to_obtain(monkeypatch: pytest.MonkeyPatch, tmp
         create_encoder("path/vit_small_patch16", weights=tmp_path / "none.pt", device="cpu")
 
 
-def test_real_architecture_loads_local_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_real_architecture_loads_local_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """path/vit_small_patch16 built from a local state dict through the real loading code."""
     import timm
     import torch
@@ -164,16 +189,19 @@ def test_real_architecture_loads_local_weights(monkeypatch: pytest.MonkeyPatch, 
     assert create_encoder("path/vit_small_patch16", device="cpu").fingerprint == enc.fingerprint
     other = tmp_path / "other.pt"
     torch.save({k: v * 0.5 for k, v in model.state_dict().items()}, other)
-    assert create_encoder("path/vit_small_patch16", weights=other,
-                          device="cpu").fingerprint != enc.fingerprint
+    assert (
+        create_encoder("path/vit_small_patch16", weights=other, device="cpu").fingerprint
+        != enc.fingerprint
+    )
     bad = tmp_path / "bad.pt"
     torch.save({"nothing": torch.zeros(1)}, bad)
     with pytest.raises(WeightsMismatchError, match="does not fit"):
         create_encoder("path/vit_small_patch16", weights=bad, device="cpu")
 
 
-def test_encoder_table_reports_weight_availability(monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_encoder_table_reports_weight_availability(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("LAMINA_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     rows = {r["key"]: r for r in encoder_table()}

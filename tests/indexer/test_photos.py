@@ -60,8 +60,10 @@ def test_bad_inputs_raise_clear_errors(bad_images: dict[str, Path]) -> None:
 
 def test_manifest_matching(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
-    csv.write_text("file,label,age,x\nimages/a.jpg,MEL,60,1\nb.jpg,BCC,,2\nsub/c.jpg,NEV,3.5,3\n"
-                   "other/c.jpg,SEK,1,4\n")
+    csv.write_text(
+        "file,label,age,x\nimages/a.jpg,MEL,60,1\nb.jpg,BCC,,2\nsub/c.jpg,NEV,3.5,3\n"
+        "other/c.jpg,SEK,1,4\n"
+    )
     m = Manifest.load(csv)
     assert m.match(Path("/data/set/images/a.jpg"))["label"] == "MEL"
     assert m.match(Path("/data/set/images/a.jpg"))["age"] == 60
@@ -84,8 +86,9 @@ def test_discover_skips_unknown_files_in_folders(tmp_path: Path) -> None:
     (tmp_path / ".hidden.jpg").write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.PNG").write_bytes(b"x")
-    files, problems = discover([tmp_path, tmp_path / "a.jpg", tmp_path / "notes.txt",
-                                tmp_path / "missing.jpg"])
+    files, problems = discover(
+        [tmp_path, tmp_path / "a.jpg", tmp_path / "notes.txt", tmp_path / "missing.jpg"]
+    )
     assert [f.path.name for f in files] == ["a.jpg", "b.PNG"]
     assert {Path(p).name for p, _ in problems} == {"notes.txt", "missing.jpg"}
 
@@ -95,8 +98,9 @@ def derm_store(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path):  # noq
     home = tmp_path_factory.mktemp("derm-home")
     enc = create_encoder("test/tiny-vit", device="cpu")
     manifest = Manifest.load(derm_dir / "labels.csv", "filename")
-    report = ingest(Store(home), "derm", [derm_dir / "images"], enc,
-                    IngestOptions(progress=False), manifest)
+    report = ingest(
+        Store(home), "derm", [derm_dir / "images"], enc, IngestOptions(progress=False), manifest
+    )
     return home, report, enc, manifest
 
 
@@ -132,14 +136,16 @@ def test_every_photo_finds_itself_first(derm_store) -> None:  # noqa: ANN001
 
 def test_rerun_is_a_noop(derm_store, derm_dir: Path) -> None:  # noqa: ANN001
     home, first, enc, manifest = derm_store
-    again = ingest(Store(home), "derm", [derm_dir / "images"], enc, IngestOptions(progress=False),
-                   manifest)
+    again = ingest(
+        Store(home), "derm", [derm_dir / "images"], enc, IngestOptions(progress=False), manifest
+    )
     assert again.indexed == 0 and again.unchanged == first.indexed and again.segments == []
     assert SearchService(Store(home)).view("derm").n_tiles == first.indexed
 
 
-def test_bad_files_are_reported_and_the_rest_indexed(home: Path, derm_dir: Path,
-                                                     bad_images: dict[str, Path]) -> None:
+def test_bad_files_are_reported_and_the_rest_indexed(
+    home: Path, derm_dir: Path, bad_images: dict[str, Path]
+) -> None:
     folder = bad_images["empty"].parent
     good = sorted((derm_dir / "images").glob("*.jpg"))[:5]
     for p in good:
@@ -161,8 +167,13 @@ def test_photo_tiles_when_tile_px_is_given(home: Path, derm_dir: Path) -> None:
 
     photo = sorted((derm_dir / "images").glob("*.jpg"))[0]
     enc = create_encoder("test/tiny-vit", device="cpu")
-    report = ingest(Store(home), "tiles", [photo], enc,
-                    IngestOptions(progress=False, photo_tiles=True, tile_px=100))
+    report = ingest(
+        Store(home),
+        "tiles",
+        [photo],
+        enc,
+        IngestOptions(progress=False, photo_tiles=True, tile_px=100),
+    )
     assert report.ok and report.indexed == 1 and report.tiles == 1 + 9  # 300 px -> 3 x 3 tiles
     view = SearchService(Store(home)).view("tiles")
     rows = view.sql("SELECT * FROM tiles ORDER BY tile_id")
@@ -171,5 +182,8 @@ def test_photo_tiles_when_tile_px_is_given(home: Path, derm_dir: Path) -> None:
     rgb = np.asarray(Image.open(photo).convert("RGB"))
     np.testing.assert_array_equal(tile_image(corner), rgb[100:200, 200:300])
     # re-embedding the re-read tile gives its stored vector
-    np.testing.assert_allclose(enc.embed([tile_image(corner)])[0],
-                               view.tile_vectors([int(corner["tile_id"])])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        enc.embed([tile_image(corner)])[0],
+        view.tile_vectors([int(corner["tile_id"])])[0],
+        atol=1e-5,
+    )

@@ -26,8 +26,9 @@ def encoder() -> Encoder:
     return create_encoder("test/tiny-vit", device="cpu")
 
 
-def stored(home: Path, collection: str) -> tuple[list[dict[str, Any]], np.ndarray,
-                                                 list[dict[str, Any]]]:
+def stored(
+    home: Path, collection: str
+) -> tuple[list[dict[str, Any]], np.ndarray, list[dict[str, Any]]]:
     """(tile rows, their vectors, source rows) of a collection, over all segments."""
     col = Store(home).collection(collection)
     rows: list[dict[str, Any]] = []
@@ -54,16 +55,20 @@ TISSUE = [(2, 3, 6, 7), (9, 1, 12, 3)]
 PENS = [("blue", (9, 2, 11, 10)), ("green", (12, 8, 15, 10)), ("black", (1, 9, 4, 11))]
 
 
-def test_synthetic_slides_give_exact_tile_plans(make_slide: Any, encoder: Encoder,
-                                                home: Path, tmp_path: Path) -> None:
+def test_synthetic_slides_give_exact_tile_plans(
+    make_slide: Any, encoder: Encoder, home: Path, tmp_path: Path
+) -> None:
     pyr = make_slide("pyramid.tiff", tissue=TISSUE, folder="plan")
     make_slide("subifds.tiff", tissue=TISSUE, layout="subifds", seed=1, folder="plan")
     make_slide("pen.tiff", tissue=[(2, 2, 6, 6)], pens=PENS, seed=2, folder="plan")
     manifest = tmp_path / "m.csv"
-    manifest.write_text("file,patient_id,label\npyramid.tiff,P1,tumour\nsubifds.tiff,P2,normal\n"
-                        "pen.tiff,P3,normal\n")
-    report = ingest(Store(home), "syn", [pyr.parent], encoder, IngestOptions(**OPTS),
-                    Manifest.load(manifest))
+    manifest.write_text(
+        "file,patient_id,label\npyramid.tiff,P1,tumour\nsubifds.tiff,P2,normal\n"
+        "pen.tiff,P3,normal\n"
+    )
+    report = ingest(
+        Store(home), "syn", [pyr.parent], encoder, IngestOptions(**OPTS), Manifest.load(manifest)
+    )
     assert report.ok and report.indexed == 3
     rows, vecs, sources = stored(home, "syn")
     assert cells(rows, "pyramid.tiff") == rect_cells(*TISSUE)
@@ -83,27 +88,35 @@ def test_synthetic_slides_give_exact_tile_plans(make_slide: Any, encoder: Encode
     assert src["pyramid.tiff"]["label"] == "tumour" and src["pyramid.tiff"]["mpp"] == 0.25
     props = json.loads(src["pyramid.tiff"]["properties"])
     assert props["vendor"] == "generic-tiff" and props["tissue_fraction"] == pytest.approx(
-        22 / 192, abs=0.002)
+        22 / 192, abs=0.002
+    )
     again = ingest(Store(home), "syn", [pyr.parent], encoder, IngestOptions(**OPTS))
     assert (again.indexed, again.unchanged) == (0, 3)
 
 
-def test_slide_vectors_are_normalised_tile_means(make_slide: Any, encoder: Encoder,
-                                                 home: Path) -> None:
+def test_slide_vectors_are_normalised_tile_means(
+    make_slide: Any, encoder: Encoder, home: Path
+) -> None:
     path = make_slide("mean.tiff", tissue=[(0, 0, 3, 3)], cols=4, rows=4, folder="mean")
     ingest(Store(home), "m", [path], encoder, IngestOptions(**OPTS))
     seg = Store(home).collection("m").segments()[0]
     vecs = np.asarray(seg.vectors())
     mean = vecs.mean(axis=0)
-    np.testing.assert_allclose(np.asarray(seg.source_vectors())[0], mean / np.linalg.norm(mean),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(seg.source_vectors())[0], mean / np.linalg.norm(mean), atol=1e-6
+    )
     assert seg.n_tiles == 9
 
 
 def test_real_slides_and_fixtures(slides_dir: Path, encoder: Encoder, home: Path) -> None:
     fixtures = slides_dir / "openslide_fixtures"
-    paths = [slides_dir / "CMU-1-Small-Region.svs", slides_dir / "tcga-cr-7395-01a-01-ts1.svs",
-             fixtures / "boxes.tiff", fixtures / "boxes_0.dcm", fixtures / "small.svs"]
+    paths = [
+        slides_dir / "CMU-1-Small-Region.svs",
+        slides_dir / "tcga-cr-7395-01a-01-ts1.svs",
+        fixtures / "boxes.tiff",
+        fixtures / "boxes_0.dcm",
+        fixtures / "small.svs",
+    ]
     opts = {**OPTS, "tile_px": 224}
     report = ingest(Store(home), "real", paths, encoder, IngestOptions(**opts))
     failed = {Path(f["file"]).name: f["reason"] for f in report.failed}
@@ -112,11 +125,15 @@ def test_real_slides_and_fixtures(slides_dir: Path, encoder: Encoder, home: Path
     empty = {Path(e["file"]).name for e in report.empty}
     assert empty == {"boxes_0.dcm", "small.svs"}  # 16x16 px: no tile reaches 50 % tissue
     rows, _, sources = stored(home, "real")
-    assert {Path(s["source"]).name for s in sources} == {"CMU-1-Small-Region.svs", "boxes_0.dcm",
-                                                          "small.svs"}
+    assert {Path(s["source"]).name for s in sources} == {
+        "CMU-1-Small-Region.svs",
+        "boxes_0.dcm",
+        "small.svs",
+    }
     assert 30 <= len(rows) <= 60  # CMU-1-Small-Region: 9 x 13 grid, a third of it tissue
-    report = ingest(Store(home), "real", paths, encoder,
-                    IngestOptions(**opts, mpp_override=0.5, min_tissue=0.0))
+    report = ingest(
+        Store(home), "real", paths, encoder, IngestOptions(**opts, mpp_override=0.5, min_tissue=0.0)
+    )
     assert report.ok and report.unchanged == 3 and report.indexed == 2
     rows, _, sources = stored(home, "real")
     tcga = [r for r in rows if "tcga" in r["source"]]
@@ -132,21 +149,26 @@ def _corrupt_one_level0_tile(src: Path, dst: Path) -> None:
         page = tif.pages[0]
         i = len(page.dataoffsets) // 2
         off, n = page.dataoffsets[i], page.databytecounts[i]
-    data[off:off + n] = bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
+    data[off : off + n] = bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
     dst.write_bytes(bytes(data))
 
 
-def test_broken_slides_fail_alone_and_commit_nothing(slides_dir: Path, make_slide: Any,
-                                                     encoder: Encoder, home: Path,
-                                                     tmp_path: Path) -> None:
+def test_broken_slides_fail_alone_and_commit_nothing(
+    slides_dir: Path, make_slide: Any, encoder: Encoder, home: Path, tmp_path: Path
+) -> None:
     good = make_slide("good.tiff", tissue=[(0, 0, 2, 2)], cols=3, rows=3, folder="broken")
     cmu = (slides_dir / "CMU-1-Small-Region.svs").read_bytes()
     (tmp_path / "truncated.svs").write_bytes(cmu[: len(cmu) * 2 // 3])
     (tmp_path / "garbage.svs").write_bytes(b"not a slide at all" * 100)
     _corrupt_one_level0_tile(slides_dir / "tcga-cr-7395-01a-01-ts1.svs", tmp_path / "midway.svs")
     paths = [tmp_path / "truncated.svs", tmp_path / "garbage.svs", tmp_path / "midway.svs", good]
-    report = ingest(Store(home), "b", paths, encoder,
-                    IngestOptions(**{**OPTS, "tile_px": 224}, mpp_override=0.5))
+    report = ingest(
+        Store(home),
+        "b",
+        paths,
+        encoder,
+        IngestOptions(**{**OPTS, "tile_px": 224}, mpp_override=0.5),
+    )
     failed = {Path(f["file"]).name: f["reason"] for f in report.failed}
     assert set(failed) == {"truncated.svs", "garbage.svs", "midway.svs"}
     assert "truncated or damaged" in failed["truncated.svs"]
@@ -156,8 +178,9 @@ def test_broken_slides_fail_alone_and_commit_nothing(slides_dir: Path, make_slid
     assert [Path(s["source"]).name for s in sources] == ["good.tiff"]
 
 
-def test_read_error_mid_slide_then_resume(make_slide: Any, encoder: Encoder, home: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_error_mid_slide_then_resume(
+    make_slide: Any, encoder: Encoder, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = make_slide("a.tiff", tissue=[(0, 0, 4, 4)], cols=4, rows=4, folder="mid")
     b = make_slide("b.tiff", tissue=[(0, 0, 4, 4)], cols=4, rows=4, seed=3, folder="mid")
     original = Slide.read_tile
@@ -185,11 +208,11 @@ def test_read_error_mid_slide_then_resume(make_slide: Any, encoder: Encoder, hom
 
 
 def test_reread_tiles_embed_to_stored_vectors_and_search_finds_them(
-        slides_dir: Path, make_slide: Any, encoder: Encoder, home: Path) -> None:
+    slides_dir: Path, make_slide: Any, encoder: Encoder, home: Path
+) -> None:
     from api.queries import region_vector
 
-    syn = make_slide("search.tiff", tissue=[(0, 0, 5, 4)], cols=5, rows=4, seed=5,
-                     folder="search")
+    syn = make_slide("search.tiff", tissue=[(0, 0, 5, 4)], cols=5, rows=4, seed=5, folder="search")
     cmu = slides_dir / "CMU-1-Small-Region.svs"
     ingest(Store(home), "s64", [syn], encoder, IngestOptions(**OPTS))
     ingest(Store(home), "s224", [cmu], encoder, IngestOptions(**{**OPTS, "tile_px": 224}))

@@ -29,21 +29,43 @@ def _state(home: Path) -> tuple[int, int]:
     if not d.is_dir():
         return 0, 0
     names = os.listdir(d)
-    return (sum(1 for n in names if not n.startswith(".")),
-            sum(1 for n in names if n.startswith(".tmp-")))
+    return (
+        sum(1 for n in names if not n.startswith(".")),
+        sum(1 for n in names if n.startswith(".tmp-")),
+    )
 
 
 def _start(home: Path, folder: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LAMINA_COMMIT_EVERY_SOURCES": "1"}
     # the `lamina` console script, run through this interpreter
-    cmd = [sys.executable, "-c", "from api.cli import main; main()", "--home", str(home),
-           "index", str(folder),
-           "--collection", COLLECTION, "--encoder", "test/tiny-vit", "--allow-test-encoder",
-           "--tile-px", "64", "--mpp", "0.5", "--workers", "2", "--batch-size", "16",
-           "--device", "cpu", "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from api.cli import main; main()",
+        "--home",
+        str(home),
+        "index",
+        str(folder),
+        "--collection",
+        COLLECTION,
+        "--encoder",
+        "test/tiny-vit",
+        "--allow-test-encoder",
+        "--tile-px",
+        "64",
+        "--mpp",
+        "0.5",
+        "--workers",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--json",
+    ]
     repo = Path(__file__).resolve().parents[2]
-    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _kill_when(proc: subprocess.Popen[bytes], home: Path, ready: Any) -> tuple[int, int]:
@@ -86,12 +108,12 @@ def _contents(home: Path) -> dict[tuple[str, int, int, int], np.ndarray]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_point_resumes_to_the_same_store(make_slide: Any,
-                                                        tmp_path: Path) -> None:
+def test_sigkill_at_any_point_resumes_to_the_same_store(make_slide: Any, tmp_path: Path) -> None:
     folder = None
     for i in range(N_SLIDES):
-        path = make_slide(f"slide{i}.tiff", tissue=[(0, 0, 8, 6)], cols=8, rows=6, seed=10 + i,
-                          folder="crash")
+        path = make_slide(
+            f"slide{i}.tiff", tissue=[(0, 0, 8, 6)], cols=8, rows=6, seed=10 + i, folder="crash"
+        )
         folder = path.parent
     assert folder is not None
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"

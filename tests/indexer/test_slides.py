@@ -17,10 +17,26 @@ from indexer.sources import SourceFile, classify
 from indexer.tile_images import source_thumbnail, tile_image
 
 ALLOWED_KEYS = set(PROPERTY_ALLOWLIST.values()) | {
-    "level_count", "level_dimensions", "level_downsamples", "mpp_source"}
+    "level_count",
+    "level_dimensions",
+    "level_downsamples",
+    "mpp_source",
+}
 # Values that exist in the real files' properties and must never be stored.
-FORBIDDEN = ["CMU-1", "12/29/09", "09:59:15", "b414003d", "CPAPERIOCS", "Aperio Image Library",
-             "PixelMed", "Bangor", "SPECIMEN_1", "SLIDE_1", "ImageDescription", "Patient"]
+FORBIDDEN = [
+    "CMU-1",
+    "12/29/09",
+    "09:59:15",
+    "b414003d",
+    "CPAPERIOCS",
+    "Aperio Image Library",
+    "PixelMed",
+    "Bangor",
+    "SPECIMEN_1",
+    "SLIDE_1",
+    "ImageDescription",
+    "Patient",
+]
 
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "tcga-cr-7395-01a-01-ts1.svs"
@@ -81,14 +97,18 @@ def test_synthetic_tiff_mpp_comes_from_resolution_tags(make_slide: Any) -> None:
         Slide(none)
 
 
-def test_associated_images_are_never_read(slides_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_associated_images_are_never_read(
+    slides_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     def forbidden(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("associated image accessed")
 
     monkeypatch.setattr(openslide.OpenSlide, "associated_images", property(forbidden))
-    for name in ("get_associated_image_names", "get_associated_image_dimensions",
-                 "read_associated_image"):
+    for name in (
+        "get_associated_image_names",
+        "get_associated_image_dimensions",
+        "read_associated_image",
+    ):
         monkeypatch.setattr(openslide.lowlevel, name, forbidden)
     path = slides_dir / CMU
     prepared = prepare_slide(SourceFile(path, "slide"), "sid", {}, IngestOptions(workers=2))
@@ -122,8 +142,7 @@ def test_read_region_at_target_mpp(make_slide: Any) -> None:
     with Slide(path) as s:
         tile = s.read_rgb(128, 256, 1, 64, 64)
     # 0.25 µm/px slide: a 128-pixel box at 0.5 µm/px is 64 pixels of level 1, unresized
-    np.testing.assert_array_equal(read_region_rgb(path, (128, 256, 128, 128), 0.5),
-                                  tile)
+    np.testing.assert_array_equal(read_region_rgb(path, (128, 256, 128, 128), 0.5), tile)
     assert read_region_rgb(path, (0, 0, 400, 200), 1.0).shape == (50, 100, 3)
     with pytest.raises(UnreadableSourceError, match="outside the slide"):
         read_region_rgb(path, (5000, 0, 10, 10), 0.5)
@@ -142,8 +161,9 @@ def test_outside_the_slide_is_white(slides_dir: Path) -> None:
     assert (image[:15, :15] < 255).any()
 
 
-def test_thumbnails_come_from_pyramid_levels_and_photos(slides_dir: Path, make_slide: Any,
-                                                      tmp_path: Path) -> None:
+def test_thumbnails_come_from_pyramid_levels_and_photos(
+    slides_dir: Path, make_slide: Any, tmp_path: Path
+) -> None:
     from PIL import Image
 
     thumb = source_thumbnail(slides_dir / TCGA, max_px=200)
@@ -169,12 +189,15 @@ def test_truncated_and_corrupt_files_are_unreadable(slides_dir: Path, tmp_path: 
         Slide(garbage)
 
 
-def test_raw_and_public_openslide_reads_agree(slides_dir: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_raw_and_public_openslide_reads_agree(
+    slides_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import indexer.slides as slides
 
-    boxes = (slides_dir / CMU, (1000, 1000, 300, 200)), (_fixture(slides_dir, "small.svs"),
-                                                         (0, 0, 40, 30))
+    boxes = (
+        (slides_dir / CMU, (1000, 1000, 300, 200)),
+        (_fixture(slides_dir, "small.svs"), (0, 0, 40, 30)),
+    )
     for path, (x, y, w, h) in boxes:
         with Slide(path) as s:
             raw = s.read_rgb(x, y, 0, w, h)

@@ -22,8 +22,14 @@ def build_derm_home(base: Path, derm_dir: Path) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     for p in sorted((derm_dir / "images").glob("*.jpg"))[::3]:
         shutil.copy(p, images / p.name)
-    ingest(Store(home), "derm", [str(images)], create_encoder("test/tiny-vit", allow_test=True),
-           IngestOptions(progress=False), Manifest.load(derm_dir / "labels.csv", "filename"))
+    ingest(
+        Store(home),
+        "derm",
+        [str(images)],
+        create_encoder("test/tiny-vit", allow_test=True),
+        IngestOptions(progress=False),
+        Manifest.load(derm_dir / "labels.csv", "filename"),
+    )
     return home
 
 

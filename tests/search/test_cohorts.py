@@ -61,8 +61,15 @@ def test_min_score_and_filters_first(derm_home: Path) -> None:
     view = service.view("derm")
     t = int(view.index.tile_ids[0])
     with Catalog(derm_home) as cat:
-        c = create_cohort(cat, service, "close", "derm", near_tile_ids=[t], min_score=0.9,
-                          filters=["diagnostic=NEV,MEL"])
+        c = create_cohort(
+            cat,
+            service,
+            "close",
+            "derm",
+            near_tile_ids=[t],
+            min_score=0.9,
+            filters=["diagnostic=NEV,MEL"],
+        )
         ids, scores = cat.members("close", c["version"])
         assert all(s is not None and s >= 0.9 for s in scores)
         rows = view.tile_rows(ids)
@@ -85,12 +92,15 @@ def test_counts_equal_duckdb_over_export(derm_home: Path, tmp_path: Path) -> Non
     counts = shown["counts"]
     con = duckdb.connect()
     q = f"SELECT {{col}} AS v, count(*) AS n FROM read_parquet('{out}') GROUP BY ALL"
-    assert {r[0]: r[1] for r in con.execute(q.format(col="patient")).fetchall()} == \
-        {r["value"]: r["n"] for r in counts["per_patient"]}
-    assert {r[0]: r[1] for r in con.execute(q.format(col="label")).fetchall()} == \
-        {r["value"]: r["n"] for r in counts["per_label"]["diagnostic"]}
-    assert {r[0]: r[1] for r in con.execute(q.format(col="source_id")).fetchall()} == \
-        {r["source_id"]: r["n"] for r in counts["per_slide"]}
+    assert {r[0]: r[1] for r in con.execute(q.format(col="patient")).fetchall()} == {
+        r["value"]: r["n"] for r in counts["per_patient"]
+    }
+    assert {r[0]: r[1] for r in con.execute(q.format(col="label")).fetchall()} == {
+        r["value"]: r["n"] for r in counts["per_label"]["diagnostic"]
+    }
+    assert {r[0]: r[1] for r in con.execute(q.format(col="source_id")).fetchall()} == {
+        r["source_id"]: r["n"] for r in counts["per_slide"]
+    }
     assert shown["n_tiles"] == 60 == sum(r["n"] for r in counts["per_slide"])
     assert shown["n_patients"] == len(counts["per_patient"])
 
@@ -109,8 +119,9 @@ def test_second_process_gets_catalog_locked(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with Catalog(home):
         pass  # create it
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home), str(REPO)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(home), str(REPO)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         with pytest.raises(CatalogLockedError, match="--url"):

@@ -15,13 +15,16 @@ from search.exports import assign_split, export_labeled_set, read_labeled_set
 
 manifests = st.lists(
     st.tuples(st.integers(0, 30), st.sampled_from(["A", "B", "C"]), st.integers(1, 6)),
-    min_size=1, max_size=40)
+    min_size=1,
+    max_size=40,
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(manifests, st.floats(0.0, 0.95), st.integers(0, 2**32 - 1))
-def test_no_group_in_both_splits(groups: list[tuple[int, str, int]], test_fraction: float,
-                                 seed: int) -> None:
+def test_no_group_in_both_splits(
+    groups: list[tuple[int, str, int]], test_fraction: float, seed: int
+) -> None:
     rows_g: list[str] = []
     rows_l: list[str] = []
     for g, label, size in groups:
@@ -52,8 +55,9 @@ def _label_counts(rows_g: list[str], rows_l: list[str]) -> dict[str, dict[str, i
     return out
 
 
-def test_split_by_patient_never_leaks_and_file_records_provenance(derm_home: Path,
-                                                                   tmp_path: Path) -> None:
+def test_split_by_patient_never_leaks_and_file_records_provenance(
+    derm_home: Path, tmp_path: Path
+) -> None:
     view = SearchService(Store(derm_home)).view("derm")
     out = tmp_path / "set.parquet"
     with Catalog(derm_home) as cat:
@@ -78,12 +82,25 @@ def test_same_arguments_same_snapshot_same_data(derm_home: Path, tmp_path: Path)
     with Catalog(derm_home) as cat:
         for i in range(2):
             out = tmp_path / f"run{i}.parquet"
-            export_labeled_set(view, cat, out, label_column="diagnostic", split_by="patient_id",
-                               seed=3, neighbors=4)
+            export_labeled_set(
+                view,
+                cat,
+                out,
+                label_column="diagnostic",
+                split_by="patient_id",
+                seed=3,
+                neighbors=4,
+            )
             tables.append(pq.read_table(out))
         for fmt in ("csv", "npz"):
-            export_labeled_set(view, cat, tmp_path / f"x.{fmt}", label_column="diagnostic",
-                               split_by="patient_id", seed=3)
+            export_labeled_set(
+                view,
+                cat,
+                tmp_path / f"x.{fmt}",
+                label_column="diagnostic",
+                split_by="patient_id",
+                seed=3,
+            )
     assert tables[0].equals(tables[1], check_metadata=True)
     a = tables[0].column("embedding").combine_chunks().flatten().to_numpy()
     b = tables[1].column("embedding").combine_chunks().flatten().to_numpy()

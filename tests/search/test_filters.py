@@ -17,15 +17,22 @@ from search.filters import (
     parse_json,
 )
 
-SCHEMA = {"diagnostic": "VARCHAR", "age": "BIGINT", "fitspatrick": "DOUBLE", "smoke": "BOOLEAN",
-          'we"ird col': "VARCHAR"}
+SCHEMA = {
+    "diagnostic": "VARCHAR",
+    "age": "BIGINT",
+    "fitspatrick": "DOUBLE",
+    "smoke": "BOOLEAN",
+    'we"ird col': "VARCHAR",
+}
 
 
 @pytest.fixture()
 def con() -> duckdb.DuckDBPyConnection:
     c = duckdb.connect(":memory:")
-    c.execute('CREATE TABLE t (diagnostic VARCHAR, age BIGINT, fitspatrick DOUBLE, smoke BOOLEAN, '
-              '"we""ird col" VARCHAR)')
+    c.execute(
+        "CREATE TABLE t (diagnostic VARCHAR, age BIGINT, fitspatrick DOUBLE, smoke BOOLEAN, "
+        '"we""ird col" VARCHAR)'
+    )
     c.execute("""INSERT INTO t VALUES ('MEL', 70, 2.0, true, 'a'), ('BCC', 55, 3.0, false, 'b'),
                  ('NEV', 30, NULL, NULL, NULL), ('MEL', 45, 1.0, false, 'x''; DROP TABLE t; --')""")
     return c
@@ -33,7 +40,9 @@ def con() -> duckdb.DuckDBPyConnection:
 
 def _rows(con: duckdb.DuckDBPyConnection, conds: list[Condition]) -> list[tuple]:
     where, params = compile_conditions(conds, SCHEMA)
-    return con.execute(f"SELECT diagnostic, age FROM t WHERE {where} ORDER BY age", params).fetchall()
+    return con.execute(
+        f"SELECT diagnostic, age FROM t WHERE {where} ORDER BY age", params
+    ).fetchall()
 
 
 def test_parse_expr_operators() -> None:
@@ -50,8 +59,15 @@ def test_parse_expr_operators() -> None:
 
 
 def test_parse_json_form() -> None:
-    conds = parse_json({"diagnostic": {"in": ["MEL", "BCC"]}, "age": {"gte": 50},
-                        "site": {"ne": "A"}, "x": "v", "y": [1, 2]})
+    conds = parse_json(
+        {
+            "diagnostic": {"in": ["MEL", "BCC"]},
+            "age": {"gte": 50},
+            "site": {"ne": "A"},
+            "x": "v",
+            "y": [1, 2],
+        }
+    )
     assert Condition("diagnostic", "in", ("MEL", "BCC")) in conds
     assert Condition("age", "gte", (50,)) in conds
     assert Condition("site", "ne", ("A",)) in conds
@@ -67,10 +83,16 @@ def test_parse_json_form() -> None:
 
 def test_compiled_filters_select_the_right_rows(con: duckdb.DuckDBPyConnection) -> None:
     assert _rows(con, parse_filters(["diagnostic=MEL"])) == [("MEL", 45), ("MEL", 70)]
-    assert _rows(con, parse_filters(["diagnostic=MEL,BCC", "age>=50"])) == [("BCC", 55), ("MEL", 70)]
+    assert _rows(con, parse_filters(["diagnostic=MEL,BCC", "age>=50"])) == [
+        ("BCC", 55),
+        ("MEL", 70),
+    ]
     assert _rows(con, parse_filters(["diagnostic!=MEL"])) == [("NEV", 30), ("BCC", 55)]
     assert _rows(con, parse_filters(["age<45"])) == [("NEV", 30)]
-    assert _rows(con, parse_filters(spec={"fitspatrick": {"gt": 1.5}})) == [("BCC", 55), ("MEL", 70)]
+    assert _rows(con, parse_filters(spec={"fitspatrick": {"gt": 1.5}})) == [
+        ("BCC", 55),
+        ("MEL", 70),
+    ]
     assert _rows(con, parse_filters(spec={"smoke": {"eq": "true"}})) == [("MEL", 70)]
     assert _rows(con, parse_filters(spec={"fitspatrick": {"eq": None}})) == [("NEV", 30)]
     assert _rows(con, parse_filters(spec={"diagnostic": {"nin": ["MEL", "NEV"]}})) == [("BCC", 55)]
@@ -86,8 +108,18 @@ def test_type_errors_are_filter_errors() -> None:
         compile_conditions(parse_filters(["nope=1"]), SCHEMA)
 
 
-HOSTILE = ["x'; DROP TABLE t; --", "' OR 1=1 --", '"; DELETE FROM t; --', "MEL') OR ('1'='1",
-           "\\", "%", "_", "\x00", "ü€😀", "1; SELECT 1"]
+HOSTILE = [
+    "x'; DROP TABLE t; --",
+    "' OR 1=1 --",
+    '"; DELETE FROM t; --',
+    "MEL') OR ('1'='1",
+    "\\",
+    "%",
+    "_",
+    "\x00",
+    "ü€😀",
+    "1; SELECT 1",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)

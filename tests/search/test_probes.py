@@ -44,7 +44,7 @@ def _reference(ls: LabeledSet, fraction: float, seed: int, n_boot: int) -> dict[
     train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     uniq = sorted(set(groups[train]))
     perm = np.random.default_rng(seed).permutation(len(uniq))
-    chosen = {uniq[i] for i in perm[:max(1, math.ceil(fraction * len(uniq)))]}
+    chosen = {uniq[i] for i in perm[: max(1, math.ceil(fraction * len(uniq)))]}
     sub = np.array([i for i in train if groups[i] in chosen])
     x = ls.embedding.astype(np.float64)
     scaler = StandardScaler().fit(x[sub])
@@ -67,13 +67,13 @@ def _reference(ls: LabeledSet, fraction: float, seed: int, n_boot: int) -> dict[
 
 
 @pytest.mark.parametrize("label_column", ["diagnostic", "biopsed"])
-def test_probe_equals_sklearn_on_exported_file(derm_home: Path, tmp_path: Path,
-                                               label_column: str) -> None:
+def test_probe_equals_sklearn_on_exported_file(
+    derm_home: Path, tmp_path: Path, label_column: str
+) -> None:
     view = SearchService(Store(derm_home)).view("derm")
     out = tmp_path / "set.parquet"
     with Catalog(derm_home) as cat:
-        export_labeled_set(view, cat, out, label_column=label_column, split_by="patient_id",
-                           seed=5)
+        export_labeled_set(view, cat, out, label_column=label_column, split_by="patient_id", seed=5)
     ls = read_labeled_set(out)
     fractions = (0.125, 1.0)
     report = probe_labeled_set(ls, fractions, seed=5, n_bootstrap=40)

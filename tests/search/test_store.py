@@ -28,8 +28,9 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _collection(home: Path, name: str = "c"):  # noqa: ANN202
-    return Store(home).open_or_create(name, encoder="test/x", fingerprint="test/x@1",
-                                      embed_dim=DIM, tile_px=224, mpp=0.5)
+    return Store(home).open_or_create(
+        name, encoder="test/x", fingerprint="test/x@1", embed_dim=DIM, tile_px=224, mpp=0.5
+    )
 
 
 def _add(col, rng, n_sources: int = 3, tiles: int = 4, labels=("A", "B")):  # noqa: ANN001, ANN202
@@ -37,11 +38,31 @@ def _add(col, rng, n_sources: int = 3, tiles: int = 4, labels=("A", "B")):  # no
     all_vecs = []
     for s in range(n_sources):
         vecs = _unit(rng, tiles)
-        rows = [{"x": i * 224, "y": 0, "level": 0, "size_px": 224, "tile_px": 224, "mpp": 0.5,
-                 "tissue_fraction": 1.0, "kind": "tile", "label": labels[(s + i) % len(labels)],
-                 "patient_id": f"P{s % 2}", "age": 40 + s} for i in range(tiles)]
-        src = {"source_id": f"src{rng.integers(1e9)}-{s}", "source": f"/data/s{s}.svs",
-               "kind": "slide", "width": 1000, "height": 1000, "mpp": 0.5, "properties": {"v": 1}}
+        rows = [
+            {
+                "x": i * 224,
+                "y": 0,
+                "level": 0,
+                "size_px": 224,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 1.0,
+                "kind": "tile",
+                "label": labels[(s + i) % len(labels)],
+                "patient_id": f"P{s % 2}",
+                "age": 40 + s,
+            }
+            for i in range(tiles)
+        ]
+        src = {
+            "source_id": f"src{rng.integers(1e9)}-{s}",
+            "source": f"/data/s{s}.svs",
+            "kind": "slide",
+            "width": 1000,
+            "height": 1000,
+            "mpp": 0.5,
+            "properties": {"v": 1},
+        }
         w.add_source(src, rows, vecs)
         all_vecs.append(vecs)
     return w, np.concatenate(all_vecs)
@@ -122,10 +143,11 @@ def test_search_filters_before_ranking_and_returns_k(home: Path) -> None:
     assert svc.search("c", q, k=5, filters=["label=Z"]).hits == []
     # exact scores: brute force over the filtered set
     view = svc.view("c")
-    allowed = [i for i, t in enumerate(view.index.tile_ids)
-               if view.tile(int(t))["label"] == "E"]
+    allowed = [i for i, t in enumerate(view.index.tile_ids) if view.tile(int(t))["label"] == "E"]
     best = max(allowed, key=lambda i: float(view.vectors[i] @ -q))
-    assert svc.search("c", -q, k=1, filters=["label=E"]).hits[0].tile_id == view.index.tile_ids[best]
+    assert (
+        svc.search("c", -q, k=1, filters=["label=E"]).hits[0].tile_id == view.index.tile_ids[best]
+    )
 
 
 def test_group_by_and_exclude_same(home: Path) -> None:
@@ -203,8 +225,9 @@ def test_query_validation_and_fingerprint(home: Path) -> None:
     with pytest.raises(TileNotFoundError):
         svc.search_tile("c", 10_000, k=3)
     with pytest.raises(EncoderMismatchError):
-        Store(home).open_or_create("c", encoder="test/x", fingerprint="test/x@2", embed_dim=DIM,
-                                   tile_px=224, mpp=0.5)
+        Store(home).open_or_create(
+            "c", encoder="test/x", fingerprint="test/x@2", embed_dim=DIM, tile_px=224, mpp=0.5
+        )
 
 
 def test_index_factories_give_k_filtered_hits(home: Path) -> None:
