@@ -1,8 +1,7 @@
 """Images the API serves or receives: tile PNGs, source thumbnails, upload size checks.
 
-Photos are handled here with Pillow; slides and their tiles go through ``indexer.slides``
-(imported lazily): ``read_tile_rgb(row)``, ``thumbnail_rgb(path, max_px)`` and, as a
-fallback, ``read_region_rgb(path, (x, y, w, h), target_mpp)``. Only paths of indexed sources
+Pixels are re-read through ``indexer.tile_images`` (photos, photo tiles and slide tiles alike;
+slide thumbnails from the pyramid, never label or macro images). Only paths of indexed sources
 (taken from the store's rows) are ever opened, never a path sent by a client.
 """
 
@@ -17,7 +16,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from api.errors import ApiError
-from indexer.photos import read_photo
 
 TILE_MAX_PX = 512
 THUMB_MAX_PX = 512
@@ -66,49 +64,18 @@ def _source_path(row: dict[str, Any]) -> Path:
     return path
 
 
-def _slides() -> Any:
-    try:
-        import indexer.slides as slides
-    except ImportError:
-        raise ApiError(
-            "slide reading is not available on this server", 501, "NOT_IMPLEMENTED"
-        ) from None
-    return slides
-
-
-def tile_rgb(row: dict[str, Any], max_pixels: int) -> np.ndarray:
-    """The RGB pixels of one stored tile, re-read from its source."""
-    path = _source_path(row)
-    kind = str(row.get("kind") or "photo")
-    if kind == "photo":
-        _, rgb = read_photo(path, max_pixels=max(max_pixels, 200_000_000))
-        x, y, size = int(row.get("x") or 0), int(row.get("y") or 0), int(row.get("size_px") or 0)
-        h, w = rgb.shape[:2]
-        if size and (x, y, size) != (0, 0, max(w, h)):
-            rgb = rgb[y : min(h, y + size), x : min(w, x + size)]
-        return rgb
-    slides = _slides()
-    if hasattr(slides, "read_tile_rgb"):
-        return slides.read_tile_rgb(row)  # type: ignore[no-any-return]
-    size = int(row["size_px"])
-    mpp = row.get("mpp") or 0.5
-    return slides.read_region_rgb(
-        path,
-        (int(row["x"]), int(row["y"]), size, size),  # type: ignore[no-any-return]
-        target_mpp=float(mpp),
-    )
-
-
 def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) -> bytes:
-    return png_bytes(tile_rgb(row, max_pixels), max_px)
+    """PNG of one stored tile, re-read from its source exactly as the ingest read it."""
+    from indexer.tile_images import tile_image
+
+    _source_path(row)
+    return png_bytes(tile_image(row), max_px)
 
 
 def thumbnail_png(source: dict[str, Any], max_pixels: int, max_px: int = THUMB_MAX_PX) -> bytes:
     """A thumbnail of a source: the photo itself, or the slide's pyramid (never label/macro)."""
+    from indexer.tile_images import source_thumbnail
+
     path = _source_path(source)
-    if str(source.get("kind") or "photo") == "photo":
-        _, rgb = read_photo(path, max_pixels=max(max_pixels, 200_000_000))
-        return png_bytes(rgb, max_px)
-    slides = _slides()
-    rgb = slides.thumbnail_rgb(path, max_px)
-    return png_bytes(np.asarray(rgb), max_px)
+    rgb = source_thumbnail(path, kind=str(source.get("kind") or "photo"), max_px=max_px)
+    return png_bytes(rgb, max_px)

@@ -158,15 +158,8 @@ def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -
     from api.queries import region_vector
 
     st = state()
-    try:
-        with st.embed_lock:
-            vec, _ = region_vector(
-                collection, path, box, device=str(st.config.get("DEVICE") or "auto")
-            )
-    except ImportError:
-        raise ApiError(
-            "region queries need slide support on this server", 501, "NOT_IMPLEMENTED"
-        ) from None
+    with st.embed_lock:
+        vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "auto"))
     return vec
 
 
