@@ -43,6 +43,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (st.CatalogLockedError, ErrorInfo(409, "CATALOG_LOCKED")),
     (st.FilterError, ErrorInfo(422, "INVALID_FILTER")),
     (st.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
+    (st.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
     (st.StoreError, ErrorInfo(500, "STORE_ERROR")),
     (enc.UnknownEncoderError, ErrorInfo(404, "ENCODER_NOT_FOUND")),
     (enc.WeightsNotFoundError, ErrorInfo(503, "WEIGHTS_MISSING")),

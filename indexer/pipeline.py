@@ -169,6 +169,8 @@ class Ingest:
         if file.kind == "slide":
             from indexer.slides import prepare_slide
 
+            self._check_tiling(file)
+
             if self._hasher is None or str(file.path.resolve()) in self._known_paths:
                 sid = content_id(path=file.path)
                 if self._committed(sid, file):
@@ -362,6 +364,18 @@ class Ingest:
         if reason.startswith(prefix + ": "):
             reason = reason[len(prefix) + 2 :]
         self.report.failed.append({"file": prefix, "reason": reason})
+
+    def _check_tiling(self, file: SourceFile) -> None:
+        """Slide tiles of one collection share one scale: refuse another tile size or mpp."""
+        info = self.collection.info
+        want = (self.options.tile_px, float(self.options.mpp))
+        have = (info.get("tile_px"), info.get("mpp"))
+        if None not in have and (int(have[0]), float(have[1])) != want:
+            raise IndexerError(
+                f"{file.path}: collection {self.collection.name!r} tiles slides at {have[0]} px, "
+                f"{have[1]:g} um/px; this run asks for {want[0]} px, {want[1]:g} um/px. "
+                "Use the collection's --tile-px/--mpp or index into another collection."
+            )
 
     def _committed(self, source_id: str, file: SourceFile) -> bool:
         return str(file.path.resolve()) in self._known.get(source_id, ())

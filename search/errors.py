@@ -35,6 +35,10 @@ class InvalidQueryError(StoreError, ValueError):
     """A search request is malformed (bad k, vector of the wrong size, ...)."""
 
 
+class InvalidIndexFactoryError(StoreError, ValueError):
+    """A FAISS factory string that FAISS cannot build."""
+
+
 class CohortNotFoundError(StoreError):
     """No cohort of that name."""
 

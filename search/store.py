@@ -148,6 +148,20 @@ class Collection:
             self.segments_dir, self.dim, self.fingerprint, run_id, self.allocate_tile_ids
         )
 
+    def set_index_factory(self, factory: str) -> None:
+        """Search this collection through a FAISS index built with ``factory`` from now on.
+
+        Vectors are not touched; the next search builds (and saves) the new index from them.
+        """
+        from search.vector_index import check_factory
+
+        check_factory(factory, self.dim)
+        info_path = self.path / "collection.json"
+        info = json.loads(info_path.read_text())
+        info["index_factory"] = factory
+        write_json_atomic(info_path, info)
+        self.info = info
+
     def write_run(self, record: dict[str, Any]) -> None:
         self.runs_dir.mkdir(exist_ok=True)
         write_json_atomic(self.runs_dir / f"{record['run_id']}.json", record)

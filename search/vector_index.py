@@ -17,19 +17,20 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from search.errors import InvalidQueryError, StoreError
+from search.errors import InvalidIndexFactoryError, InvalidQueryError, StoreError
 from search.segments import SegmentInfo, fsync_dir, write_json_atomic
 
 _FACTORY_RE = re.compile(r"^[A-Za-z0-9_,.=+/-]{1,64}$")
 
 
-def check_factory(factory: str) -> str:
+def check_factory(factory: str, dim: int = 64) -> str:
+    """Refuse factory strings FAISS cannot build for ``dim``-dimensional vectors."""
     if not _FACTORY_RE.match(factory):
-        raise StoreError(f"invalid FAISS factory string {factory!r}")
+        raise InvalidIndexFactoryError(f"invalid FAISS factory string {factory!r}")
     try:
-        faiss.index_factory(8 if "PQ" not in factory else 64, factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise StoreError(f"FAISS cannot build {factory!r}: {exc}") from None
+        raise InvalidIndexFactoryError(f"FAISS cannot build {factory!r}: {exc}") from None
     return factory
 
 
@@ -75,7 +76,12 @@ class VectorIndex:
         if not index.is_trained:
             if len(vectors) == 0:
                 raise StoreError(f"{factory} needs training vectors; the collection is empty")
-            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            try:
+                index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            except RuntimeError as exc:
+                raise InvalidIndexFactoryError(
+                    f"{factory} cannot be trained on {len(vectors)} vectors: {exc}"
+                ) from None
         if len(vectors):
             index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(factory, dim, index, [s.segment_id for s in segments], tile_ids)

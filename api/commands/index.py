@@ -105,6 +105,12 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
     )
+    @click.option(
+        "--index-factory",
+        default=None,
+        help="FAISS index of the collection (Flat, HNSW32, IVF1024,PQ64...); "
+        "changing it never re-embeds.",
+    )
     @click.option("--allow-test-encoder", is_flag=True, help="Permit test/* encoders.")
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
@@ -125,6 +131,7 @@ def register(cli: click.Group) -> None:
         batch_size: int,
         workers: int | None,
         device: str,
+        index_factory: str | None,
         allow_test_encoder: bool,
         no_progress: bool,
         as_json: bool,
@@ -153,6 +160,8 @@ def register(cli: click.Group) -> None:
             ctx, collection, encoder_key, weights, device, allow_test_encoder, batch_size
         )
         col = open_collection_for(ctx.store(), collection, encoder, options, weights)
+        if index_factory and index_factory != col.info.get("index_factory"):
+            col.set_index_factory(index_factory)
         report = Ingest(col, encoder, options, table).run(list(paths))
         if as_json:
             emit_json(report.to_dict())

@@ -292,3 +292,50 @@ def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Pa
     run(tmp_path / "h", "index", str(target), "--collection", "c")
     col = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0]
     assert col["failures"] == [] and col["tiles"] == 1
+
+
+def test_index_factory_can_be_changed_without_reembedding(derm_home: Path, derm_dir: Path) -> None:
+    photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
+    bad = run(
+        derm_home,
+        "index",
+        photo,
+        "--collection",
+        "derm",
+        "--index-factory",
+        "Nope12",
+        "--json",
+        check=False,
+    )
+    assert bad.returncode == 2 and json.loads(bad.stdout)["code"] == "INVALID_INDEX_FACTORY"
+    report = json.loads(
+        run(
+            derm_home, "index", photo, "--collection", "derm", "--index-factory", "HNSW32", "--json"
+        ).stdout
+    )
+    assert report["indexed"] == 0  # nothing re-embedded
+    col = json.loads(run(derm_home, "status", "--json").stdout)["collections"][0]
+    assert col["index_type"] == "HNSW32"
+    doc = json.loads(
+        run(
+            derm_home,
+            "search",
+            "--collection",
+            "derm",
+            "--image",
+            photo,
+            "-k",
+            "5",
+            "--filter",
+            "diagnostic=MEL",
+            "--json",
+        ).stdout
+    )
+    assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
+    top = json.loads(
+        run(
+            derm_home, "search", "--collection", "derm", "--image", photo, "-k", "1", "--json"
+        ).stdout
+    )["hits"][0]
+    assert Path(top["source"]).name == "PAT_46_881_939.jpg"
+    run(derm_home, "index", photo, "--collection", "derm", "--index-factory", "Flat")

@@ -229,3 +229,23 @@ def test_reread_tiles_embed_to_stored_vectors_and_search_finds_them(
             extent = round(r["size_px"] * (2 if r["level"] == 1 else 1))
             qv, _ = region_vector(col, r["source"], (r["x"], r["y"], extent, extent))
             assert service.search(name, qv, k=3).hits[0].tile_id == r["tile_id"]
+
+
+def test_slides_keep_the_collection_scale(home: Path, slides_dir: Path) -> None:
+    enc = create_encoder("classic/stain-texture")
+    first = ingest(
+        Store(home),
+        "wsi",
+        [slides_dir / "CMU-1-Small-Region.svs"],
+        enc,
+        IngestOptions(progress=False),
+    )
+    assert first.ok and first.tiles > 0
+    other = ingest(
+        Store(home),
+        "wsi",
+        [slides_dir / "tcga-cr-7395-01a-01-ts1.svs"],
+        enc,
+        IngestOptions(progress=False, mpp_override=0.5, tile_px=256),
+    )
+    assert other.indexed == 0 and "tiles slides at 224 px" in other.failed[0]["reason"]
