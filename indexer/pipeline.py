@@ -369,11 +369,11 @@ class Ingest:
         """Slide tiles of one collection share one scale: refuse another tile size or mpp."""
         info = self.collection.info
         want = (self.options.tile_px, float(self.options.mpp))
-        have = (info.get("tile_px"), info.get("mpp"))
-        if None not in have and (int(have[0]), float(have[1])) != want:
+        tile_px, mpp = info.get("tile_px"), info.get("mpp")
+        if tile_px is not None and mpp is not None and (int(tile_px), float(mpp)) != want:
             raise IndexerError(
-                f"{file.path}: collection {self.collection.name!r} tiles slides at {have[0]} px, "
-                f"{have[1]:g} um/px; this run asks for {want[0]} px, {want[1]:g} um/px. "
+                f"{file.path}: collection {self.collection.name!r} tiles slides at {tile_px} px, "
+                f"{mpp:g} um/px; this run asks for {want[0]} px, {want[1]:g} um/px. "
                 "Use the collection's --tile-px/--mpp or index into another collection."
             )
 

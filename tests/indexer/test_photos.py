@@ -187,4 +187,3 @@ def test_photo_tiles_when_tile_px_is_given(home: Path, derm_dir: Path) -> None:
         view.tile_vectors([int(corner["tile_id"])])[0],
         atol=1e-5,
     )
-
