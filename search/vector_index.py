@@ -58,6 +58,7 @@ class VectorIndex:
         self.index = index
         self.segment_ids = segment_ids
         self.tile_ids = tile_ids.astype(np.int64, copy=False)
+        self._frozen = False
 
     @property
     def ntotal(self) -> int:
@@ -86,9 +87,24 @@ class VectorIndex:
             index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         return cls(factory, dim, index, [s.segment_id for s in segments], tile_ids)
 
+    def flat_vectors(self) -> np.ndarray | None:
+        """The vectors a Flat index stores, as a read-only numpy view (no copy), else None.
+
+        Taking the view freezes the index: growing it could move its storage under the view.
+        """
+        if not isinstance(self.index, faiss.IndexFlat) or self.ntotal == 0:
+            return None
+        self._frozen = True
+        n, d = self.ntotal, self.index.d
+        view = faiss.rev_swig_ptr(self.index.get_xb(), n * d).reshape(n, d)
+        view.flags.writeable = False
+        return view
+
     def extend(
         self, segments: Sequence[SegmentInfo], vectors: np.ndarray, tile_ids: np.ndarray
     ) -> None:
+        if self._frozen:
+            raise StoreError("this index is shared with a live view; extend a clone of it")
         if len(vectors):
             self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.segment_ids = self.segment_ids + [s.segment_id for s in segments]

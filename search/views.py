@@ -71,6 +71,11 @@ class CollectionView:
                 else np.zeros((0, self.dim), np.float32)
             )
             self.index = self._load_or_build(segs, save_index)
+        # A Flat index already holds every vector: serve exact searches from its storage and
+        # drop the concatenated copy, so a collection costs its vectors once in memory.
+        flat = self.index.flat_vectors()
+        if flat is not None:
+            self.vectors = flat
         order = np.argsort(self.index.tile_ids, kind="stable")
         self._sorted_ids = self.index.tile_ids[order]
         self._sorted_pos = order

@@ -246,3 +246,25 @@ def test_index_factories_give_k_filtered_hits(home: Path) -> None:
     assert len(res.hits) == 10 and all(h.metadata["label"] == "A" for h in res.hits)
     assert svc.view("c").index.factory == "HNSW16"
     assert os.path.exists(col.index_dir / "HNSW16.faiss")
+
+
+def test_flat_views_hold_vectors_once_and_stay_valid(home: Path) -> None:
+    col = _collection(home)
+    rng = np.random.default_rng(9)
+    w, vecs = _add(col, rng)
+    w.commit()
+    svc = SearchService(Store(home))
+    old = svc.view("c")
+    # the view's vectors are the Flat index's own storage (read-only), not a second copy
+    assert not old.vectors.flags.writeable and not old.vectors.flags.owndata
+    np.testing.assert_array_equal(old.vectors, vecs)
+    with pytest.raises(Exception, match="shared with a live view"):
+        old.index.extend([], vecs[:1], np.zeros(1, np.int64))
+    w, vecs2 = _add(col, rng)
+    w.commit()
+    new = svc.view("c")
+    assert new is not old and new.n_tiles == 24 and old.n_tiles == 12
+    np.testing.assert_array_equal(new.vectors[12:], vecs2)
+    # the old view (held by a request in flight) still answers from its own storage
+    assert svc.search("c", vecs[0], k=1, view=old).hits[0].score == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(old.vectors, vecs)
