@@ -223,6 +223,20 @@ class Ingest:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
+        """Index ``paths``; waits while another ingest writes to the same collection."""
+
+        def waiting(holder: str) -> None:
+            print(
+                f"lamina: another ingest ({holder}) is writing to collection "
+                f"{self.collection.name!r}; waiting for it to finish",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        with self.collection.ingest_lock(on_wait=waiting):
+            return self._run(paths)
+
+    def _run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
         t0 = time.perf_counter()
         self.report.started_at = _now()
         self.report.cleaned_up = self.collection.cleanup()

@@ -133,6 +133,31 @@ class Collection:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    @contextmanager
+    def ingest_lock(self, on_wait: Any = None) -> Iterator[None]:
+        """Hold the collection's ingest lock: one ``lamina index`` writes to a collection at a time.
+
+        A second ingest waits (``on_wait(holder)`` is called once with the holder's description)
+        and then sees everything the first committed, so the same file is never indexed twice.
+        Searches and servers never take this lock. The kernel releases it if the holder dies.
+        """
+        path = self.path / "ingest.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def allocate_tile_ids(self, n: int) -> range:
         """Reserve ``n`` consecutive tile ids (safe across processes; gaps after crashes are fine)."""
         counter = self.path / "next_tile_id"
