@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,84 +78,74 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("give exactly one of --image, --tile-id or --slide")
         if (slide is None) != (region is None):
             raise click.UsageError("--slide and --region go together")
-        if ctx.url:
-            doc = _remote(
-                ctx, collection, image, tile_id, slide, region, k, filters, group_by, exclude_same
-            )
-        else:
-            doc = _local(
-                ctx, collection, image, tile_id, slide, region, k, filters, group_by, exclude_same
-            )
+        box = None
+        if region is not None:
+            from api.queries import parse_region
+
+            try:
+                box = parse_region(region)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--region") from None
+        query = Query(
+            collection, image, tile_id, slide, box, k, list(filters), group_by, exclude_same
+        )
+        doc = _remote(ctx.url, query) if ctx.url else _local(ctx, query)
         if as_json:
             emit_json(doc)
         else:
             _print_hits(doc)
 
 
-def _local(
-    ctx: CliContext,
-    collection: str,
-    image: str | None,
-    tile_id: int | None,
-    slide: str | None,
-    region: str | None,
-    k: int,
-    filters: tuple[str, ...],
-    group_by: str | None,
-    exclude_same: str | None,
-) -> dict[str, Any]:
-    from api.queries import image_vector, parse_region, region_vector
+@dataclass(frozen=True)
+class Query:
+    """One `lamina search`, whichever way it is answered (local store or a server)."""
+
+    collection: str
+    image: str | None
+    tile_id: int | None
+    slide: str | None
+    region: tuple[int, int, int, int] | None
+    k: int
+    filters: list[str]
+    group_by: str | None
+    exclude_same: str | None
+
+
+def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
+    from api.queries import image_vector, region_vector
     from search import SearchService
 
     service = SearchService(ctx.store())
     kwargs: dict[str, Any] = {
-        "filters": list(filters),
-        "group_by": group_by,
-        "exclude_same": exclude_same,
+        "filters": q.filters,
+        "group_by": q.group_by,
+        "exclude_same": q.exclude_same,
     }
-    if tile_id is not None:
-        return service.search_tile(collection, tile_id, k, **kwargs).to_dict()
-    col = service.collection(collection)
-    if image is not None:
-        vec = image_vector(col, Path(image).read_bytes(), image)
-        return service.search(collection, vec, k, **kwargs).to_dict()
-    try:
-        box = parse_region(region or "")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--region") from None
-    vec, _ = region_vector(col, slide or "", box)
-    return service.search(collection, vec, k, **kwargs).to_dict()
+    if q.tile_id is not None:
+        return service.search_tile(q.collection, q.tile_id, q.k, **kwargs).to_dict()
+    col = service.collection(q.collection)
+    if q.image is not None:
+        vec = image_vector(col, Path(q.image).read_bytes(), q.image)
+    else:
+        vec, _ = region_vector(col, q.slide or "", q.region or (0, 0, 0, 0))
+    return service.search(q.collection, vec, q.k, **kwargs).to_dict()
 
 
-def _remote(
-    ctx: CliContext,
-    collection: str,
-    image: str | None,
-    tile_id: int | None,
-    slide: str | None,
-    region: str | None,
-    k: int,
-    filters: tuple[str, ...],
-    group_by: str | None,
-    exclude_same: str | None,
-) -> dict[str, Any]:
+def _remote(url: str, q: Query) -> dict[str, Any]:
     from api.client import Client
     from search.filters import conditions_to_json, parse_filters
 
-    client = Client(ctx.url or "")
-    spec = conditions_to_json(parse_filters(filters)) if filters else None
-    common: dict[str, Any] = {
-        "k": k,
-        "filter": spec,
-        "group_by": group_by,
-        "exclude_same": exclude_same,
-    }
-    if image is not None:
-        res = client.search_image(collection, image, **common)
-    elif tile_id is not None:
-        res = client.search_tile(collection, tile_id=tile_id, **common)
-    else:
-        raise click.UsageError(
-            "--slide --region is not available through --url; search by --image or --tile-id"
+    client = Client(url)
+    spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None
+    common: dict[str, Any] = {"k": q.k, "filter": spec, "group_by": q.group_by}
+    if q.image is not None:
+        res = client.search_image(q.collection, q.image, exclude_same=q.exclude_same, **common)
+    elif q.tile_id is not None:
+        res = client.search_tile(
+            q.collection, tile_id=q.tile_id, exclude_same=q.exclude_same, **common
         )
+    else:
+        # the server reads only slides it has indexed: pass the path as indexed
+        slide = str(Path(q.slide or "").resolve())
+        res = client.search_region(q.collection, slide, list(q.region or ()), **common)
     return res.to_dict()

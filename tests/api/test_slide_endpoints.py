@@ -94,3 +94,40 @@ def test_slide_level_ranking_over_http(wsi_app: Any) -> None:
     assert len(groups) == 2 and groups[0]["value"] == cmu  # its own slide ranks first
     svc = SearchService(Store(wsi_app.extensions["lamina"].home))
     assert svc.view("wsi").n_tiles == view.n_tiles
+
+
+def test_cli_region_search_through_a_server(wsi_app: Any, slides_dir: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.api.conftest import LiveServer
+
+    view = _view(wsi_app)
+    row = view.sql("SELECT * FROM tiles WHERE source LIKE '%CMU%' ORDER BY tile_id LIMIT 1")[0]
+    region = f"{row['x']},{row['y']},224,224"
+    with LiveServer(wsi_app) as server:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "api",
+                "--url",
+                server.url,
+                "search",
+                "--collection",
+                "wsi",
+                "--slide",
+                str(slides_dir / "CMU-1-Small-Region.svs"),
+                "--region",
+                region,
+                "-k",
+                "2",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["hits"][0]["tile_id"] == row["tile_id"]
