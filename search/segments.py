@@ -150,8 +150,16 @@ class SegmentInfo:
         )
 
 
+# Committed segments never change, so their metadata is read once per process.
+_INFO_CACHE: dict[Path, SegmentInfo] = {}
+
+
 def list_segments(segments_dir: Path) -> list[SegmentInfo]:
-    """Committed segments, oldest first. Temporary directories are never listed."""
+    """Committed segments, oldest first. Temporary directories are never listed.
+
+    Costs one directory listing per call once the segments have been seen (a server calls this
+    on every request to notice new commits).
+    """
     if not segments_dir.is_dir():
         return []
     out = []
@@ -159,8 +167,12 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
         if entry.startswith("."):
             continue
         path = segments_dir / entry
-        if (path / "segment.json").is_file():
-            out.append(SegmentInfo.load(path))
+        info = _INFO_CACHE.get(path)
+        if info is None:
+            if not (path / "segment.json").is_file():
+                continue
+            info = _INFO_CACHE[path] = SegmentInfo.load(path)
+        out.append(info)
     return out
 
 
