@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,40 +100,25 @@ def test_search_by_image_finds_itself(derm_home: Path, derm_dir: Path) -> None:
     assert top["metadata"]["patient_id"] == "PAT_46"
 
 
+def search_json(home: Path, *args: str) -> dict[str, Any]:
+    """`lamina search --collection derm ARGS --json`, parsed."""
+    return json.loads(run(home, "search", "--collection", "derm", *args, "--json").stdout)
+
+
 def test_search_filters(derm_home: Path, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
-    doc = json.loads(
-        run(
-            derm_home,
-            "search",
-            "--collection",
-            "derm",
-            "--image",
-            photo,
-            "-k",
-            "5",
-            "--filter",
-            "diagnostic=MEL",
-            "--json",
-        ).stdout
-    )
+    doc = search_json(derm_home, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
     assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
-    doc = json.loads(
-        run(
-            derm_home,
-            "search",
-            "--collection",
-            "derm",
-            "--image",
-            photo,
-            "-k",
-            "50",
-            "--filter",
-            "diagnostic=MEL,BCC",
-            "--filter",
-            "age>=60",
-            "--json",
-        ).stdout
+    doc = search_json(
+        derm_home,
+        "--image",
+        photo,
+        "-k",
+        "50",
+        "--filter",
+        "diagnostic=MEL,BCC",
+        "--filter",
+        "age>=60",
     )
     assert len(doc["hits"]) == 50
     assert all(
@@ -316,26 +302,8 @@ def test_index_factory_can_be_changed_without_reembedding(derm_home: Path, derm_
     assert report["indexed"] == 0  # nothing re-embedded
     col = json.loads(run(derm_home, "status", "--json").stdout)["collections"][0]
     assert col["index_type"] == "HNSW32"
-    doc = json.loads(
-        run(
-            derm_home,
-            "search",
-            "--collection",
-            "derm",
-            "--image",
-            photo,
-            "-k",
-            "5",
-            "--filter",
-            "diagnostic=MEL",
-            "--json",
-        ).stdout
-    )
+    doc = search_json(derm_home, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
     assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
-    top = json.loads(
-        run(
-            derm_home, "search", "--collection", "derm", "--image", photo, "-k", "1", "--json"
-        ).stdout
-    )["hits"][0]
+    top = search_json(derm_home, "--image", photo, "-k", "1")["hits"][0]
     assert Path(top["source"]).name == "PAT_46_881_939.jpg"
     run(derm_home, "index", photo, "--collection", "derm", "--index-factory", "Flat")
