@@ -324,6 +324,35 @@ def read_labeled_set(path: str | os.PathLike[str]) -> LabeledSet:
     )
 
 
+def labeled_set_for(
+    view: CollectionView,
+    catalog: Any,
+    label_column: str,
+    *,
+    cohort: str | None = None,
+    split_by: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    neighbors: int | None = None,
+) -> LabeledSet:
+    """The labeled set of a collection, or of a cohort's members: what exports and probes use."""
+    from search.cohorts import cohort_tile_ids
+
+    tile_ids, record = (None, None)
+    if cohort is not None:
+        tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
+    return build_labeled_set(
+        view,
+        label_column,
+        tile_ids=tile_ids,
+        split_by=split_by,
+        test_fraction=test_fraction,
+        seed=seed,
+        neighbors=neighbors,
+        cohort=record,
+    )
+
+
 def export_labeled_set(
     view: CollectionView,
     catalog: Any,
@@ -346,21 +375,17 @@ def export_labeled_set(
     import secrets
 
     from search.catalog import now_utc
-    from search.cohorts import cohort_tile_ids
 
     fmt = fmt or format_of(out)
-    tile_ids, record = (None, None)
-    if cohort is not None:
-        tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
-    ls = build_labeled_set(
+    ls = labeled_set_for(
         view,
+        catalog,
         label_column,
-        tile_ids=tile_ids,
+        cohort=cohort,
         split_by=split_by,
         test_fraction=test_fraction,
         seed=seed,
         neighbors=neighbors,
-        cohort=record,
     )
     digest = write_labeled_set(ls, out, fmt)
     args = {
@@ -376,7 +401,7 @@ def export_labeled_set(
         "id": secrets.token_hex(8),
         "collection": view.collection.name,
         "cohort": cohort,
-        "cohort_version": None if record is None else record["version"],
+        "cohort_version": ls.meta.get("cohort_version"),
         "args": args,
         "snapshot": ls.meta["snapshot"],
         "encoder": ls.meta["encoder"],

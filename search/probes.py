@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from search.errors import InvalidQueryError
-from search.exports import LabeledSet, build_labeled_set
+from search.exports import LabeledSet
 from search.views import CollectionView
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
@@ -250,18 +250,15 @@ def probe_collection(
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> dict[str, Any]:
     """Build the labeled set exactly as ``lamina export`` would, then probe it."""
-    from search.cohorts import cohort_tile_ids
+    from search.exports import labeled_set_for
 
-    tile_ids, record = (None, None)
-    if cohort is not None:
-        tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
-    ls = build_labeled_set(
+    ls = labeled_set_for(
         view,
+        catalog,
         label_column,
-        tile_ids=tile_ids,
+        cohort=cohort,
         split_by=split_by,
         test_fraction=test_fraction,
         seed=seed,
-        cohort=record,
     )
     return probe_labeled_set(ls, fractions, seed, n_bootstrap)
