@@ -74,7 +74,13 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Manifest column naming the file (file name or trailing path).",
     )
-    @click.option("--tile-px", type=click.IntRange(16, 4096), default=224, show_default=True)
+    @click.option(
+        "--tile-px",
+        type=click.IntRange(16, 4096),
+        default=224,
+        show_default=True,
+        help="Tile size in pixels. Given explicitly, photos are tiled too (besides their vector).",
+    )
     @click.option(
         "--mpp",
         type=click.FloatRange(min=0.01, max=100),
