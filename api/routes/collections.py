@@ -23,13 +23,6 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
-def _collection_status() -> Any:
-    import api.cli  # noqa: F401 - api.commands.status imports api.cli, which imports it back
-    from api.commands.status import collection_status
-
-    return collection_status
-
-
 @bp.get("/health")
 def health() -> Response:
     from search.store import snapshot_id_of
@@ -59,7 +52,8 @@ def encoders() -> Response:
 
 @bp.get("/collections")
 def collections() -> Response:
-    collection_status = _collection_status()
+    from search.status import collection_status
+
     store = state().store
     cols = [collection_status(store.collection(n), runs=1) for n in store.names()]
     return jsonify({"ok": True, "collections": cols})
@@ -67,7 +61,8 @@ def collections() -> Response:
 
 @bp.get("/collections/<name>")
 def collection(name: str) -> Response:
-    collection_status = _collection_status()
+    from search.status import collection_status
+
     svc = state().service
     doc = collection_status(svc.collection(name))
     view = svc.view(name)

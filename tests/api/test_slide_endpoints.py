@@ -131,3 +131,24 @@ def test_cli_region_search_through_a_server(wsi_app: Any, slides_dir: Path) -> N
         )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["hits"][0]["tile_id"] == row["tile_id"]
+
+
+def test_cli_status_through_a_server(wsi_app: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.api.conftest import LiveServer
+
+    with LiveServer(wsi_app) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "api", "--url", server.url, "status", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (col,) = doc["collections"]
+    assert doc["home"] == server.url and col["name"] == "wsi"
+    assert col["tiles"] == _view(wsi_app).n_tiles and col["sources_by_kind"] == {"slide": 2}
