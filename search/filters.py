@@ -200,3 +200,102 @@ def conditions_to_json(conds: Iterable[Condition]) -> dict[str, dict[str, Any]]:
         val: Any = list(c.values) if c.op in ("in", "nin") else c.values[0]
         out.setdefault(c.column, {})[c.op] = val
     return out
+
+
+# -- column-wise evaluation (Arrow) ---------------------------------------------------------------
+def _arrow_type(sql_type: str) -> Any:
+    import pyarrow as pa
+
+    base = sql_type.upper().split("(")[0]
+    if base in ("FLOAT", "DOUBLE", "REAL", "DECIMAL"):
+        return pa.float64()
+    if base in NUMERIC_TYPES:
+        return pa.int64()
+    if base == "BOOLEAN":
+        return pa.bool_()
+    return pa.string()
+
+
+def condition_mask(column: Any, cond: Condition, sql_type: str, n: int) -> Any:
+    """Evaluate one condition over one Arrow column (or None: the column is absent, all null).
+
+    Returns a numpy bool array of length ``n`` with SQL semantics: comparisons with null are
+    false; ``ne`` is IS DISTINCT FROM (nulls kept); ``nin`` keeps nulls unless null is listed.
+    Dictionary-encoded columns are evaluated on their dictionary, then expanded by index.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    vals = [_coerce(v, sql_type, cond) for v in cond.values]
+    if column is None:
+        column = pa.nulls(n, _arrow_type(sql_type))
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        dict_cond = condition_mask(column.dictionary, cond, sql_type, len(column.dictionary))
+        idx = column.indices.to_numpy(zero_copy_only=False)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        out = np.zeros(n, dtype=bool)
+        out[valid] = dict_cond[idx[valid].astype(np.int64)]
+        null_cond = condition_mask(pa.nulls(1, column.dictionary.type), cond, sql_type, 1)[0]
+        out[~valid] = null_cond
+        return out
+    want = _arrow_type(sql_type)
+    if want == pa.int64() and any(isinstance(v, float) and not v.is_integer() for v in vals):
+        want = pa.float64()  # age >= 59.5 on an integer column compares as numbers
+    if column.type != want:
+        try:
+            column = column.cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            column = pc.cast(column, pa.string())
+            want = pa.string()
+    is_null = column.is_null().to_numpy(zero_copy_only=False)
+
+    def _cmp(fn: Any, value: Any) -> Any:
+        try:
+            res = fn(column, pa.scalar(value, type=want))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            raise FilterError(
+                f"filter value {value!r} does not fit column {cond.column!r} ({sql_type})"
+            ) from None
+        return res.fill_null(False).to_numpy(zero_copy_only=False)
+
+    if cond.op in ("in", "nin"):
+        non_null = [v for v in vals if v is not None]
+        hit = np.zeros(n, dtype=bool)
+        if non_null:
+            try:
+                value_set = pa.array(non_null, type=want)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                raise FilterError(
+                    f"filter values {non_null!r} do not fit column {cond.column!r} ({sql_type})"
+                ) from None
+            hit = (
+                pc.is_in(column, value_set=value_set)
+                .fill_null(False)
+                .to_numpy(zero_copy_only=False)
+            )
+            hit = hit & ~is_null
+        if len(non_null) != len(vals):
+            hit = hit | is_null
+        return hit if cond.op == "in" else ~hit
+    if vals[0] is None:
+        if cond.op not in ("eq", "ne"):
+            raise FilterError(f"cannot compare {cond.column!r} with null")
+        return ~is_null if cond.op == "ne" else is_null
+    if cond.op == "ne":
+        return _cmp(pc.not_equal, vals[0]) | is_null
+    fn = {
+        "eq": pc.equal,
+        "gt": pc.greater,
+        "gte": pc.greater_equal,
+        "lt": pc.less,
+        "lte": pc.less_equal,
+    }[cond.op]
+    return _cmp(fn, vals[0])
+
+
+def conditions_key(conds: Iterable[Condition]) -> str:
+    """A canonical text key of a list of conditions (for per-segment mask caches)."""
+    return repr(sorted((c.column, c.op, tuple(repr(v) for v in c.values)) for c in conds))

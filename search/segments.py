@@ -3,14 +3,21 @@
 A segment is a directory ``segments/<segment_id>/`` holding
 
 - ``tiles.parquet``    one row per vector (tile or photo), metadata columns denormalised;
-- ``vectors.f32``      row-aligned float32 vectors (n, dim), raw little-endian;
+- ``vectors.f32``      row-aligned vectors (n, dim), raw little-endian float32 (or ``vectors.f16``,
+                       float16, for a collection created with ``vector_dtype=float16``);
 - ``sources.parquet``  one row per source (slide or photo) with its allowlisted properties;
 - ``source_vectors.f32`` row-aligned per-source vectors (mean of its tiles, L2-normalised);
-- ``segment.json``     counts, dim, encoder fingerprint, run id.
+- ``segment.json``     counts, dim, vector dtype, encoder fingerprint, run id, and for a segment
+                       made by compaction the ids of the segments it ``replaces``.
 
 It is written under ``segments/.tmp-<segment_id>/`` while an exclusive ``flock`` is held on a
 file inside it, fsynced, then made visible by one atomic ``rename`` (the commit). A crash
 leaves only the temporary directory; :func:`remove_stale` deletes those whose lock is free.
+
+Compaction commits one segment that ``replaces`` others: from the moment of its rename the
+replaced segments are no longer listed (one atomic step for readers); their directories are then
+renamed to ``.retired-<id>`` and deleted by :func:`remove_stale` after a grace period. A process
+that has already opened a replaced segment keeps reading it (memory maps survive unlink).
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_PREFIX = ".tmp-"
+RETIRED_PREFIX = ".retired-"
 LOCK_NAME = ".writer.lock"
+RETIRED_GRACE_S = float(os.environ.get("LAMINA_RETIRED_GRACE_S", "120"))
+VECTOR_DTYPES = {"float32": ("<f4", "vectors.f32"), "float16": ("<f2", "vectors.f16")}
 
 # Columns every tile row has. Metadata columns (from a manifest) may not use these names.
 TILE_CORE_COLUMNS: dict[str, pa.DataType] = {
@@ -108,6 +118,8 @@ class SegmentInfo:
     fingerprint: str
     run_id: str
     created_at: str
+    dtype: str = "float32"
+    replaces: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> SegmentInfo:
@@ -121,6 +133,8 @@ class SegmentInfo:
             fingerprint=meta["fingerprint"],
             run_id=meta.get("run_id", ""),
             created_at=meta.get("created_at", ""),
+            dtype=meta.get("vector_dtype", "float32"),
+            replaces=tuple(meta.get("replaces", ())),
         )
 
     @property
@@ -131,13 +145,20 @@ class SegmentInfo:
     def sources_path(self) -> Path:
         return self.path / "sources.parquet"
 
+    @property
+    def vectors_path(self) -> Path:
+        return self.path / VECTOR_DTYPES[self.dtype][1]
+
+    @property
+    def vector_bytes(self) -> int:
+        return self.n_tiles * self.dim * (2 if self.dtype == "float16" else 4)
+
     def vectors(self) -> np.ndarray:
-        """Memory-mapped (n_tiles, dim) float32 vectors."""
+        """Memory-mapped (n_tiles, dim) vectors in the segment's dtype (float32 or float16)."""
+        code = VECTOR_DTYPES[self.dtype][0]
         if self.n_tiles == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return np.memmap(
-            self.path / "vectors.f32", dtype="<f4", mode="r", shape=(self.n_tiles, self.dim)
-        )
+            return np.zeros((0, self.dim), code)
+        return np.memmap(self.vectors_path, dtype=code, mode="r", shape=(self.n_tiles, self.dim))
 
     def source_vectors(self) -> np.ndarray:
         if self.n_sources == 0:
@@ -158,7 +179,8 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
     """Committed segments, oldest first. Temporary directories are never listed.
 
     Costs one directory listing per call once the segments have been seen (a server calls this
-    on every request to notice new commits).
+    on every request to notice new commits). Segments replaced by a committed compaction are
+    left out, so a snapshot never holds a tile twice.
     """
     if not segments_dir.is_dir():
         return []
@@ -169,19 +191,41 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
         path = segments_dir / entry
         info = _INFO_CACHE.get(path)
         if info is None:
-            if not (path / "segment.json").is_file():
-                continue
-            info = _INFO_CACHE[path] = SegmentInfo.load(path)
+            try:
+                info = SegmentInfo.load(path)
+            except FileNotFoundError:
+                continue  # retired between the listing and the read
+            _INFO_CACHE[path] = info
         out.append(info)
-    return out
+    replaced = {r for s in out for r in s.replaces}
+    return [s for s in out if s.segment_id not in replaced] if replaced else out
 
 
-def remove_stale(segments_dir: Path) -> list[str]:
-    """Delete temporary segment directories whose writer is gone (its flock is free)."""
+def retire(segments_dir: Path, segment_ids: Iterable[str]) -> None:
+    """Hide replaced segments' directories; :func:`remove_stale` deletes them after the grace."""
+    stamp = int(time.time())
+    for sid in segment_ids:
+        src = segments_dir / sid
+        if src.is_dir():
+            os.rename(src, segments_dir / f"{RETIRED_PREFIX}{stamp}-{sid}")
+            _INFO_CACHE.pop(src, None)
+    fsync_dir(segments_dir)
+
+
+def remove_stale(segments_dir: Path, grace_s: float | None = None) -> list[str]:
+    """Delete temporary segment directories whose writer is gone (its flock is free), and
+    retired (replaced) segments older than the grace period."""
     removed: list[str] = []
     if not segments_dir.is_dir():
         return removed
+    grace = RETIRED_GRACE_S if grace_s is None else grace_s
     for entry in os.listdir(segments_dir):
+        if entry.startswith(RETIRED_PREFIX):
+            stamp = entry[len(RETIRED_PREFIX) :].split("-", 1)[0]
+            if stamp.isdigit() and time.time() - int(stamp) >= grace:
+                shutil.rmtree(segments_dir / entry, ignore_errors=True)
+                removed.append(entry)
+            continue
         if not entry.startswith(TMP_PREFIX):
             continue
         path = segments_dir / entry
@@ -231,9 +275,18 @@ class SegmentWriter:
     """
 
     def __init__(
-        self, segments_dir: Path, dim: int, fingerprint: str, run_id: str, allocate_ids: Any
+        self,
+        segments_dir: Path,
+        dim: int,
+        fingerprint: str,
+        run_id: str,
+        allocate_ids: Any,
+        dtype: str = "float32",
     ) -> None:
+        if dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector dtype must be one of {sorted(VECTOR_DTYPES)}, not {dtype!r}")
         self.segments_dir = segments_dir
+        self.dtype = dtype
         self.dim = dim
         self.fingerprint = fingerprint
         self.run_id = run_id
@@ -244,10 +297,11 @@ class SegmentWriter:
         self.tmp.mkdir()
         self._lock_fd = os.open(self.tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self._vec = open(self.tmp / "vectors.f32", "wb")  # noqa: SIM115 - closed in commit/abort
+        self._vec = open(self.tmp / VECTOR_DTYPES[dtype][1], "wb")  # noqa: SIM115 - closed in commit/abort
         self._tiles: list[dict[str, Any]] = []
         self._sources: list[dict[str, Any]] = []
         self._source_vectors: list[np.ndarray] = []
+        self.replaces: tuple[str, ...] = ()  # set by compaction before commit
         self.closed = False
 
     @property
@@ -263,9 +317,10 @@ class SegmentWriter:
     ) -> list[int]:
         """Add one whole source with its tile rows and (n, dim) vectors; returns the tile ids."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        if vectors.shape != (len(tiles), self.dim):
+        if vectors.shape != (len(tiles), self.dim) or not np.all(np.isfinite(vectors)):
             raise ValueError(
-                f"vectors {vectors.shape} do not match {len(tiles)} tiles x {self.dim}"
+                f"vectors {vectors.shape} do not match {len(tiles)} tiles x {self.dim} "
+                "or are not all finite"
             )
         ids = self._allocate_ids(len(tiles)) if tiles else []
         base_row = len(self._tiles)
@@ -278,7 +333,7 @@ class SegmentWriter:
             row["segment_id"] = self.segment_id
             row["row"] = base_row + i
             self._tiles.append(row)
-        self._vec.write(vectors.tobytes())
+        self._vec.write(vectors.astype(VECTOR_DTYPES[self.dtype][0], copy=False).tobytes())
         src = dict(source)
         src["n_tiles"] = len(tiles)
         src["segment_id"] = self.segment_id
@@ -313,6 +368,8 @@ class SegmentWriter:
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "vector_dtype": self.dtype,
+            "replaces": list(self.replaces),
             "format": 1,
         }
         with open(self.tmp / "segment.json", "w") as f:

@@ -1,12 +1,18 @@
 """The search service: works without any web layer (the CLI and the Flask app are thin shells).
 
-It keeps one :class:`CollectionView` per collection and swaps in a new one whenever another
-process commits segments, so a long-running server sees new data without a restart. Every
-result names the snapshot it was computed on.
+It keeps one :class:`CollectionView` per collection. When another process commits segments (or
+an index version lands) the next call notices it with one directory listing; in ``background``
+mode (the server) the new view -- the readers of the new segments only -- is prepared in a
+thread while requests keep answering on the previous one, and in ``sync`` mode (the CLI) it is
+built before answering. Each collection has its own lock; no lock spans collections. Every
+result names the snapshot it was computed on and the plan that answered it. In background mode
+the service also keeps the collection's ANN index up to date (``search.ann.update_index``) in
+a thread, so new segments get indexed and a changed factory gets built while searches go on.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,13 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from search import planner
+from search.ann import AnnIndex, update_index
 from search.errors import InvalidQueryError
-from search.filters import Condition, compile_conditions, parse_filters, quote_ident
+from search.filters import Condition, parse_filters
+from search.index_spec import index_slug
+from search.segment_reader import forget_readers
 from search.store import Collection, Store
 from search.views import CollectionView
 
-EXACT_SUBSET_LIMIT = 200_000
 MAX_K = 10_000
+MAX_BATCH = 1_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +80,7 @@ class SearchResult:
     hits: list[Hit]
     groups: list[Group] | None = None
     query: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,38 +94,127 @@ class SearchResult:
             out["groups"] = [g.to_dict() for g in self.groups]
         if self.query:
             out["query"] = self.query
+        if self.plan:
+            out["plan"] = self.plan
         return out
+
+
+class _State:
+    """Per-collection service state: the current view and whether a refresh/build runs."""
+
+    def __init__(self) -> None:
+        self.view: CollectionView | None = None
+        self.key: tuple[Any, ...] | None = None
+        self.lock = threading.Lock()
+        self.refreshing = False
+        self.building = False
+        self.build_error: str | None = None
 
 
 class SearchService:
     """Vector + metadata search over the collections of one home."""
 
-    def __init__(self, store: Store, save_index: bool = True) -> None:
+    def __init__(self, store: Store, save_index: bool = True, background: bool = False) -> None:
         self.store = store
-        self.save_index = save_index
-        self._views: dict[str, CollectionView] = {}
-        self._lock = threading.Lock()
+        self.save_index = save_index  # kept for callers; indexes are always persisted
+        self.background = background
+        self._states: dict[str, _State] = {}
+        self._states_lock = threading.Lock()
 
     def collection(self, name: str) -> Collection:
         return self.store.collection(name)
 
-    def view(self, name: str) -> CollectionView:
-        """The current view of ``name``, rebuilt if segments were committed since the last call."""
-        col = self.store.collection(name)
+    def _state(self, name: str) -> _State:
+        with self._states_lock:
+            return self._states.setdefault(name, _State())
+
+    @staticmethod
+    def _key(col: Collection) -> tuple[Any, ...]:
         snap = col.snapshot()
-        current = self._views.get(name)
-        if current is not None and current.snapshot.id == snap.id:
+        pointer = col.index_dir / f"{index_slug(col.index_factory)}.json"
+        try:
+            mtime = pointer.stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        return (snap.id, col.index_factory, mtime, snap)
+
+    def view(self, name: str, wait: bool | None = None) -> CollectionView:
+        """The current view of ``name``. A changed snapshot is prepared off the request path in
+        background mode (the previous view answers meanwhile); ``wait=True`` forces a fresh one."""
+        col = self.store.collection(name)
+        state = self._state(name)
+        key = self._key(col)
+        current = state.view
+        if current is not None and state.key is not None and state.key[:3] == key[:3]:
             return current
-        with self._lock:
-            current = self._views.get(name)
-            if current is not None and current.snapshot.id == snap.id:
-                return current
-            factory = str(col.info.get("index_factory", "Flat"))
-            view = CollectionView(
-                col, snap, factory=factory, previous=current, save_index=self.save_index
-            )
-            self._views[name] = view
-            return view
+        if current is None or wait or (wait is None and not self.background):
+            return self._refresh(name, col, state, key)
+        with state.lock:
+            start = not state.refreshing
+            state.refreshing = True
+        if start:
+            threading.Thread(
+                target=self._refresh_bg, args=(name, col, state, key), daemon=True
+            ).start()
+        return current
+
+    def _refresh_bg(self, name: str, col: Collection, state: _State, key: tuple[Any, ...]) -> None:
+        try:
+            self._refresh(name, col, state, key)
+        except Exception:  # noqa: BLE001 - the next request retries; never kill the server
+            log.exception("preparing a new snapshot of %s failed", name)
+        finally:
+            state.refreshing = False
+
+    def _refresh(
+        self, name: str, col: Collection, state: _State, key: tuple[Any, ...]
+    ) -> CollectionView:
+        with state.lock:
+            if state.view is not None and state.key is not None and state.key[:3] == key[:3]:
+                return state.view
+            prev = state.view
+            ann = AnnIndex.load(col)
+            if (
+                ann is not None
+                and prev is not None
+                and prev.ann is not None
+                and prev.ann.version == ann.version
+            ):
+                ann = prev.ann  # keeps the per-segment parts already loaded
+            view = CollectionView(col, key[3], ann=ann)
+            state.view, state.key = view, key
+            forget_readers(str(col.segments_dir), view.snapshot.segments)
+        if self.background:
+            self._maybe_build(name, col, view, state)
+        return view
+
+    def _maybe_build(self, name: str, col: Collection, view: CollectionView, state: _State) -> None:
+        if col.index_factory == "Flat" or state.building or view.n_tiles == 0:
+            return
+        ann = view.ann
+        if ann is not None and all(ann.sidecar(r.segment_id).exists() for r in view.readers):
+            return
+        state.building = True
+
+        def run() -> None:
+            try:
+                update_index(col)
+                state.build_error = None
+            except Exception as exc:  # noqa: BLE001 - reported by status, searches go on exactly
+                state.build_error = str(exc)
+                log.warning("building the %s index of %s failed: %s", col.index_factory, name, exc)
+            finally:
+                state.building = False
+            if state.build_error is None:
+                try:
+                    self.view(name, wait=True)
+                except Exception:  # noqa: BLE001
+                    log.exception("refreshing %s after an index build failed", name)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def build_error(self, name: str) -> str | None:
+        return self._state(name).build_error
 
     # -- search -----------------------------------------------------------------------------
     def search(
@@ -130,44 +231,51 @@ class SearchService:
         query_tile_id: int | None = None,
         fingerprint: str | None = None,
         per_group: int = 3,
+        params: Mapping[str, Any] | None = None,
         view: CollectionView | None = None,
     ) -> SearchResult:
         """k nearest tiles to ``vector`` among those matching the filters (filtered first)."""
         view = view or self.view(collection)
-        col = view.collection
-        if fingerprint is not None:
-            col.check_fingerprint(fingerprint)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
-        q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if q.shape[1] != col.dim:
+        return self._search_many(
+            view,
+            np.asarray(vector, dtype=np.float32).reshape(1, -1),
+            k,
+            filters=filters,
+            filter_json=filter_json,
+            conditions=conditions,
+            group_by=group_by,
+            exclude_same=exclude_same,
+            query_tile_id=query_tile_id,
+            fingerprint=fingerprint,
+            per_group=per_group,
+            params=params,
+        )[0]
+
+    def search_batch(
+        self,
+        collection: str,
+        vectors: np.ndarray | Sequence[Sequence[float]],
+        k: int = 10,
+        *,
+        filters: Sequence[str] | None = None,
+        filter_json: Mapping[str, Any] | None = None,
+        fingerprint: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> list[SearchResult]:
+        """Many query vectors against one snapshot, ranked together (one scan per segment)."""
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim != 2 or not 1 <= len(q) <= MAX_BATCH:
             raise InvalidQueryError(
-                f"query vector has {q.shape[1]} dimensions; collection {col.name!r} has {col.dim}"
+                f"a batch is a list of 1 to {MAX_BATCH} vectors, got shape {tuple(q.shape)}"
             )
-        if not np.all(np.isfinite(q)):
-            raise InvalidQueryError("query vector contains NaN or infinity")
-        norm = float(np.linalg.norm(q))
-        if norm == 0:
-            raise InvalidQueryError("query vector is all zeros")
-        q = q / norm
-        conds = list(conditions or []) + parse_filters(filters, filter_json)
-        where, params = compile_conditions(conds, view.schema)
-        if exclude_same:
-            where, params = self._exclude_same(view, exclude_same, query_tile_id, where, params)
-        allowed = None if where == "TRUE" else view.matching_positions(where, params)
-        group_col = self._group_column(view, group_by)
-        if group_col is None:
-            scores, pos = self._rank(view, q, k, allowed)
-            hits = self._hits(view, scores, pos)
-            groups = None
-        else:
-            hits, groups = self._grouped(view, q, k, allowed, group_col, per_group)
-        return SearchResult(
-            collection=col.name,
-            snapshot=view.snapshot.id,
-            encoder=col.fingerprint,
-            hits=hits,
-            groups=groups,
+        return self._search_many(
+            self.view(collection),
+            q,
+            k,
+            filters=filters,
+            filter_json=filter_json,
+            fingerprint=fingerprint,
+            params=params,
         )
 
     def search_tile(
@@ -177,23 +285,78 @@ class SearchService:
         vec = view.tile_vectors([int(tile_id)])[0]
         return self.search(collection, vec, k, query_tile_id=int(tile_id), view=view, **kwargs)
 
-    # -- internals --------------------------------------------------------------------------
-    def _exclude_same(
+    def _search_many(
         self,
         view: CollectionView,
-        column: str,
-        query_tile_id: int | None,
-        where: str,
-        params: list[Any],
-    ) -> tuple[str, list[Any]]:
+        q: np.ndarray,
+        k: int,
+        *,
+        filters: Sequence[str] | None = None,
+        filter_json: Mapping[str, Any] | None = None,
+        conditions: Sequence[Condition] | None = None,
+        group_by: str | None = None,
+        exclude_same: str | None = None,
+        query_tile_id: int | None = None,
+        fingerprint: str | None = None,
+        per_group: int = 3,
+        params: Mapping[str, Any] | None = None,
+    ) -> list[SearchResult]:
+        col = view.collection
+        if fingerprint is not None:
+            col.check_fingerprint(fingerprint)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        q = unit_queries(q, col.dim, col.name)
+        conds = list(conditions or []) + parse_filters(filters, filter_json)
+        for c in conds:
+            if c.column not in view.schema:
+                known = ", ".join(sorted(view.schema))
+                raise InvalidQueryError(f"unknown filter column {c.column!r}; columns: {known}")
+        if exclude_same:
+            conds += self._exclude_same(view, exclude_same, query_tile_id)
+        group_col = self._group_column(view, group_by)
+        out = []
+        if group_col is None:
+            ranked, plan = planner.search(view, q, k, conds, params)
+            for r in ranked:
+                out.append(
+                    SearchResult(
+                        collection=col.name,
+                        snapshot=view.snapshot.id,
+                        encoder=col.fingerprint,
+                        hits=self._hits(view, r.scores, r.positions),
+                        plan=plan.to_dict(),
+                    )
+                )
+            return out
+        for row in q:
+            hits, groups, plan = self._grouped(
+                view, row[None], k, conds, group_col, per_group, params
+            )
+            out.append(
+                SearchResult(
+                    collection=col.name,
+                    snapshot=view.snapshot.id,
+                    encoder=col.fingerprint,
+                    hits=hits,
+                    groups=groups,
+                    plan=plan,
+                )
+            )
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+    def _exclude_same(
+        self, view: CollectionView, column: str, query_tile_id: int | None
+    ) -> list[Condition]:
         if column not in view.schema:
             raise InvalidQueryError(f"exclude_same: unknown column {column!r}")
         if query_tile_id is None:
             raise InvalidQueryError("exclude_same needs a stored query (tile_id or region)")
         value = view.tile(query_tile_id).get(column)
         if value is None:
-            return where, params
-        return f"({where}) AND {quote_ident(column)} IS DISTINCT FROM ?", [*params, value]
+            return []
+        return [Condition(column, "ne", (value,))]
 
     def _group_column(self, view: CollectionView, group_by: str | None) -> str | None:
         if group_by in (None, ""):
@@ -209,45 +372,26 @@ class SearchService:
             return col
         raise InvalidQueryError(f"group_by must be 'slide' or 'patient', not {group_by!r}")
 
-    def _rank(
-        self, view: CollectionView, q: np.ndarray, k: int, allowed: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if allowed is None:
-            scores, pos = view.index.search(q, k)
-            scores, pos = scores[0], pos[0]
-            keep = pos >= 0
-            return scores[keep], pos[keep]
-        if len(allowed) == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        k = min(k, len(allowed))
-        if len(allowed) <= EXACT_SUBSET_LIMIT:
-            return _exact_topk(view.vectors, q[0], k, allowed)
-        scores, pos = view.index.search(q, k, positions=allowed)
-        scores, pos = scores[0], pos[0]
-        keep = pos >= 0
-        if keep.sum() < k:  # approximate index missed some: fall back to exact
-            return _exact_topk(view.vectors, q[0], k, allowed)
-        return scores[keep], pos[keep]
-
     def _hits(self, view: CollectionView, scores: np.ndarray, pos: np.ndarray) -> list[Hit]:
-        tile_ids = view.index.tile_ids[pos]
-        rows = view.tile_rows(tile_ids.tolist())
-        return [_hit(view, rows[int(t)], float(s)) for t, s in zip(tile_ids, scores, strict=True)]
+        rows = view.rows_at(pos)
+        return [_hit(view, row, float(s)) for row, s in zip(rows, scores, strict=True)]
 
     def _grouped(
         self,
         view: CollectionView,
         q: np.ndarray,
         k: int,
-        allowed: np.ndarray | None,
+        conds: list[Condition],
         column: str,
         per_group: int,
-    ) -> tuple[list[Hit], list[Group]]:
-        n_avail = view.n_tiles if allowed is None else len(allowed)
-        fetch = min(n_avail, max(100, k * per_group * 10))
+        params: Mapping[str, Any] | None,
+    ) -> tuple[list[Hit], list[Group], dict[str, Any]]:
+        mask = view.mask(conds)
+        n_avail = view.n_tiles if mask is None else int(mask.sum())
+        fetch = min(max(n_avail, 1), max(100, k * per_group * 10))
         while True:
-            scores, pos = self._rank(view, q, fetch, allowed)
-            hits = self._hits(view, scores, pos)
+            ranked, plan = planner.search(view, q, fetch, conds, params)
+            hits = self._hits(view, ranked[0].scores, ranked[0].positions)
             groups: dict[Any, list[Hit]] = {}
             for h in hits:
                 value = h.source_id if column == "source_id" else h.metadata.get(column)
@@ -255,23 +399,29 @@ class SearchService:
             if len(groups) >= k or fetch >= n_avail:
                 break
             fetch = min(n_avail, fetch * 4)
-        ranked = sorted(groups.items(), key=lambda kv: -kv[1][0].score)[:k]
+        ranked_groups = sorted(groups.items(), key=lambda kv: -kv[1][0].score)[:k]
         key = "slide" if column == "source_id" else column
         out = [
             Group(key=key, value=v, score=g[0].score, n_hits=len(g), hits=g[:per_group])
-            for v, g in ranked
+            for v, g in ranked_groups
         ]
-        return hits[:k], out
+        return hits[:k], out, plan.to_dict()
 
 
-def _exact_topk(
-    vectors: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    scores = vectors[allowed] @ q
-    k = min(k, len(scores))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.lexsort((allowed[top], -scores[top]))]
-    return scores[top].astype(np.float32), allowed[top]
+def unit_queries(q: np.ndarray, dim: int, name: str) -> np.ndarray:
+    """Validate (n, dim) query vectors and scale them to unit length (float32)."""
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise InvalidQueryError(
+            f"query vector has {q.shape[-1]} dimensions; collection {name!r} has {dim}"
+        )
+    if not np.all(np.isfinite(q)):
+        raise InvalidQueryError("query vector contains NaN or infinity")
+    scale = np.abs(q).max(axis=1, keepdims=True)
+    if np.any(scale == 0):
+        raise InvalidQueryError("query vector is all zeros")
+    q = q / scale
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _hit(view: CollectionView, row: dict[str, Any], score: float) -> Hit:

@@ -168,24 +168,52 @@ class Collection:
             os.replace(tmp, counter)
         return range(start, start + n)
 
+    @property
+    def vector_dtype(self) -> str:
+        return str(self.info.get("vector_dtype") or "float32")
+
+    @property
+    def index_factory(self) -> str:
+        return str(self.info.get("index_factory") or "Flat")
+
+    @property
+    def index_params(self) -> dict[str, Any]:
+        """Search parameters stored with the collection (``nprobe``, ``ef_search``, ...)."""
+        return dict(self.info.get("index_params") or {})
+
     def writer(self, run_id: str) -> SegmentWriter:
         return SegmentWriter(
-            self.segments_dir, self.dim, self.fingerprint, run_id, self.allocate_tile_ids
+            self.segments_dir,
+            self.dim,
+            self.fingerprint,
+            run_id,
+            self.allocate_tile_ids,
+            dtype=self.vector_dtype,
         )
 
-    def set_index_factory(self, factory: str) -> None:
-        """Search this collection through a FAISS index built with ``factory`` from now on.
+    def set_index(self, factory: str | None = None, params: dict[str, Any] | None = None) -> None:
+        """Store the ANN index factory and/or default search parameters with the collection.
 
-        Vectors are not touched; the next search builds (and saves) the new index from them.
+        Vectors are not touched; a changed factory is built from them in the background (by a
+        server) or by ``lamina index`` / ``lamina collection build``.
         """
-        from search.vector_index import check_factory
+        from search.index_spec import check_factory
+        from search.params import check_params
 
-        check_factory(factory, self.dim)
         info_path = self.path / "collection.json"
         info = json.loads(info_path.read_text())
-        info["index_factory"] = factory
+        if factory is not None:
+            info["index_factory"] = check_factory(factory, self.dim)
+        if params:
+            merged = dict(info.get("index_params") or {})
+            merged.update(check_params(params))
+            info["index_params"] = {k: v for k, v in merged.items() if v is not None}
         write_json_atomic(info_path, info)
         self.info = info
+
+    def set_index_factory(self, factory: str) -> None:
+        """Search this collection through an index built with ``factory`` from now on."""
+        self.set_index(factory=factory)
 
     def write_run(self, record: dict[str, Any]) -> None:
         self.runs_dir.mkdir(exist_ok=True)
@@ -242,6 +270,7 @@ class Store:
         tile_px: int | None,
         mpp: float | None,
         extra: dict[str, Any] | None = None,
+        vector_dtype: str = "float32",
     ) -> Collection:
         """Open ``name`` if it exists with the same encoder fingerprint, else create it."""
         if not NAME_RE.match(name):
@@ -253,6 +282,10 @@ class Store:
             col = Collection(path)
             col.check_fingerprint(fingerprint)
             return col
+        if vector_dtype not in ("float32", "float16"):
+            raise CollectionExistsError(
+                f"vector dtype must be float32 or float16, not {vector_dtype!r}"
+            )
         path.mkdir(parents=True, exist_ok=True)
         info = {
             "name": name,
@@ -264,6 +297,7 @@ class Store:
             "mpp": mpp,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index_factory": "Flat",
+            "vector_dtype": vector_dtype,
             "patient_column": "patient_id",
         }
         info.update(extra or {})

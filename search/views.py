@@ -1,23 +1,281 @@
-"""A read-only view of one collection at one snapshot: vectors, tile rows in DuckDB, FAISS index.
+"""A read-only view of one collection at one snapshot, made of per-segment readers.
 
-Views are immutable once built; the service swaps in a new view when segments are committed,
-reusing the previous view's vectors and index for the segments they already cover.
+Building a view costs the readers of segments not seen before (see ``segment_reader``): the
+vectors stay memory-mapped per segment and are never concatenated; metadata is per segment in
+Arrow. Global *positions* number the snapshot's tiles segment by segment (``offsets``); they are
+valid for one view only. Tile ids are stable across snapshots (and compaction).
+
+Bulk SQL (cohort summaries, exports) runs in an in-memory DuckDB connection over the segments'
+Arrow tables (zero-copy, created on first use); the hot paths (filters, hit rows, vectors) never
+go through SQL.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from search.ann import AnnIndex
 from search.errors import SourceNotFoundError, TileNotFoundError
-from search.segments import RESERVED_COLUMNS, SegmentInfo
+from search.filters import Condition, conditions_key
+from search.segment_reader import SegmentReader, reader_for, sql_type_name, unify_types
+from search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
 from search.store import Collection, Snapshot
-from search.vector_index import VectorIndex
+
+_GLOBAL_MASKS = 16
+_ARROW_OF_SQL = {
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "VARCHAR": pa.string(),
+}
+
+
+class GlobalVectors:
+    """Position-indexed access to a view's vectors (gathers float32 copies from the segments)."""
+
+    def __init__(self, view: CollectionView) -> None:
+        self._view = view
+        self.shape = (view.n_tiles, view.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        pos = np.arange(self.shape[0])[positions] if isinstance(positions, slice) else positions
+        pos = np.asarray(pos, dtype=np.int64).reshape(-1)
+        out = np.empty((len(pos), self.shape[1]), np.float32)
+        seg, rows = self._view.locate(pos)
+        for s in np.unique(seg):
+            sel = np.flatnonzero(seg == s)
+            order = np.argsort(rows[sel], kind="stable")  # sorted rows read sequentially
+            out[sel[order]] = self._view.readers[int(s)].gather(rows[sel][order])
+        return out
+
+
+class CollectionView:
+    """Answers metadata and vector questions about one snapshot of a collection."""
+
+    def __init__(
+        self, collection: Collection, snapshot: Snapshot, ann: AnnIndex | None = None
+    ) -> None:
+        self.collection = collection
+        self.snapshot = snapshot
+        self.dim = collection.dim
+        self.ann = ann
+        self.readers: list[SegmentReader] = [reader_for(s) for s in snapshot.segments]
+        sizes = [r.n for r in self.readers]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        types: dict[str, list[str]] = {}
+        for r in self.readers:
+            for name, typ in r.schema.items():
+                types.setdefault(name, []).append(typ)
+        self.schema: dict[str, str] = {n: unify_types(t) for n, t in types.items()}
+        if not self.readers:
+            self.schema = {n: sql_type_name(t) for n, t in TILE_CORE_COLUMNS.items()}
+        self.metadata_columns = [c for c in self.schema if c not in RESERVED_COLUMNS]
+        self.vectors = GlobalVectors(self)
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._con: Any = None
+        self._lock = threading.Lock()
+        self._sql_lock = threading.Lock()
+        self._source_codes: tuple[np.ndarray, list[str]] | None = None
+
+    def cache(self, name: str, limit: int = 32) -> dict[Any, Any]:
+        """A small per-view cache (cleared when full) for derived per-filter structures."""
+        caches: dict[str, dict[Any, Any]] = self.__dict__.setdefault("_caches", {})
+        with self._lock:
+            c = caches.setdefault(name, {})
+            if len(c) >= limit:
+                c.clear()
+            return c
+
+    # -- positions ---------------------------------------------------------------------------
+    @property
+    def n_tiles(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment index, row) of each global position."""
+        pos = np.asarray(positions, dtype=np.int64)
+        seg = np.searchsorted(self.offsets, pos, side="right") - 1
+        return seg, pos - self.offsets[seg]
+
+    def positions_of(self, tile_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Global positions of tile ids (all must exist)."""
+        ids = np.asarray(tile_ids, dtype=np.int64).reshape(-1)
+        out = np.full(len(ids), -1, np.int64)
+        for i, r in enumerate(self.readers):
+            inside = (ids >= r.min_id) & (ids <= r.max_id) & (out < 0)
+            if inside.any():
+                rows = r.rows_of(ids[inside])
+                found = rows >= 0
+                out[np.flatnonzero(inside)[found]] = rows[found] + self.offsets[i]
+        if np.any(out < 0):
+            raise TileNotFoundError(
+                f"tile {int(ids[out < 0][0])} is not in collection {self.collection.name!r} "
+                f"(snapshot {self.snapshot.id})"
+            )
+        return out
+
+    def tile_ids_at(self, positions: np.ndarray) -> np.ndarray:
+        seg, rows = self.locate(positions)
+        out = np.empty(len(rows), np.int64)
+        for s in np.unique(seg):
+            sel = seg == s
+            out[sel] = self.readers[int(s)].tile_ids[rows[sel]]
+        return out
+
+    def all_tile_ids(self) -> np.ndarray:
+        if not self.readers:
+            return np.zeros(0, np.int64)
+        return np.concatenate([r.tile_ids for r in self.readers])
+
+    # -- rows --------------------------------------------------------------------------------
+    def rows_at(self, positions: np.ndarray | Sequence[int]) -> list[dict[str, Any]]:
+        """Tile rows (dicts) at global positions, in the order given (Arrow take by row)."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        out: list[dict[str, Any]] = [{} for _ in range(len(pos))]
+        seg, rows = self.locate(pos)
+        for s in np.unique(seg):
+            sel = np.flatnonzero(seg == s)
+            for i, row in zip(sel, self.readers[int(s)].take_rows(rows[sel]), strict=True):
+                out[int(i)] = row
+        return out
+
+    def tile_vectors(self, tile_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.vectors[self.positions_of(tile_ids)]
+
+    def tile_rows(self, tile_ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
+        ids = np.asarray([int(t) for t in tile_ids], np.int64)
+        if len(ids) == 0:
+            return {}
+        known = []
+        for t in ids:
+            try:
+                known.append(int(self.positions_of([t])[0]))
+            except TileNotFoundError:
+                continue
+        return {int(r["tile_id"]): r for r in self.rows_at(np.asarray(known, np.int64))}
+
+    def tile(self, tile_id: int) -> dict[str, Any]:
+        return self.rows_at(self.positions_of([int(tile_id)]))[0]
+
+    def source(self, source_id: str) -> dict[str, Any]:
+        for r in self.readers:
+            t = r.sources
+            hit = t.filter(pc.equal(t.column("source_id"), source_id))
+            if hit.num_rows:
+                return hit.slice(0, 1).to_pylist()[0]
+        raise SourceNotFoundError(
+            f"source {source_id!r} is not in collection {self.collection.name!r}"
+        )
+
+    def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {c: _jsonable(row.get(c)) for c in self.metadata_columns}
+
+    # -- filters -----------------------------------------------------------------------------
+    def segment_masks(self, conds: Sequence[Condition]) -> list[np.ndarray] | None:
+        """Per-segment bool masks of the filter (None: no filter), cached per segment."""
+        if not conds:
+            return None
+        return [r.mask(conds, self.schema) for r in self.readers]
+
+    def mask(self, conds: Sequence[Condition]) -> np.ndarray | None:
+        """Global bool mask over positions (None: no filter)."""
+        if not conds:
+            return None
+        key = conditions_key(conds)
+        with self._lock:
+            hit = self._masks.get(key)
+        if hit is not None:
+            return hit
+        parts = self.segment_masks(conds) or []
+        out = np.concatenate(parts) if parts else np.zeros(0, bool)
+        with self._lock:
+            self._masks[key] = out
+            while len(self._masks) > _GLOBAL_MASKS:
+                self._masks.popitem(last=False)
+        return out
+
+    def matching_positions(self, conds: Sequence[Condition]) -> np.ndarray:
+        mask = self.mask(conds)
+        return np.arange(self.n_tiles) if mask is None else np.flatnonzero(mask)
+
+    def codes(self, column: str) -> tuple[np.ndarray, list[Any]]:
+        """(global code per position, distinct values) of a column; -1 for null."""
+        values: dict[Any, int] = {}
+        parts = []
+        for r in self.readers:
+            local, names = r.codes(column)
+            remap = np.array([values.setdefault(v, len(values)) for v in names] + [-1], np.int64)
+            parts.append(remap[local])  # -1 indexes the trailing -1
+        codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return codes, list(values)
+
+    # -- bulk SQL ----------------------------------------------------------------------------
+    def _tables(self) -> tuple[pa.Table, pa.Table]:
+        cols = list(self.schema)
+        chunks = []
+        for r in self.readers:
+            arrays = []
+            for c in cols:
+                want = self.schema[c]
+                if c in r.table.column_names:
+                    arr = r.table.column(c)
+                    if r.schema[c] != want:
+                        arr = arr.cast(_ARROW_OF_SQL.get(want, pa.string()))
+                    elif pa.types.is_dictionary(arr.type):
+                        arr = arr.cast(arr.type.value_type)
+                else:
+                    arr = pa.nulls(r.n, _ARROW_OF_SQL.get(want, pa.string()))
+                arrays.append(arr)
+            chunks.append(pa.Table.from_arrays(arrays, names=cols))
+        tiles = pa.concat_tables(chunks) if chunks else None
+        sources = [r.sources for r in self.readers]
+        src = pa.concat_tables(sources, promote_options="permissive") if sources else None
+        return tiles, src  # type: ignore[return-value]
+
+    def _duck(self) -> Any:
+        with self._lock:
+            if self._con is None:
+                import duckdb
+
+                con = duckdb.connect(":memory:")
+                tiles, sources = self._tables()
+                if tiles is None:
+                    con.execute(_EMPTY_TILES)
+                    con.execute(_EMPTY_SOURCES)
+                else:
+                    con.register("tiles", tiles)
+                    con.register("sources", sources)
+                self._con = con
+            return self._con
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read-only query on this view's ``tiles`` and ``sources``; rows as dicts."""
+        con = self._duck()
+        with self._sql_lock:  # registered Arrow tables live on this one connection
+            res = con.execute(query, list(params or []))
+            cols = [d[0] for d in res.description]
+            return [dict(zip(cols, row, strict=True)) for row in res.fetchall()]
+
+    def arrow(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run a read-only query; the result as an Arrow table (bulk paths)."""
+        con = self._duck()
+        with self._sql_lock:
+            return con.sql(query, params=list(params or [])).to_arrow_table()
+
+    def memory_bytes(self) -> int:
+        """Heap bytes of this view's metadata, id maps, masks and ANN structures."""
+        readers = sum(r.memory_bytes for r in self.readers)
+        return readers + (self.ann.memory_bytes() if self.ann is not None else 0)
+
 
 _EMPTY_TILES = """CREATE TABLE tiles (tile_id BIGINT, source_id VARCHAR, source VARCHAR,
     kind VARCHAR, x BIGINT, y BIGINT, level INTEGER, size_px INTEGER, tile_px INTEGER,
@@ -25,190 +283,6 @@ _EMPTY_TILES = """CREATE TABLE tiles (tile_id BIGINT, source_id VARCHAR, source 
 _EMPTY_SOURCES = """CREATE TABLE sources (source_id VARCHAR, source VARCHAR, kind VARCHAR,
     width BIGINT, height BIGINT, mpp DOUBLE, n_tiles BIGINT, properties VARCHAR,
     segment_id VARCHAR, "row" BIGINT)"""
-
-
-def _segment_tile_ids(seg: SegmentInfo) -> np.ndarray:
-    t = pq.read_table(seg.tiles_path, columns=["tile_id", "row"])
-    ids = t.column("tile_id").to_numpy()
-    rows = t.column("row").to_numpy()
-    out = np.empty(seg.n_tiles, np.int64)
-    out[rows] = ids
-    return out
-
-
-class CollectionView:
-    """Answers metadata and vector questions about one snapshot of a collection."""
-
-    def __init__(
-        self,
-        collection: Collection,
-        snapshot: Snapshot,
-        factory: str = "Flat",
-        previous: CollectionView | None = None,
-        save_index: bool = True,
-    ) -> None:
-        self.collection = collection
-        self.snapshot = snapshot
-        self.factory = factory
-        self.dim = collection.dim
-        self.vectors: np.ndarray
-        self.index: VectorIndex
-        segs = list(snapshot.segments)
-        prev_ids = previous.index.segment_ids if previous is not None else []
-        if (
-            previous is not None
-            and prev_ids == [s.segment_id for s in segs[: len(prev_ids)]]
-            and previous.factory == factory
-        ):
-            new = segs[len(prev_ids) :]
-            vectors = [previous.vectors] + [np.asarray(s.vectors()) for s in new]
-            self.vectors = np.concatenate(vectors) if new else previous.vectors
-            self.index = self._extended(previous.index, new)
-        else:
-            self.vectors = (
-                np.concatenate([np.asarray(s.vectors()) for s in segs])
-                if segs
-                else np.zeros((0, self.dim), np.float32)
-            )
-            self.index = self._load_or_build(segs, save_index)
-        # A Flat index already holds every vector: serve exact searches from its storage and
-        # drop the concatenated copy, so a collection costs its vectors once in memory.
-        flat = self.index.flat_vectors()
-        if flat is not None:
-            self.vectors = flat
-        order = np.argsort(self.index.tile_ids, kind="stable")
-        self._sorted_ids = self.index.tile_ids[order]
-        self._sorted_pos = order
-        self._con = duckdb.connect(":memory:")
-        self._lock = threading.Lock()
-        self._load_tables(segs)
-        self.schema: dict[str, str] = {
-            r[0]: r[1] for r in self._con.execute("DESCRIBE tiles").fetchall()
-        }
-        self.metadata_columns = [c for c in self.schema if c not in RESERVED_COLUMNS]
-        if segs:
-            src_vecs = [np.asarray(s.source_vectors()) for s in segs]
-            self.source_vectors = np.concatenate(src_vecs)
-        else:
-            self.source_vectors = np.zeros((0, self.dim), np.float32)
-
-    # -- construction ------------------------------------------------------------------------
-    def _extended(self, prev: VectorIndex, new: Sequence[SegmentInfo]) -> VectorIndex:
-        import faiss
-
-        if not new:
-            return prev
-        index = faiss.clone_index(prev.index)
-        clone = VectorIndex(prev.factory, prev.dim, index, list(prev.segment_ids), prev.tile_ids)
-        n_old = prev.ntotal
-        clone.extend(new, self.vectors[n_old:], np.concatenate([_segment_tile_ids(s) for s in new]))
-        return clone
-
-    def _load_or_build(self, segs: list[SegmentInfo], save: bool) -> VectorIndex:
-        ids = [s.segment_id for s in segs]
-        saved = VectorIndex.load(self.collection.index_dir, self.factory, self.dim)
-        if saved is not None and saved.segment_ids == ids[: len(saved.segment_ids)]:
-            # positions of the saved index follow its manifest order, which is ours
-            new = segs[len(saved.segment_ids) :]
-            if new:
-                offset = saved.ntotal
-                saved.extend(
-                    new, self.vectors[offset:], np.concatenate([_segment_tile_ids(s) for s in new])
-                )
-                if save:
-                    saved.save(self.collection.index_dir)
-            return saved
-        tile_ids = (
-            np.concatenate([_segment_tile_ids(s) for s in segs]) if segs else np.zeros(0, np.int64)
-        )
-        built = VectorIndex.build(self.factory, self.dim, segs, self.vectors, tile_ids)
-        if save and segs:
-            built.save(self.collection.index_dir)
-        return built
-
-    def _load_tables(self, segs: list[SegmentInfo]) -> None:
-        if not segs:
-            self._con.execute(_EMPTY_TILES)
-            self._con.execute(_EMPTY_SOURCES)
-            return
-        tiles = [str(s.tiles_path) for s in segs]
-        sources = [str(s.sources_path) for s in segs]
-        self._con.execute(
-            "CREATE TABLE tiles AS SELECT * FROM read_parquet(?, union_by_name=true)", [tiles]
-        )
-        self._con.execute(
-            "CREATE TABLE sources AS SELECT * FROM read_parquet(?, union_by_name=true)", [sources]
-        )
-
-    # -- queries ---------------------------------------------------------------------------
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        """Run a read-only query on this view's tables; rows as dicts."""
-        cur = self._con.cursor()
-        try:
-            res = cur.execute(query, list(params or []))
-            cols = [d[0] for d in res.description]
-            return [dict(zip(cols, row, strict=True)) for row in res.fetchall()]
-        finally:
-            cur.close()
-
-    def column(self, query: str, params: Sequence[Any] | None = None) -> np.ndarray:
-        cur = self._con.cursor()
-        try:
-            rows = cur.execute(query, list(params or [])).fetchnumpy()
-            return next(iter(rows.values())) if rows else np.zeros(0)
-        finally:
-            cur.close()
-
-    @property
-    def n_tiles(self) -> int:
-        return self.index.ntotal
-
-    def positions_of(self, tile_ids: np.ndarray | Sequence[int]) -> np.ndarray:
-        """Index positions of tile ids (all must exist)."""
-        ids = np.asarray(tile_ids, dtype=np.int64)
-        idx = np.searchsorted(self._sorted_ids, ids)
-        idx = np.clip(idx, 0, max(len(self._sorted_ids) - 1, 0))
-        if len(self._sorted_ids) == 0 or not np.all(self._sorted_ids[idx] == ids):
-            missing = ids if len(self._sorted_ids) == 0 else ids[self._sorted_ids[idx] != ids]
-            raise TileNotFoundError(
-                f"tile {int(missing[0])} is not in collection {self.collection.name!r} "
-                f"(snapshot {self.snapshot.id})"
-            )
-        return self._sorted_pos[idx]
-
-    def tile_vectors(self, tile_ids: Sequence[int]) -> np.ndarray:
-        return self.vectors[self.positions_of(tile_ids)]
-
-    def tile_rows(self, tile_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        ids = [int(t) for t in tile_ids]
-        if not ids:
-            return {}
-        rows = self.sql("SELECT * FROM tiles WHERE tile_id IN (SELECT unnest(?))", [ids])
-        return {int(r["tile_id"]): r for r in rows}
-
-    def tile(self, tile_id: int) -> dict[str, Any]:
-        rows = self.tile_rows([tile_id])
-        if tile_id not in rows:
-            raise TileNotFoundError(
-                f"tile {tile_id} is not in collection {self.collection.name!r} "
-                f"(snapshot {self.snapshot.id})"
-            )
-        return rows[tile_id]
-
-    def source(self, source_id: str) -> dict[str, Any]:
-        rows = self.sql("SELECT * FROM sources WHERE source_id = ? LIMIT 1", [source_id])
-        if not rows:
-            raise SourceNotFoundError(
-                f"source {source_id!r} is not in collection {self.collection.name!r}"
-            )
-        return rows[0]
-
-    def matching_positions(self, where: str, params: Sequence[Any]) -> np.ndarray:
-        ids = self.column(f"SELECT tile_id FROM tiles WHERE {where}", params)  # noqa: S608
-        return self.positions_of(ids.astype(np.int64)) if len(ids) else np.zeros(0, np.int64)
-
-    def metadata_of(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {c: _jsonable(row.get(c)) for c in self.metadata_columns}
 
 
 def _jsonable(value: Any) -> Any:

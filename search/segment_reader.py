@@ -1,0 +1,200 @@
+"""Per-segment readers: one committed segment's vectors, tile ids and metadata, read once.
+
+A :class:`SegmentReader` memory-maps the segment's vectors (never copied or concatenated),
+reads ``tiles.parquet`` once into an Arrow table (string columns dictionary-encoded, so a 1M-row
+segment's metadata costs tens of MB) and caches filter masks per condition set. Segments are
+immutable, so a reader is valid for the life of the process and is shared by every snapshot
+that contains the segment: a new snapshot costs only the readers of its new segments.
+
+Row ``r`` of the table, of the vectors and of ``tile_ids`` is the same tile (the writer and
+compaction keep ``row`` equal to the physical row).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from search.filters import Condition, condition_mask, conditions_key
+from search.segments import SegmentInfo
+
+MASK_CACHE_SIZE = 64
+
+_SQL_NAMES = {
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "uint8": "UTINYINT",
+    "uint16": "USMALLINT",
+    "uint32": "UINTEGER",
+    "uint64": "UBIGINT",
+    "float": "FLOAT",
+    "halffloat": "FLOAT",
+    "double": "DOUBLE",
+    "bool": "BOOLEAN",
+    "string": "VARCHAR",
+    "large_string": "VARCHAR",
+    "date32[day]": "DATE",
+}
+_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def sql_type_name(t: pa.DataType) -> str:
+    """DuckDB-style type name of an Arrow type (the names the API reports for columns)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_null(t):
+        return "VARCHAR"
+    return _SQL_NAMES.get(str(t), "VARCHAR")
+
+
+def unify_types(names: Sequence[str]) -> str:
+    """The common type of a column typed differently in different segments."""
+    uniq = set(names)
+    if len(uniq) == 1:
+        return names[0]
+    if uniq <= set(_INTS):
+        return "BIGINT"
+    if uniq <= set(_INTS) | {"FLOAT", "DOUBLE"}:
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+class SegmentReader:
+    """Read access to one committed segment (thread-safe; immutable data, cached masks)."""
+
+    def __init__(self, info: SegmentInfo) -> None:
+        self.info = info
+        self.n = info.n_tiles
+        self.vectors = info.vectors()
+        schema = pq.read_schema(info.tiles_path)
+        strings = [
+            f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        ]
+        table = pq.read_table(info.tiles_path, read_dictionary=strings)
+        if table.num_rows != self.n:
+            raise ValueError(
+                f"segment {info.segment_id}: tiles.parquet has {table.num_rows} rows, "
+                f"segment.json says {self.n}"
+            )
+        rows = table.column("row").to_numpy()
+        if self.n and not np.array_equal(rows, np.arange(self.n)):
+            table = table.take(pa.array(np.argsort(rows, kind="stable")))
+        self.table = table.combine_chunks()
+        self.tile_ids = self.table.column("tile_id").to_numpy().astype(np.int64)
+        self._id_order = np.argsort(self.tile_ids, kind="stable")
+        self._sorted_ids = self.tile_ids[self._id_order]
+        self.min_id = int(self._sorted_ids[0]) if self.n else 0
+        self.max_id = int(self._sorted_ids[-1]) if self.n else -1
+        self.schema: dict[str, str] = {f.name: sql_type_name(f.type) for f in table.schema}
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
+        self._sources: pa.Table | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sources(self) -> pa.Table:
+        """The segment's ``sources.parquet`` (small: one row per slide or photo), read once."""
+        if self._sources is None:
+            self._sources = pq.read_table(self.info.sources_path)
+        return self._sources
+
+    @property
+    def segment_id(self) -> str:
+        return self.info.segment_id
+
+    @property
+    def memory_bytes(self) -> int:
+        """Heap bytes held for this segment (metadata table, id maps, cached masks)."""
+        masks = sum(m.nbytes for m in self._masks.values())
+        return int(self.table.nbytes + self.tile_ids.nbytes * 3 + masks)
+
+    def rows_of(self, tile_ids: np.ndarray) -> np.ndarray:
+        """Rows of the given tile ids in this segment, -1 where absent."""
+        ids = np.asarray(tile_ids, dtype=np.int64)
+        if self.n == 0:
+            return np.full(len(ids), -1, np.int64)
+        idx = np.clip(np.searchsorted(self._sorted_ids, ids), 0, self.n - 1)
+        found = self._sorted_ids[idx] == ids
+        return np.where(found, self._id_order[idx], -1)
+
+    def mask(self, conds: Sequence[Condition], schema: dict[str, str]) -> np.ndarray:
+        """Bool mask over this segment's rows for the AND of ``conds`` (cached, LRU)."""
+        key = conditions_key(conds)
+        with self._lock:
+            hit = self._masks.get(key)
+            if hit is not None:
+                self._masks.move_to_end(key)
+                return hit
+        out = np.ones(self.n, dtype=bool)
+        names = self.table.column_names
+        for cond in conds:
+            col = self.table.column(cond.column) if cond.column in names else None
+            out &= condition_mask(col, cond, schema[cond.column], self.n)
+        out.flags.writeable = False
+        with self._lock:
+            self._masks[key] = out
+            while len(self._masks) > MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
+        return out
+
+    def codes(self, column: str) -> tuple[np.ndarray, list[Any]]:
+        """(int code per row, distinct values by code; -1 = null) for grouping by ``column``."""
+        with self._lock:
+            hit = self._codes.get(column)
+        if hit is not None:
+            return hit
+        if column not in self.table.column_names:
+            out: tuple[np.ndarray, list[Any]] = (np.full(self.n, -1, np.int64), [])
+        else:
+            arr = self.table.column(column)
+            enc = arr if pa.types.is_dictionary(arr.type) else arr.dictionary_encode()
+            enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+            idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            out = (idx, enc.dictionary.to_pylist())
+        with self._lock:
+            self._codes[column] = out
+        return out
+
+    def take_rows(self, rows: np.ndarray, columns: Sequence[str] | None = None) -> list[dict]:
+        """Row dicts for the given physical rows (one Arrow take, no scan)."""
+        table = self.table if columns is None else self.table.select(list(columns))
+        return table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of the vectors at ``rows`` (sorted access is fastest)."""
+        return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+
+_READERS: dict[str, SegmentReader] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def reader_for(info: SegmentInfo) -> SegmentReader:
+    """The process-wide reader of a committed segment (built once; segments never change)."""
+    key = str(info.path)
+    with _READERS_LOCK:
+        hit = _READERS.get(key)
+    if hit is not None:
+        return hit
+    reader = SegmentReader(info)
+    with _READERS_LOCK:
+        return _READERS.setdefault(key, reader)
+
+
+def forget_readers(segments_dir: str, keep: Sequence[SegmentInfo]) -> None:
+    """Drop cached readers of one collection's segments not in ``keep`` (after a swap)."""
+    alive = {str(s.path) for s in keep}
+    prefix = str(segments_dir).rstrip("/") + "/"
+    with _READERS_LOCK:
+        for key in [k for k in _READERS if k.startswith(prefix) and k not in alive]:
+            del _READERS[key]
