@@ -3,7 +3,8 @@
     python -m bench.run [--quick]
 
 Runs, in order: encoder throughput, kNN retrieval quality (classic and test encoders), slide
-ingest throughput, API latency, and the worked example (linear probes; the slowest, skipped with
+ingest throughput, API latency, search at scale (1M tiles against raw FAISS and LanceDB; its
+--quick smoke run with --quick) and the worked example (linear probes; the slowest, skipped with
 --quick). Each step is a separate process so one failure does not hide the others' results.
 """
 
@@ -24,18 +25,23 @@ STEPS: list[tuple[str, list[str]]] = [
     ("slide ingest", ["bench.ingest"]),
     ("read/encode overlap bound", ["bench.stage_overlap"]),
     ("API latency", ["bench.api"]),
+    ("search at scale", ["bench.search_scale"]),
     ("worked example", ["bench.worked_example"]),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="skip the worked example")
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the worked example; search at scale at n=20000"
+    )
     args = parser.parse_args()
     failed = []
     for name, argv in STEPS:
         if args.quick and name == "worked example":
             continue
+        if args.quick and name == "search at scale":
+            argv = [*argv, "--quick"]
         print(f"\n=== {name}: python -m {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO)
