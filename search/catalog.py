@@ -1,7 +1,7 @@
 """The catalog: mutable state (cohorts and their members, export records) in one DuckDB file.
 
 ``<home>/catalog.duckdb`` is read and written through SQLAlchemy Core (the ``duckdb-engine``
-dialect). DuckDB lets one process hold a database file at a time, so the catalog has one
+dialect); bulk member rows go through the same DuckDB connection as Arrow tables. DuckDB lets one process hold a database file at a time, so the catalog has one
 owner: the server while it runs (it opens the catalog once and keeps it for its life), the
 CLI otherwise (one ``with Catalog(home) as catalog:`` per command). A second process that
 tries to open it gets :class:`CatalogLockedError`, which tells the user to go through the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import sqlalchemy as sa
 
 from search.errors import CatalogLockedError, CohortNotFoundError, StoreError
@@ -148,9 +151,15 @@ class Catalog:
 
     # -- cohorts ----------------------------------------------------------------------------
     def add_cohort(
-        self, record: dict[str, Any], tile_ids: Sequence[int], scores: Sequence[float] | None
+        self,
+        record: dict[str, Any],
+        tile_ids: Sequence[int] | np.ndarray,
+        scores: Sequence[float] | np.ndarray | None,
     ) -> dict[str, Any]:
-        """Store a new version of cohort ``record['name']``; returns the stored record."""
+        """Store a new version of cohort ``record['name']``; returns the stored record.
+
+        Members go in with one columnar insert (an Arrow table scanned by DuckDB) in the same
+        transaction as the cohort row."""
         name = record["name"]
         with self._tx() as conn:
             latest = conn.execute(
@@ -164,17 +173,8 @@ class Catalog:
                 definition=json.dumps(record.get("definition") or {}, sort_keys=True),
             )
             conn.execute(sa.insert(cohorts_table), [row])
-            members = [
-                {
-                    "name": name,
-                    "version": version,
-                    "tile_id": int(t),
-                    "score": None if scores is None else float(scores[i]),
-                }
-                for i, t in enumerate(tile_ids)
-            ]
-            if members:
-                conn.execute(sa.insert(members_table), members)
+            if len(tile_ids):
+                _bulk_insert_members(conn, name, version, tile_ids, scores)
         return self.cohort(name, version)
 
     def cohorts(self) -> list[dict[str, Any]]:
@@ -236,14 +236,21 @@ class Catalog:
 
     def members(self, name: str, version: int) -> tuple[list[int], list[float | None]]:
         """Tile ids (ascending) and scores of one cohort version."""
-        q = (
-            sa.select(members_table.c.tile_id, members_table.c.score)
-            .where(members_table.c.name == name, members_table.c.version == version)
-            .order_by(members_table.c.tile_id)
-        )
+        ids, scores = self.member_arrays(name, version)
+        return ids.tolist(), [None if s != s else float(s) for s in scores.tolist()]
+
+    def member_arrays(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile ids (int64, ascending) and scores (float64, NaN for none) of one version."""
         with self._tx() as conn:
-            rows = conn.execute(q).all()
-        return [int(r[0]) for r in rows], [None if r[1] is None else float(r[1]) for r in rows]
+            raw = _duck(conn)
+            table = raw.sql(
+                "SELECT tile_id, score FROM cohort_members WHERE name = ? AND version = ? "
+                "ORDER BY tile_id",
+                params=[name, int(version)],
+            ).to_arrow_table()
+        ids = table.column("tile_id").to_numpy().astype(np.int64)
+        scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        return ids, scores
 
     def delete_cohort(self, name: str) -> int:
         """Delete every version of ``name``; returns how many versions there were."""
@@ -275,6 +282,50 @@ class Catalog:
             d["args"] = json.loads(d["args"])
             out.append(d)
         return out
+
+
+def _duck(conn: sa.Connection) -> Any:
+    """The DuckDB connection under a SQLAlchemy connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise StoreError("the catalog connection is closed")
+    return raw
+
+
+def _bulk_insert_members(
+    conn: sa.Connection,
+    name: str,
+    version: int,
+    tile_ids: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray | None,
+) -> None:
+    """INSERT ... SELECT from an Arrow table on the catalog's own DuckDB connection (so it is
+    part of the open transaction); 100k members take milliseconds, not an executemany."""
+    ids = np.asarray(tile_ids, dtype=np.int64)
+    n = len(ids)
+    score_arr = (
+        pa.nulls(n, pa.float64())
+        if scores is None
+        else pa.array(np.asarray(scores, dtype=np.float64), pa.float64())
+    )
+    table = pa.table(
+        {
+            "name": pa.repeat(pa.scalar(name, pa.string()), n),
+            "version": pa.array(np.full(n, int(version), np.int32)),
+            "tile_id": pa.array(ids),
+            "score": score_arr,
+        }
+    )
+    raw = _duck(conn)
+    view_name = f"_members_{secrets.token_hex(4)}"
+    raw.register(view_name, table)
+    try:
+        raw.execute(
+            f"INSERT INTO cohort_members (name, version, tile_id, score) "
+            f"SELECT name, version, tile_id, score FROM {view_name}"
+        )
+    finally:
+        raw.unregister(view_name)
 
 
 def _cohort_dict(row: Any) -> dict[str, Any]:

@@ -24,20 +24,31 @@ from typing import Any
 import numpy as np
 
 from search.catalog import Catalog, now_utc
-from search.errors import InvalidQueryError
-from search.filters import compile_conditions, conditions_to_json, parse_filters, quote_ident
+from search.errors import FilterError, InvalidQueryError
+from search.filters import Condition, conditions_to_json, parse_filters
 from search.service import SearchService
 from search.store import NAME_RE
 from search.views import CollectionView
 
 DEFAULT_K = 100
 LABEL_MAX_DISTINCT = 20
-_CHUNK = 65_536
+BLOCK = 262_144  # float32 rows per BLAS call (memory-mapped, not copied)
+BLOCK_F16 = 32_768  # float16 rows converted per block
+DENSE = 0.25
 
 
 def patient_column(view: CollectionView) -> str | None:
     col = str(view.collection.info.get("patient_column") or "patient_id")
     return col if col in view.schema else None
+
+
+def checked_conditions(view: CollectionView, conds: Sequence[Condition]) -> list[Condition]:
+    """``conds`` after checking that every column exists in the view's schema."""
+    for c in conds:
+        if c.column not in view.schema:
+            known = ", ".join(sorted(view.schema))
+            raise FilterError(f"unknown filter column {c.column!r}; columns: {known}")
+    return list(conds)
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -48,13 +59,52 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return q / norms
 
 
-def best_scores(vectors: np.ndarray, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """(n_queries, len(positions)) inner products, computed in chunks."""
-    out = np.empty((len(queries), len(positions)), np.float32)
-    for start in range(0, len(positions), _CHUNK):
-        chunk = positions[start : start + _CHUNK]
-        out[:, start : start + len(chunk)] = queries @ vectors[chunk].T
+# -- bulk exact scoring ---------------------------------------------------------------------------
+def score_positions(view: CollectionView, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n_queries, len(positions)) float32 inner products of ``queries`` with the tiles at the
+    given global positions (ascending). Per segment, a dense selection (at least :data:`DENSE`
+    of its rows) is scored by a block scan of the memory-mapped vectors, a sparse one by a
+    gather; float16 storage is converted block by block."""
+    qt = np.ascontiguousarray(np.asarray(queries, np.float32).T)
+    pos = np.asarray(positions, dtype=np.int64)
+    out = np.empty((qt.shape[1], len(pos)), np.float32)
+    if len(pos) == 0:
+        return out
+    bounds = np.searchsorted(pos, view.offsets)
+    for i, reader in enumerate(view.readers):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if lo == hi:
+            continue
+        rows = pos[lo:hi] - view.offsets[i]
+        vectors = reader.vectors
+        if hi - lo >= DENSE * reader.n:  # scan the segment, keep the selected rows
+            whole = hi - lo == reader.n
+            step = BLOCK if vectors.dtype == np.float32 else BLOCK_F16
+            for b in range(0, reader.n, step):
+                block = np.asarray(vectors[b : b + step], dtype=np.float32)
+                res = block @ (qt[:, 0] if qt.shape[1] == 1 else qt)  # gemv for one query
+                res = res.reshape(len(block), -1)
+                if whole:
+                    out[:, lo + b : lo + b + len(block)] = res.T
+                    continue
+                sel = slice(*np.searchsorted(rows, [b, b + step]))
+                out[:, lo + sel.start : lo + sel.stop] = res[rows[sel] - b].T
+        else:
+            for b in range(0, len(rows), BLOCK_F16):
+                block = reader.gather(rows[b : b + BLOCK_F16])
+                out[:, lo + b : lo + b + len(block)] = (block @ qt).T
     return out
+
+
+def top_k_by_id(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best ``scores``, best first; ties to the lower id (deterministic)."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        keep = np.flatnonzero(scores >= scores[part].min())  # ties at the boundary
+    else:
+        keep = np.arange(len(scores))
+    order = np.lexsort((ids[keep], -scores[keep]))[:k]
+    return keep[order]
 
 
 def compute_members(
@@ -66,15 +116,13 @@ def compute_members(
     k: int | None = None,
     min_score: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (tile ids ascending, scores or None). See the module docstring for the rules."""
-    conds = parse_filters(filters, filter_json)
-    where, params = compile_conditions(conds, view.schema)
-    positions = (
-        np.arange(view.n_tiles, dtype=np.int64)
-        if where == "TRUE"
-        else np.asarray(view.matching_positions(where, params), dtype=np.int64)
-    )
-    tile_ids = view.index.tile_ids[positions]
+    """-> (tile ids ascending, scores or None). See the module docstring for the rules.
+
+    Filters are evaluated column-wise (``view.matching_positions``); examples are scored
+    exactly over the matching tiles with :func:`score_positions`."""
+    conds = checked_conditions(view, parse_filters(filters, filter_json))
+    positions = np.asarray(view.matching_positions(conds), dtype=np.int64)
+    tile_ids = view.tile_ids_at(positions)
     if queries is None or len(queries) == 0:
         order = np.argsort(tile_ids, kind="stable")
         return tile_ids[order].astype(np.int64), None
@@ -84,14 +132,12 @@ def compute_members(
         k = DEFAULT_K
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise InvalidQueryError(f"k must be a positive integer, got {k!r}")
-    scores = best_scores(view.vectors, _unit_rows(queries), positions)
+    scores = score_positions(view, _unit_rows(queries), positions)
     chosen = np.zeros(len(positions), dtype=bool)
     for row in scores:
         if k is not None:
-            kk = min(k, len(row))
             # rank by score desc, then tile id asc: deterministic under ties
-            order = np.lexsort((tile_ids, -row))[:kk]
-            chosen[order] = True
+            chosen[top_k_by_id(row, tile_ids, k)] = True
         else:
             chosen |= row >= float(min_score or 0.0)
     best = scores.max(axis=0) if len(positions) else np.zeros(0, np.float32)
@@ -100,62 +146,93 @@ def compute_members(
     return ids[order].astype(np.int64), sc[order].astype(np.float64)
 
 
-def _member_cte(tile_ids: Sequence[int]) -> tuple[str, list[Any]]:
-    return "WITH m AS (SELECT unnest(?::BIGINT[]) AS tile_id) ", [[int(t) for t in tile_ids]]
+# -- counts (column codes, no SQL) ----------------------------------------------------------------
+def _positions(view: CollectionView, tile_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    ids = np.asarray(tile_ids, dtype=np.int64).reshape(-1)
+    return view.positions_of(ids) if len(ids) else np.zeros(0, np.int64)
 
 
-def summary_counts(view: CollectionView, tile_ids: Sequence[int]) -> dict[str, int | None]:
-    cte, params = _member_cte(tile_ids)
+def _value_counts_at(view: CollectionView, column: str, pos: np.ndarray) -> list[dict[str, Any]]:
+    """[{value, n}] of ``column`` over the positions: n descending, then value (nulls last)."""
+    codes, values = view.codes(column)
+    counts = np.bincount(codes[pos] + 1, minlength=len(values) + 1)
+    out = [
+        {"value": _plain(values[c]), "n": int(counts[c + 1])} for c in np.flatnonzero(counts[1:])
+    ]
+    if counts[0]:
+        out.append({"value": None, "n": int(counts[0])})
+    out.sort(
+        key=lambda r: (-r["n"], r["value"] is None, r["value"] if r["value"] is not None else 0)
+    )
+    return out
+
+
+def _n_distinct_at(view: CollectionView, column: str, pos: np.ndarray) -> int:
+    codes, _ = view.codes(column)
+    sel = codes[pos]
+    return int(len(np.unique(sel[sel >= 0])))
+
+
+def summary_counts(
+    view: CollectionView, tile_ids: Sequence[int] | np.ndarray
+) -> dict[str, int | None]:
+    """Tiles, distinct sources and distinct non-null patients among the given tiles."""
+    pos = _positions(view, tile_ids)
     pcol = patient_column(view)
-    pexpr = f"count(DISTINCT t.{quote_ident(pcol)})" if pcol else "NULL"
-    row = view.sql(
-        cte + f"SELECT count(*) AS n_tiles, count(DISTINCT t.source_id) AS n_sources, "
-        f"{pexpr} AS n_patients FROM tiles t JOIN m USING (tile_id)",
-        params,
-    )[0]
-    return {k: (None if v is None else int(v)) for k, v in row.items()}
+    return {
+        "n_tiles": int(len(pos)),
+        "n_sources": _n_distinct_at(view, "source_id", pos),
+        "n_patients": _n_distinct_at(view, pcol, pos) if pcol else None,
+    }
 
 
 def label_columns(view: CollectionView) -> list[str]:
     """Low-cardinality metadata columns: at most LABEL_MAX_DISTINCT distinct non-null values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     pcol = patient_column(view)
-    cols = [c for c in view.metadata_columns if c != pcol]
-    if not cols:
-        return []
-    exprs = ", ".join(f"count(DISTINCT {quote_ident(c)})" for c in cols)
-    counts = list(view.sql(f"SELECT {exprs} FROM tiles")[0].values())
-    return [c for c, n in zip(cols, counts, strict=True) if 0 < int(n) <= LABEL_MAX_DISTINCT]
-
-
-def _value_counts(
-    view: CollectionView, column: str, tile_ids: Sequence[int]
-) -> list[dict[str, Any]]:
-    cte, params = _member_cte(tile_ids)
-    col = quote_ident(column)
-    rows = view.sql(
-        cte + f"SELECT t.{col} AS value, count(*) AS n FROM tiles t JOIN m USING "
-        f"(tile_id) GROUP BY ALL ORDER BY n DESC, value NULLS LAST",
-        params,
-    )
-    return [{"value": _plain(r["value"]), "n": int(r["n"])} for r in rows]
+    out = []
+    for c in view.metadata_columns:
+        if c == pcol:
+            continue
+        seen: set[Any] = set()
+        for r in view.readers:
+            if c not in r.table.column_names:
+                continue
+            col = r.table.column(c)
+            if pa.types.is_dictionary(col.type):
+                values = r.codes(c)[1]  # strings: the (cached) dictionary of the column
+            elif int(pc.count_distinct(col).as_py()) > LABEL_MAX_DISTINCT:
+                values = list(range(LABEL_MAX_DISTINCT + 1))
+            else:
+                values = pc.unique(col).to_pylist()
+            seen.update(v for v in values if v is not None)
+            if len(seen) > LABEL_MAX_DISTINCT:
+                break
+        if 0 < len(seen) <= LABEL_MAX_DISTINCT:
+            out.append(c)
+    return out
 
 
 def cohort_counts(
     view: CollectionView, tile_ids: Sequence[int], label_column: str | None = None
 ) -> dict[str, Any]:
     """Counts per slide (source), per patient and per label column over the given tiles."""
-    cte, params = _member_cte(tile_ids)
+    pos = _positions(view, tile_ids)
+    src_codes, src_ids = view.codes("source_id")
+    name_codes, names = view.codes("source")
+    sel = src_codes[pos]
+    n = np.bincount(sel, minlength=len(src_ids))
+    first = np.full(len(src_ids), -1, np.int64)
+    first[sel[::-1]] = pos[::-1]  # the first member position of each source
     per_slide = [
-        {"source_id": r["source_id"], "source": r["source"], "n": int(r["n"])}
-        for r in view.sql(
-            cte + "SELECT t.source_id, any_value(t.source) AS source, "
-            "count(*) AS n FROM tiles t JOIN m USING (tile_id) "
-            "GROUP BY t.source_id ORDER BY n DESC, t.source_id",
-            params,
-        )
+        {"source_id": src_ids[c], "source": names[name_codes[first[c]]], "n": int(n[c])}
+        for c in np.flatnonzero(n)
     ]
+    per_slide.sort(key=lambda r: (-r["n"], r["source_id"]))
     pcol = patient_column(view)
-    per_patient = _value_counts(view, pcol, tile_ids) if pcol else []
+    per_patient = _value_counts_at(view, pcol, pos) if pcol else []
     if label_column is not None:
         if label_column not in view.schema:
             raise InvalidQueryError(f"unknown label column {label_column!r}")
@@ -166,7 +243,7 @@ def cohort_counts(
         "patient_column": pcol,
         "per_slide": per_slide,
         "per_patient": per_patient,
-        "per_label": {c: _value_counts(view, c, tile_ids) for c in labels},
+        "per_label": {c: _value_counts_at(view, c, pos) for c in labels},
     }
 
 
@@ -228,9 +305,9 @@ def create_cohort(
         "encoder": view.collection.fingerprint,
         "definition": definition,
         "created_at": now_utc(),
-        **summary_counts(view, ids.tolist()),
+        **summary_counts(view, ids),
     }
-    return catalog.add_cohort(record, ids.tolist(), None if scores is None else scores.tolist())
+    return catalog.add_cohort(record, ids, scores)
 
 
 def show_cohort(

@@ -15,8 +15,14 @@ probability ``test_fraction`` (one draw of the same generator). A group is there
 entirely in train or entirely in test, and labels are stratified at the group level.
 
 Neighbours (``neighbors=K``): for each row, its K nearest labeled tiles of the collection
-(exact inner product, itself excluded, ties by tile id) as three list columns
-``nn_tile_id``, ``nn_score``, ``nn_label``.
+(inner product, itself excluded, ties by tile id) as three list columns ``nn_tile_id``,
+``nn_score``, ``nn_label``. They come from batched planner searches (``K + 1`` per row, filter
+``label IS NOT NULL``): exact on a collection without an ANN index or with
+``params={"strategy": "exact"}``, otherwise the planner's plan (scores still exact); the
+strategy used is recorded as ``neighbors_strategy``.
+
+Rows are built column-wise from the segments' Arrow tables (text as DuckDB's
+``CAST(... AS VARCHAR)`` writes it), never row by row.
 """
 
 from __future__ import annotations
@@ -25,17 +31,18 @@ import hashlib
 import importlib.metadata
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from search.cohorts import best_scores, patient_column
+from search.cohorts import patient_column
 from search.errors import InvalidQueryError
-from search.filters import quote_ident
+from search.filters import Condition
 from search.views import CollectionView
 
 FORMATS = ("parquet", "csv", "npz")
@@ -50,39 +57,67 @@ def lamina_version() -> str:
         return "0+unknown"
 
 
+def _text_array(values: Sequence[Any] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(pa.string()) if values.type != pa.string() else values
+    return pa.array([str(v) for v in values], pa.string())
+
+
+def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, rank of each code's text in sorted order: UTF-8 byte order, which is
+    Python's code-point order)."""
+    enc = pc.dictionary_encode(values)
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    rank = np.empty(len(enc.dictionary), np.int64)
+    rank[pc.sort_indices(enc.dictionary).to_numpy()] = np.arange(len(enc.dictionary))
+    return codes, rank
+
+
 def assign_split(
-    groups: Sequence[str], labels: Sequence[str], test_fraction: float, seed: int
+    groups: Sequence[Any] | pa.Array,
+    labels: Sequence[Any] | pa.Array,
+    test_fraction: float,
+    seed: int,
 ) -> np.ndarray:
-    """Boolean ``is_test`` per row; whole groups go to one side (see the module docstring)."""
+    """Boolean ``is_test`` per row; whole groups go to one side (see the module docstring).
+
+    Columnar: groups and labels are dictionary-encoded and ranked by their text, so the
+    result is the one of the row-by-row definition (groups and labels in sorted text order,
+    one generator) at the cost of a few sorts."""
     if not 0.0 <= float(test_fraction) < 1.0:
         raise InvalidQueryError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    groups_arr = np.asarray([str(g) for g in groups], dtype=object)
-    labels_arr = np.asarray([str(lab) for lab in labels], dtype=object)
-    per_group: dict[str, dict[str, int]] = {}
-    for g, lab in zip(groups_arr, labels_arr, strict=True):
-        counts = per_group.setdefault(g, {})
-        counts[lab] = counts.get(lab, 0) + 1
-    strata: dict[str, list[tuple[str, int]]] = {}
-    for g in sorted(per_group):
-        counts = per_group[g]
-        major = min(counts, key=lambda lab: (-counts[lab], lab))
-        strata.setdefault(major, []).append((g, sum(counts.values())))
+    gi, g_rank = _encode(_text_array(groups))
+    li, l_rank = _encode(_text_array(labels))
+    if len(gi) != len(li):
+        raise ValueError("groups and labels differ in length")
+    if len(gi) == 0:
+        return np.zeros(0, bool)
+    ng, nl = len(g_rank), len(l_rank)
+    key, counts = np.unique(gi * nl + li, return_counts=True)
+    kg, kl = key // nl, key % nl
+    # majority label of each group: most tiles, ties to the smallest label
+    order = np.lexsort((l_rank[kl], -counts, kg))
+    first = order[np.concatenate([[True], kg[order][1:] != kg[order][:-1]])]
+    major = np.empty(ng, np.int64)
+    major[kg[first]] = kl[first]
+    size = np.bincount(gi, minlength=ng)
+    by_label = np.lexsort((g_rank, l_rank[major]))  # strata in label order, groups sorted
+    cuts = np.flatnonzero(np.diff(major[by_label])) + 1
     rng = np.random.default_rng(seed)
-    test: set[str] = set()
-    for lab in sorted(strata):
-        members = strata[lab]
+    test = np.zeros(ng, bool)
+    for members in np.split(by_label, cuts):
         if len(members) == 1:
             if rng.random() < test_fraction:
-                test.add(members[0][0])
+                test[members[0]] = True
             continue
-        target = test_fraction * sum(n for _, n in members)
-        taken = 0
-        for n_groups, i in enumerate(rng.permutation(len(members))):
-            if taken >= target or n_groups >= len(members) - 1:
-                break
-            test.add(members[i][0])
-            taken += members[i][1]
-    return np.fromiter((g in test for g in groups_arr), dtype=bool, count=len(groups_arr))
+        target = test_fraction * int(size[members].sum())
+        perm = rng.permutation(len(members))
+        before = np.concatenate([[0], np.cumsum(size[members][perm])[:-1]])
+        taken = min(len(members) - 1, int(np.searchsorted(before, target, side="left")))
+        test[members[perm[:taken]]] = True
+    return test[gi]
 
 
 @dataclass
@@ -116,6 +151,68 @@ class LabeledSet:
         return table.replace_schema_metadata({"lamina": json.dumps(self.meta, sort_keys=True)})
 
 
+def _present_positions(view: CollectionView, tile_ids: Sequence[int]) -> np.ndarray:
+    """Positions of the given tile ids that exist in the view (others are ignored), ascending."""
+    ids = np.unique(np.asarray(tile_ids, dtype=np.int64).reshape(-1))
+    out = []
+    for i, r in enumerate(view.readers):
+        rows = r.rows_of(ids)
+        out.append(rows[rows >= 0] + view.offsets[i])
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+_ARROW_OF_SQL = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
+
+
+def _as_text(arr: pa.Array) -> pa.Array:
+    """Values as text, the way DuckDB's ``CAST(x AS VARCHAR)`` writes them."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr, t = arr.cast(t.value_type), t.value_type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.cast(pa.string())
+    if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+        return arr.cast(pa.string())
+    if pa.types.is_floating(t):
+        text = arr.cast(pa.string())  # Arrow writes 2.0 as "2"; DuckDB as "2.0"
+        integral = pc.match_substring_regex(text, r"^-?[0-9]+$").fill_null(False)
+        return pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
+    import duckdb  # dates, timestamps, decimals...: let DuckDB format them
+
+    con = duckdb.connect(":memory:")
+    con.register("v", pa.table({"v": arr}))
+    out = con.sql("SELECT CAST(v AS VARCHAR) AS v FROM v").to_arrow_table().column("v")
+    return out.combine_chunks().cast(pa.string())
+
+
+def column_text(view: CollectionView, column: str | None, positions: np.ndarray) -> pa.Array:
+    """``CAST(column AS VARCHAR)`` at the given ascending positions, as one Arrow array
+    (all null when ``column`` is None or absent from a segment). Typed like the view's schema."""
+    pos = np.asarray(positions, dtype=np.int64)
+    bounds = np.searchsorted(pos, view.offsets)
+    parts = []
+    for i, r in enumerate(view.readers):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if lo == hi:
+            continue
+        if column is None or column not in r.table.column_names:
+            parts.append(pa.nulls(hi - lo, pa.string()))
+            continue
+        arr = r.table.column(column)
+        if hi - lo < r.n:
+            arr = arr.take(pa.array(pos[lo:hi] - view.offsets[i]))
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        want = view.schema[column]
+        if r.schema[column] != want:  # typed differently in other segments: the common type
+            if pa.types.is_dictionary(arr.type):
+                arr = arr.cast(arr.type.value_type)
+            arr = arr.cast(_ARROW_OF_SQL.get(want, pa.string()))
+        parts.append(_as_text(arr))
+    if not parts:
+        return pa.array([], pa.string())
+    return pa.concat_arrays(parts)
+
+
 def build_labeled_set(
     view: CollectionView,
     label_column: str,
@@ -126,8 +223,13 @@ def build_labeled_set(
     seed: int = 0,
     neighbors: int | None = None,
     cohort: dict[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> LabeledSet:
-    """Rows of the collection (or of ``tile_ids``) with a non-null label, split train/test."""
+    """Rows of the collection (or of ``tile_ids``) with a non-null label, split train/test.
+
+    Columnar: the columns are taken per segment from the readers' Arrow tables at the rows'
+    positions, the rows ordered by tile id with one argsort, the vectors gathered per segment.
+    ``params`` are the search parameters of the neighbour search (see the module docstring)."""
     for col, what in ((label_column, "label column"), (split_by, "split-by column")):
         if col is not None and col not in view.schema:
             known = ", ".join(view.metadata_columns)
@@ -135,36 +237,36 @@ def build_labeled_set(
     if neighbors is not None and not 1 <= int(neighbors) <= 1000:
         raise InvalidQueryError(f"neighbors must be between 1 and 1000, got {neighbors!r}")
     pcol = patient_column(view)
-    lab = quote_ident(label_column)
-    pat = f"CAST({quote_ident(pcol)} AS VARCHAR)" if pcol else "NULL::VARCHAR"
-    grp = f"CAST({quote_ident(split_by)} AS VARCHAR)" if split_by else "NULL::VARCHAR"
-    select = (
-        f"SELECT tile_id, source, source_id, {pat} AS patient, "
-        f"CAST({lab} AS VARCHAR) AS label, {grp} AS grp FROM tiles"
+    pos = (
+        np.arange(view.n_tiles, dtype=np.int64)
+        if tile_ids is None
+        else _present_positions(view, tile_ids)
     )
-    params: list[Any] = []
-    if tile_ids is not None:
-        select += " WHERE tile_id IN (SELECT unnest(?::BIGINT[]))"
-        params.append([int(t) for t in tile_ids])
-    rows = view.sql(select + " ORDER BY tile_id", params)
-    kept = [r for r in rows if r["label"] is not None]
-    ids = np.asarray([int(r["tile_id"]) for r in kept], dtype=np.int64)
-    groups = [r["grp"] if r["grp"] is not None else f"tile:{r['tile_id']}" for r in kept]
-    labels = [str(r["label"]) for r in kept]
-    is_test = assign_split(groups, labels, test_fraction, seed)
+    n_all = len(pos)
+    label = column_text(view, label_column, pos)
+    keep = label.is_valid().to_numpy(zero_copy_only=False)
+    if not keep.all():
+        pos = pos[keep]
+        label = label.filter(pa.array(keep))
+    ids_unsorted = view.tile_ids_at(pos)
+    order = np.argsort(ids_unsorted, kind="stable")
+    by_id = pa.array(order)
+    ids = ids_unsorted[order]
+    pos_by_id = pos[order]
+    label = label.take(by_id)
+    grp = column_text(view, split_by, pos).take(by_id)
+    tile_names = pc.binary_join_element_wise("tile:", pa.array(ids).cast(pa.string()), "")
+    groups = pc.if_else(grp.is_valid(), grp, tile_names) if len(ids) else grp
+    is_test = assign_split(groups, label, test_fraction, seed)
     text: dict[str, list[str | None]] = {
-        "source": [r["source"] for r in kept],
-        "source_id": [r["source_id"] for r in kept],
-        "patient": [r["patient"] for r in kept],
-        "label": list(labels),
-        "split": ["test" if t else "train" for t in is_test],
-        "group": list(groups),
+        "source": column_text(view, "source", pos).take(by_id).to_pylist(),
+        "source_id": column_text(view, "source_id", pos).take(by_id).to_pylist(),
+        "patient": column_text(view, pcol, pos).take(by_id).to_pylist(),
+        "label": label.to_pylist(),
+        "split": pc.if_else(pa.array(is_test), "test", "train").to_pylist(),
+        "group": groups.to_pylist(),
     }
-    emb = (
-        view.tile_vectors(ids.tolist()).astype(np.float32)
-        if len(ids)
-        else np.zeros((0, view.dim), np.float32)
-    )
+    emb = view.vectors[pos_by_id] if len(ids) else np.zeros((0, view.dim), np.float32)
     meta = {
         "format": EXPORT_FORMAT,
         "lamina_version": lamina_version(),
@@ -181,39 +283,56 @@ def build_labeled_set(
         "cohort": None if cohort is None else cohort["name"],
         "cohort_version": None if cohort is None else cohort["version"],
         "n_rows": int(len(ids)),
-        "n_dropped_null_label": len(rows) - len(kept),
+        "n_dropped_null_label": n_all - len(ids),
         "n_train": int((~is_test).sum()),
         "n_test": int(is_test.sum()),
         "embedding_dim": int(view.dim),
     }
     out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta)
     if neighbors is not None:
-        _add_neighbors(view, out, label_column, int(neighbors))
+        strategy = _add_neighbors(view, out, label_column, int(neighbors), params)
+        meta["neighbors_strategy"] = strategy
     return out
 
 
-def _add_neighbors(view: CollectionView, ls: LabeledSet, label_column: str, k: int) -> None:
-    rows = view.sql(
-        f"SELECT tile_id, CAST({quote_ident(label_column)} AS VARCHAR) AS label "
-        f"FROM tiles WHERE {quote_ident(label_column)} IS NOT NULL ORDER BY tile_id"
-    )
-    cand_ids = np.asarray([int(r["tile_id"]) for r in rows], dtype=np.int64)
-    cand_labels = [str(r["label"]) for r in rows]
-    cand_pos = view.positions_of(cand_ids) if len(cand_ids) else np.zeros(0, np.int64)
+NEIGHBOR_BATCH = 1024
+
+
+def _add_neighbors(
+    view: CollectionView,
+    ls: LabeledSet,
+    label_column: str,
+    k: int,
+    params: Mapping[str, Any] | None,
+) -> str:
+    """K nearest labeled tiles of each row by batched planner searches (k + 1, itself
+    dropped); returns the strategy used ("exact", "ann" or "exact+ann")."""
+    from search import planner
+
+    conds = [Condition(label_column, "ne", (None,))]
     nn_ids: list[list[int]] = []
     nn_scores: list[list[float]] = []
     nn_labels: list[list[str]] = []
-    for start in range(0, ls.n, 1024):
-        q = ls.embedding[start : start + 1024]
-        scores = best_scores(view.vectors, q, cand_pos)
-        for i, row in enumerate(scores):
-            self_id = ls.tile_id[start + i]
-            order = np.lexsort((cand_ids, -row))
-            order = order[cand_ids[order] != self_id][:k]
-            nn_ids.append(cand_ids[order].tolist())
-            nn_scores.append([float(s) for s in row[order]])
-            nn_labels.append([cand_labels[j] for j in order])
+    strategies: set[str] = set()
+    for start in range(0, ls.n, NEIGHBOR_BATCH):
+        q = np.ascontiguousarray(ls.embedding[start : start + NEIGHBOR_BATCH], np.float32)
+        ranked, plan = planner.search(view, q, k + 1, conds, params)
+        strategies.add(plan.strategy)
+        all_pos = np.concatenate([r.positions for r in ranked])
+        uniq, inv = np.unique(all_pos, return_inverse=True)
+        uniq_ids = view.tile_ids_at(uniq)
+        uniq_labels = column_text(view, label_column, uniq).to_pylist()
+        at = 0
+        for i, r in enumerate(ranked):
+            self_id = int(ls.tile_id[start + i])
+            idx = inv[at : at + len(r.positions)]
+            at += len(r.positions)
+            keep = [j for j, u in enumerate(idx) if uniq_ids[u] != self_id][:k]
+            nn_ids.append([int(uniq_ids[idx[j]]) for j in keep])
+            nn_scores.append([float(r.scores[j]) for j in keep])
+            nn_labels.append([str(uniq_labels[idx[j]]) for j in keep])
     ls.nn_tile_id, ls.nn_score, ls.nn_label = nn_ids, nn_scores, nn_labels
+    return "+".join(sorted(strategies)) or "exact"
 
 
 # -- files --------------------------------------------------------------------------------------

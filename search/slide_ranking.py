@@ -6,44 +6,119 @@ and every candidate slide s, take the cosine similarities of q_j to the tiles of
 the filters, keep the ``top_m`` largest and average them. A slide's score is the mean of those
 per-query scores over the query vectors. A slide with one lucky outlier tile is outranked by a
 slide whose tiles consistently resemble the query. Slides with fewer than ``top_m`` matching
-tiles average over what they have. Exact (brute force, chunked) over the filtered tiles.
+tiles average over what they have. Ties go to the smaller source id.
+
+Columnar evaluation: the matching positions are grouped by source code (``view.codes``) once
+per view and filter (cached); groups of similar size share one padded (groups x length) index
+matrix (lengths rounded up to a power of two, padding points at a -inf score), so the top-m of
+every slide is one ``np.partition`` per size class. Scores are exact float32 inner products
+from the memory-mapped vectors (:func:`search.cohorts.score_positions`).
+
+Candidates: with no ANN index (or ``strategy=exact``, or at most :data:`EXACT_BELOW` matching
+tiles) every matching tile is scored. Otherwise the planner's tile search (``fetch`` nearest
+tiles per query) names the candidate slides and every matching tile of those slides is scored
+exactly: the scores returned are always exact; a slide none of whose tiles reaches the tile
+search's top ``fetch`` can be missed (the plan says so: ``query.candidates = "ann"``).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from search import planner
+from search.cohorts import checked_conditions, score_positions
 from search.errors import InvalidQueryError
-from search.filters import compile_conditions, parse_filters, quote_ident
+from search.filters import Condition, conditions_key, parse_filters
+from search.params import effective
 from search.service import MAX_K, Group, SearchResult, SearchService, _hit
 from search.views import CollectionView
 
-_CHUNK = 65_536
-_SOURCE_CODES: weakref.WeakKeyDictionary[CollectionView, tuple[np.ndarray, list[str]]] = (
-    weakref.WeakKeyDictionary()
-)
+EXACT_BELOW = 200_000
+NEG = np.float32(-np.inf)
 
 
-def _source_codes(view: CollectionView) -> tuple[np.ndarray, list[str]]:
-    """(code of each index position, source ids by code); cached per immutable view."""
-    cached = _SOURCE_CODES.get(view)
-    if cached is not None:
-        return cached
-    rows = view.sql("SELECT tile_id, source_id FROM tiles")
-    codes = np.full(view.n_tiles, -1, np.int64)
-    names: list[str] = []
-    if rows:
-        ids = np.array([r["tile_id"] for r in rows], np.int64)
-        src = [str(r["source_id"]) for r in rows]
-        uniq, inverse = np.unique(np.array(src, dtype=object), return_inverse=True)
-        names = [str(u) for u in uniq]
-        codes[view.positions_of(ids)] = inverse
-    _SOURCE_CODES[view] = (codes, names)
-    return codes, names
+@dataclass
+class SlideGroups:
+    """The matching positions of one (view, filter), grouped by source code."""
+
+    names: list[str]  # source id by code
+    name_rank: np.ndarray  # rank of each code's source id in sorted order (tie-break)
+    positions: np.ndarray  # matching positions, grouped by code (ascending within a group)
+    starts: np.ndarray  # per code: first index into ``positions``
+    counts: np.ndarray  # per code: number of matching tiles
+    sorted_order: np.ndarray | None  # ``positions`` order -> ascending order (None: identity)
+    buckets: list[tuple[np.ndarray, np.ndarray]]  # (codes, (g, L) index matrix)
+
+
+def _buckets(starts: np.ndarray, counts: np.ndarray, sentinel: int) -> list[tuple[Any, Any]]:
+    """Index matrices over grouped scores, one per power-of-two size class; padding ->
+    ``sentinel`` (the index of a -inf score)."""
+    present = np.flatnonzero(counts > 0)
+    if len(present) == 0:
+        return []
+    cls = np.ceil(np.log2(counts[present])).astype(np.int64)
+    out = []
+    for c in np.unique(cls):
+        codes = present[cls == c]
+        width = int(counts[codes].max())
+        idx = starts[codes][:, None] + np.arange(width)[None, :]
+        idx = np.where(np.arange(width)[None, :] < counts[codes][:, None], idx, sentinel)
+        out.append((codes, idx.astype(np.intp)))
+    return out
+
+
+def slide_groups(view: CollectionView, conds: Sequence[Condition]) -> SlideGroups:
+    """Matching positions grouped by source (cached per view and filter)."""
+    cache = view.cache("slide_groups", limit=8)
+    key = conditions_key(conds)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    codes_all, names = view.codes("source_id")
+    allowed = view.matching_positions(conds).astype(np.int64)
+    codes = codes_all[allowed]
+    order = np.argsort(codes, kind="stable")
+    positions = allowed[order]
+    counts = np.bincount(codes, minlength=len(names)).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    identity = bool(np.all(order[1:] > order[:-1])) if len(order) else True
+    rank = np.empty(len(names), np.int64)
+    rank[np.argsort(np.asarray(names, dtype=object), kind="stable")] = np.arange(len(names))
+    groups = SlideGroups(
+        names=[str(n) for n in names],
+        name_rank=rank,
+        positions=positions,
+        starts=starts,
+        counts=counts,
+        sorted_order=None if identity else np.argsort(positions, kind="stable"),
+        buckets=_buckets(starts, counts, len(positions)),
+    )
+    cache[key] = groups
+    return groups
+
+
+def top_m_mean(
+    sims: np.ndarray, buckets: list[tuple[np.ndarray, np.ndarray]], n_codes: int, top_m: int
+) -> np.ndarray:
+    """Per code: the mean over queries of the mean of its ``top_m`` best scores.
+
+    ``sims`` is (n_queries, N + 1) with ``sims[:, N] == -inf`` (the padding target); codes
+    not in any bucket score -inf."""
+    out = np.full(n_codes, -np.inf, np.float64)
+    for codes, idx in buckets:
+        vals = sims[:, idx]  # (nq, g, L)
+        width = vals.shape[-1]
+        if width > top_m:
+            vals = np.partition(vals, width - top_m, axis=-1)[..., width - top_m :]
+        finite = np.isfinite(vals)
+        total = np.where(finite, vals, 0).sum(axis=-1, dtype=np.float64)
+        used = np.maximum(finite.sum(axis=-1), 1)
+        out[codes] = (total / used).mean(axis=0)
+    return out
 
 
 def _unit(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -57,25 +132,41 @@ def _unit(vectors: np.ndarray, dim: int) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def slide_scores(
-    vectors: np.ndarray, codes: np.ndarray, n_sources: int, queries: np.ndarray, top_m: int
+def _exact_all(
+    view: CollectionView, g: SlideGroups, q: np.ndarray, top_m: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(score per source code, number of tiles per source code) by the top-m mean method."""
-    totals = np.zeros(n_sources, np.float64)
-    counts = np.bincount(codes, minlength=n_sources) if len(codes) else np.zeros(n_sources, int)
-    used = np.minimum(counts, top_m)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n_sources else counts
-    for q in queries:
-        sims = np.empty(len(codes), np.float32)
-        for lo in range(0, len(codes), _CHUNK):
-            sims[lo : lo + _CHUNK] = vectors[lo : lo + _CHUNK] @ q
-        order = np.lexsort((-sims, codes))  # by source, best first within a source
-        rank = np.arange(len(order)) - starts[codes[order]]
-        keep = order[rank < top_m]
-        totals += np.bincount(codes[keep], weights=sims[keep], minlength=n_sources)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(used > 0, totals / np.maximum(used, 1), 0.0)
-    return mean / max(len(queries), 1), counts
+    """(score per code, grouped sims (nq, N + 1)) over every matching tile."""
+    n = len(g.positions)
+    asc = g.positions if g.sorted_order is None else g.positions[g.sorted_order]
+    sims = np.empty((len(q), n + 1), np.float32)
+    scored = score_positions(view, q, asc)
+    if g.sorted_order is None:
+        sims[:, :n] = scored
+    else:
+        sims[:, g.sorted_order] = scored
+    sims[:, n] = NEG
+    return top_m_mean(sims, g.buckets, len(g.names), top_m), sims
+
+
+def _exact_codes(
+    view: CollectionView, g: SlideGroups, q: np.ndarray, top_m: int, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact scores of the given codes only -> (scores per code, local sims, local starts)."""
+    counts = np.zeros(len(g.names), np.int64)
+    counts[codes] = g.counts[codes]
+    local_starts = np.zeros(len(g.names), np.int64)
+    local_starts[codes] = np.concatenate([[0], np.cumsum(g.counts[codes])[:-1]])
+    pos = (
+        np.concatenate([g.positions[g.starts[c] : g.starts[c] + g.counts[c]] for c in codes])
+        if len(codes)
+        else np.zeros(0, np.int64)
+    )
+    order = np.argsort(pos, kind="stable")
+    sims = np.empty((len(q), len(pos) + 1), np.float32)
+    sims[:, order] = score_positions(view, q, pos[order])
+    sims[:, len(pos)] = NEG
+    scores = top_m_mean(sims, _buckets(local_starts, counts, len(pos)), len(g.names), top_m)
+    return scores, sims, local_starts, pos
 
 
 def rank_slides(
@@ -93,11 +184,13 @@ def rank_slides(
     fingerprint: str | None = None,
     per_group: int = 3,
     max_queries: int = 64,
+    params: Mapping[str, Any] | None = None,
 ) -> SearchResult:
     """The k sources whose tiles best match the query (a vector, a stored tile or a whole slide).
 
     A ``source_id`` query uses up to ``max_queries`` of that slide's tiles and leaves the slide
-    itself out of the ranking. ``exclude_same=COL`` leaves out sources sharing the query's COL.
+    itself out of the ranking. ``exclude_same=COL`` leaves out tiles sharing the query's COL.
+    ``params`` are the search parameters (``strategy=exact`` scores every matching tile).
     """
     view = service.view(collection)
     col = view.collection
@@ -110,21 +203,22 @@ def rank_slides(
     given = sum(x is not None for x in (vectors, tile_id, source_id))
     if given != 1:
         raise InvalidQueryError("give exactly one of a vector, a tile_id or a source_id")
+    p = effective(col.index_params, params)
     query_row: dict[str, Any] | None = None
     if tile_id is not None:
         query_row = view.tile(int(tile_id))
         queries = view.tile_vectors([int(tile_id)])
     elif source_id is not None:
         view.source(source_id)
-        ids = view.column(
-            "SELECT tile_id FROM tiles WHERE source_id = ? ORDER BY tile_id", [source_id]
-        ).astype(np.int64)
-        if len(ids) == 0:
+        codes_all, names = view.codes("source_id")
+        pos = np.flatnonzero(codes_all == names.index(source_id))
+        if len(pos) == 0:
             raise InvalidQueryError(f"source {source_id!r} has no tiles")
+        ids = np.sort(view.tile_ids_at(pos))
         if len(ids) > max_queries:  # deterministic, evenly spaced subsample
             ids = ids[np.linspace(0, len(ids) - 1, max_queries).round().astype(int)]
         query_row = view.tile(int(ids[0]))
-        queries = view.tile_vectors(ids.tolist())
+        queries = view.tile_vectors(ids)
     else:
         queries = np.asarray(vectors, dtype=np.float64)
         if queries.ndim not in (1, 2) or queries.shape[-1] != col.dim:
@@ -133,9 +227,7 @@ def rank_slides(
             )
     q = _unit(queries, col.dim)
 
-    where, params = compile_conditions(parse_filters(filters, filter_json), view.schema)
-    if source_id is not None:
-        where, params = f"({where}) AND source_id <> ?", [*params, source_id]
+    conds = checked_conditions(view, parse_filters(filters, filter_json))
     if exclude_same:
         if exclude_same not in view.schema:
             raise InvalidQueryError(f"exclude_same: unknown column {exclude_same!r}")
@@ -143,47 +235,70 @@ def rank_slides(
             raise InvalidQueryError("exclude_same needs a stored query (tile_id or source_id)")
         value = query_row.get(exclude_same)
         if value is not None:
-            where = f"({where}) AND {quote_ident(exclude_same)} IS DISTINCT FROM ?"
-            params = [*params, value]
-    allowed = (
-        np.arange(view.n_tiles)
-        if where == "TRUE"
-        else np.sort(view.matching_positions(where, params))
+            conds.append(Condition(exclude_same, "ne", (value,)))
+    g = slide_groups(view, conds)
+    excluded = g.names.index(source_id) if source_id is not None else -1
+    matched = len(g.positions) - (int(g.counts[excluded]) if excluded >= 0 else 0)
+    use_ann = view.ann is not None and (
+        p["strategy"] == "ann" or (p["strategy"] == "auto" and matched > EXACT_BELOW)
     )
-    codes_all, names = _source_codes(view)
-    codes = codes_all[allowed]
-    scores, counts = slide_scores(view.vectors[allowed], codes, len(names), q, top_m)
-    present = np.flatnonzero(counts > 0)
-    ranked = present[np.lexsort((present, -scores[present]))][:k]
+    plan: dict[str, Any] = {}
+    if use_ann:
+        fetch = min(matched, max(20 * k * top_m, 1000))
+        ranked_tiles, tile_plan = planner.search(view, q, fetch, conds, params)
+        plan = tile_plan.to_dict()
+        codes_all, _ = view.codes("source_id")
+        hits = np.concatenate([r.positions for r in ranked_tiles])
+        cand = np.unique(codes_all[hits]) if len(hits) else np.zeros(0, np.int64)
+        cand = cand[cand != excluded]
+        scores, sims, starts, pos = _exact_codes(view, g, q, top_m, cand)
+    else:
+        scores, sims = _exact_all(view, g, q, top_m)
+        starts, pos = g.starts, g.positions
+    if excluded >= 0:
+        scores[excluded] = -np.inf
+    present = np.flatnonzero(np.isfinite(scores))
+    ranked = present[np.lexsort((g.name_rank[present], -scores[present]))][:k]
 
-    groups: list[Group] = []
-    hits = []
+    best_tiles: list[np.ndarray] = []
+    best_scores: list[np.ndarray] = []
     for code in ranked:
-        pos = allowed[codes == code]
-        sims = view.vectors[pos] @ q.T
-        best = sims.max(axis=1)
+        lo, n = int(starts[code]), int(g.counts[code])
+        best = sims[:, lo : lo + n].max(axis=0)
         top = np.argsort(-best, kind="stable")[:per_group]
-        tile_ids = view.index.tile_ids[pos[top]]
-        rows = view.tile_rows(tile_ids.tolist())
-        g_hits = [
-            _hit(view, rows[int(t)], float(best[i])) for t, i in zip(tile_ids, top, strict=True)
-        ]
+        best_tiles.append(pos[lo + top])
+        best_scores.append(best[top])
+    rows = view.rows_at(np.concatenate(best_tiles)) if best_tiles else []
+    groups: list[Group] = []
+    hits_out = []
+    at = 0
+    for code, tiles, sc in zip(ranked, best_tiles, best_scores, strict=True):
+        g_hits = [_hit(view, rows[at + i], float(s)) for i, s in enumerate(sc)]
+        at += len(tiles)
         groups.append(
             Group(
                 key="slide",
-                value=names[code],
+                value=g.names[code],
                 score=round(float(scores[code]), 6),
-                n_hits=int(counts[code]),
+                n_hits=int(g.counts[code]),
                 hits=g_hits,
             )
         )
-        hits.append(g_hits[0])
-    query = {"level": "slide", "method": "top_m_mean", "top_m": top_m, "n_queries": len(q)}
+        hits_out.append(g_hits[0])
+    query = {
+        "level": "slide",
+        "method": "top_m_mean",
+        "top_m": top_m,
+        "n_queries": len(q),
+        "candidates": "ann" if use_ann else "all",
+        "matched": matched,
+    }
     return SearchResult(
         collection=col.name,
         snapshot=view.snapshot.id,
         encoder=col.fingerprint,
-        hits=hits,
+        hits=hits_out,
         groups=groups,
         query=query,
+        plan=plan,
     )

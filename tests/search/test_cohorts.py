@@ -40,15 +40,16 @@ def test_filter_cohort_is_all_matching_tiles_and_versions(derm_home: Path) -> No
 def test_near_tiles_union_of_knn_with_max_score(derm_home: Path) -> None:
     service = SearchService(Store(derm_home))
     view = service.view("derm")
-    a, b = (int(t) for t in view.index.tile_ids[[3, 40]])
+    all_ids = view.all_tile_ids()
+    a, b = (int(t) for t in all_ids[[3, 40]])
     with Catalog(derm_home) as cat:
         c = create_cohort(cat, service, "near", "derm", near_tile_ids=[a, b], k=10)
         ids, scores = cat.members("near", c["version"])
     q = view.tile_vectors([a, b])
-    sims = q @ view.vectors.T
+    sims = q @ view.vectors[np.arange(view.n_tiles)].T
     expected: set[int] = set()
     for row in sims:
-        expected |= {int(view.index.tile_ids[i]) for i in np.argsort(-row, kind="stable")[:10]}
+        expected |= {int(all_ids[i]) for i in np.lexsort((all_ids, -row))[:10]}
     assert set(ids) == expected and {a, b} <= set(ids)
     best = sims.max(axis=0)
     got = dict(zip(ids, scores, strict=True))
@@ -59,7 +60,7 @@ def test_near_tiles_union_of_knn_with_max_score(derm_home: Path) -> None:
 def test_min_score_and_filters_first(derm_home: Path) -> None:
     service = SearchService(Store(derm_home))
     view = service.view("derm")
-    t = int(view.index.tile_ids[0])
+    t = int(view.all_tile_ids()[0])
     with Catalog(derm_home) as cat:
         c = create_cohort(
             cat,
@@ -83,7 +84,7 @@ def test_counts_equal_duckdb_over_export(derm_home: Path, tmp_path: Path) -> Non
 
     service = SearchService(Store(derm_home))
     view = service.view("derm")
-    t = int(view.index.tile_ids[7])
+    t = int(view.all_tile_ids()[7])
     out = tmp_path / "cohort.parquet"
     with Catalog(derm_home) as cat:
         create_cohort(cat, service, "c", "derm", near_tile_ids=[t], k=60)
