@@ -216,7 +216,7 @@ def _ann_segment(
     frac = max(plan.selectivity, 1e-9)
     kk = min(reader.n, max(k * p["refine"], k))
     nprobe = min(max(ann.spec.nlist, 1), int(np.ceil(p["nprobe"] / frac)))
-    ef = min(1 << 16, max(int(np.ceil(p["ef_search"] / frac)), kk))
+    ef = min(1 << 16, int(np.ceil(max(p["ef_search"], kk) / frac)))
     params = _faiss_params(part.index, sel_bits, nprobe, ef)
     if ann.spec.nlist:
         plan.nprobe = nprobe

@@ -37,9 +37,10 @@ class Backend(Protocol):
 def topk(scores: np.ndarray, rows: np.ndarray, k: int) -> Found:
     """The k best (scores, rows), best first; ties to the lower row."""
     if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        scores, rows = scores[part], rows[part]
-    order = np.lexsort((rows, -scores))
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        keep = scores >= kth  # every row tied with the k-th competes on the row rule
+        scores, rows = scores[keep], rows[keep]
+    order = np.lexsort((rows, -scores))[:k]
     return scores[order].astype(np.float32), rows[order].astype(np.int64)
 
 

@@ -26,6 +26,25 @@ from search.segments import SegmentInfo
 
 MASK_CACHE_SIZE = 64
 
+
+def _return_freed_memory() -> None:
+    """Keep a long-running process's memory equal to its live data: Arrow's default pool
+    (mimalloc) keeps the Parquet decoder's scratch for the life of the process, and glibc's
+    dynamic mmap threshold keeps freed scan blocks (tens of MB) in the heap. Use the system
+    allocator for Arrow and a fixed 1 MiB mmap threshold, so large temporaries go back to the
+    OS when freed."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+_return_freed_memory()
+
 _SQL_NAMES = {
     "int8": "TINYINT",
     "int16": "SMALLINT",
@@ -89,13 +108,19 @@ class SegmentReader:
         rows = table.column("row").to_numpy()
         if self.n and not np.array_equal(rows, np.arange(self.n)):
             table = table.take(pa.array(np.argsort(rows, kind="stable")))
-        self.table = table.combine_chunks()
-        self.tile_ids = self.table.column("tile_id").to_numpy().astype(np.int64)
-        self._id_order = np.argsort(self.tile_ids, kind="stable")
-        self._sorted_ids = self.tile_ids[self._id_order]
+        # ``row`` and ``segment_id`` are implied by the reader: not kept in memory
+        self.table = table.drop_columns(["row", "segment_id"]).combine_chunks()
+        del table
+        self.tile_ids = self.table.column("tile_id").to_numpy()  # zero-copy view
+        if self.n < 2 or bool(np.all(np.diff(self.tile_ids) > 0)):
+            self._id_order = np.arange(self.n, dtype=np.int64)  # ids ascend with rows (usual)
+            self._sorted_ids = self.tile_ids
+        else:
+            self._id_order = np.argsort(self.tile_ids, kind="stable")
+            self._sorted_ids = self.tile_ids[self._id_order]
         self.min_id = int(self._sorted_ids[0]) if self.n else 0
         self.max_id = int(self._sorted_ids[-1]) if self.n else -1
-        self.schema: dict[str, str] = {f.name: sql_type_name(f.type) for f in table.schema}
+        self.schema: dict[str, str] = {f.name: sql_type_name(f.type) for f in self.table.schema}
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
         self._sources: pa.Table | None = None
@@ -116,7 +141,7 @@ class SegmentReader:
     def memory_bytes(self) -> int:
         """Heap bytes held for this segment (metadata table, id maps, cached masks)."""
         masks = sum(m.nbytes for m in self._masks.values())
-        return int(self.table.nbytes + self.tile_ids.nbytes * 3 + masks)
+        return int(self.table.nbytes + self._id_order.nbytes + masks)
 
     def rows_of(self, tile_ids: np.ndarray) -> np.ndarray:
         """Rows of the given tile ids in this segment, -1 where absent."""
@@ -168,7 +193,10 @@ class SegmentReader:
     def take_rows(self, rows: np.ndarray, columns: Sequence[str] | None = None) -> list[dict]:
         """Row dicts for the given physical rows (one Arrow take, no scan)."""
         table = self.table if columns is None else self.table.select(list(columns))
-        return table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        out = table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        for r, row in zip(np.asarray(rows).tolist(), out, strict=True):
+            row["segment_id"], row["row"] = self.info.segment_id, int(r)
+        return out
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """float32 copies of the vectors at ``rows`` (sorted access is fastest)."""

@@ -47,6 +47,8 @@ class GlobalVectors:
         return self.shape[0]
 
     def __getitem__(self, positions: Any) -> np.ndarray:
+        if isinstance(positions, int | np.integer):
+            return self[np.array([positions])][0]
         pos = np.arange(self.shape[0])[positions] if isinstance(positions, slice) else positions
         pos = np.asarray(pos, dtype=np.int64).reshape(-1)
         out = np.empty((len(pos), self.shape[1]), np.float32)

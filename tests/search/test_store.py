@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,8 @@ from search import (
     Store,
     TileNotFoundError,
 )
-from search.segments import TMP_PREFIX, list_segments, remove_stale
+from search.ann import update_index
+from search.segments import TMP_PREFIX, remove_stale
 
 DIM = 16
 
@@ -120,7 +120,7 @@ def test_tile_ids_are_unique_across_writers(home: Path) -> None:
     w2.commit()
     w1.commit()
     view = SearchService(Store(home)).view("c")
-    ids = view.index.tile_ids
+    ids = view.all_tile_ids()
     assert len(ids) == 24 and len(set(ids.tolist())) == 24
 
 
@@ -143,10 +143,10 @@ def test_search_filters_before_ranking_and_returns_k(home: Path) -> None:
     assert svc.search("c", q, k=5, filters=["label=Z"]).hits == []
     # exact scores: brute force over the filtered set
     view = svc.view("c")
-    allowed = [i for i, t in enumerate(view.index.tile_ids) if view.tile(int(t))["label"] == "E"]
+    allowed = [i for i, t in enumerate(view.all_tile_ids()) if view.tile(int(t))["label"] == "E"]
     best = max(allowed, key=lambda i: float(view.vectors[i] @ -q))
     assert (
-        svc.search("c", -q, k=1, filters=["label=E"]).hits[0].tile_id == view.index.tile_ids[best]
+        svc.search("c", -q, k=1, filters=["label=E"]).hits[0].tile_id == view.all_tile_ids()[best]
     )
 
 
@@ -162,7 +162,7 @@ def test_group_by_and_exclude_same(home: Path) -> None:
     assert [g.score for g in res.groups] == sorted((g.score for g in res.groups), reverse=True)
     res = svc.search("c", vecs[0], k=5, group_by="patient")
     assert res.groups is not None and {g.value for g in res.groups} == {"P0", "P1"}
-    tid = int(svc.view("c").index.tile_ids[0])
+    tid = int(svc.view("c").all_tile_ids()[0])
     res = svc.search_tile("c", tid, k=10, exclude_same="patient_id")
     own = svc.view("c").tile(tid)["patient_id"]
     assert res.hits and all(h.metadata["patient_id"] != own for h in res.hits)
@@ -187,25 +187,26 @@ def test_view_follows_new_commits_and_names_the_snapshot(home: Path) -> None:
     assert first.snapshot != second.snapshot
     assert second.hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert svc.view("c").n_tiles == 24
-    # a fresh service loads the saved index (manifest covers both segments) and agrees
+    # a fresh service agrees
     again = SearchService(Store(home)).search("c", vecs2[0], k=3)
     assert [h.tile_id for h in again.hits] == [h.tile_id for h in second.hits]
 
 
-def test_saved_index_is_reused_and_extended(home: Path) -> None:
+def test_new_snapshot_reuses_the_readers_of_known_segments(home: Path) -> None:
     col = _collection(home)
     rng = np.random.default_rng(6)
     w, _ = _add(col, rng)
     w.commit()
-    SearchService(Store(home)).view("c")
-    manifest = col.index_dir / "Flat.json"
-    assert manifest.is_file()
+    svc = SearchService(Store(home))
+    first = svc.view("c")
     w, vecs = _add(col, rng)
     w.commit()
-    view = SearchService(Store(home)).view("c")
-    assert view.index.segment_ids == [s.segment_id for s in list_segments(col.segments_dir)]
-    pos = view.positions_of([int(view.index.tile_ids[-1])])
-    np.testing.assert_allclose(view.vectors[pos[0]], vecs[-1])
+    view = svc.view("c")
+    assert [r.segment_id for r in view.readers] == [s.segment_id for s in col.segments()]
+    assert view.readers[0] is first.readers[0]  # O(new segments): the old reader is shared
+    assert isinstance(view.readers[1].vectors, np.memmap)  # vectors are mapped, not copied
+    pos = view.positions_of([int(view.all_tile_ids()[-1])])
+    np.testing.assert_allclose(view.vectors[pos][0], vecs[-1])
 
 
 def test_query_validation_and_fingerprint(home: Path) -> None:
@@ -235,36 +236,28 @@ def test_index_factories_give_k_filtered_hits(home: Path) -> None:
     rng = np.random.default_rng(8)
     w, vecs = _add(col, rng, n_sources=20, tiles=20, labels=("A", "B", "C", "D"))
     w.commit()
-    info = col.path / "collection.json"
-    import json
-
-    data = json.loads(info.read_text())
-    data["index_factory"] = "HNSW16"
-    info.write_text(json.dumps(data))
+    col.set_index("HNSW16")
+    assert update_index(col)["segments_indexed"] == 1
     svc = SearchService(Store(home))
-    res = svc.search("c", vecs[3], k=10, filters=["label=A"])
+    res = svc.search("c", vecs[3], k=10, filters=["label=A"], params={"strategy": "ann"})
     assert len(res.hits) == 10 and all(h.metadata["label"] == "A" for h in res.hits)
-    assert svc.view("c").index.factory == "HNSW16"
-    assert os.path.exists(col.index_dir / "HNSW16.faiss")
+    assert res.plan["strategy"] == "ann" and res.plan["index"] == "HNSW16"
+    assert svc.view("c").ann is not None
 
 
-def test_flat_views_hold_vectors_once_and_stay_valid(home: Path) -> None:
+def test_old_views_stay_valid_after_new_commits(home: Path) -> None:
     col = _collection(home)
     rng = np.random.default_rng(9)
     w, vecs = _add(col, rng)
     w.commit()
     svc = SearchService(Store(home))
     old = svc.view("c")
-    # the view's vectors are the Flat index's own storage (read-only), not a second copy
-    assert not old.vectors.flags.writeable and not old.vectors.flags.owndata
-    np.testing.assert_array_equal(old.vectors, vecs)
-    with pytest.raises(Exception, match="shared with a live view"):
-        old.index.extend([], vecs[:1], np.zeros(1, np.int64))
+    np.testing.assert_array_equal(old.vectors[np.arange(12)], vecs)
     w, vecs2 = _add(col, rng)
     w.commit()
     new = svc.view("c")
     assert new is not old and new.n_tiles == 24 and old.n_tiles == 12
-    np.testing.assert_array_equal(new.vectors[12:], vecs2)
-    # the old view (held by a request in flight) still answers from its own storage
-    assert svc.search("c", vecs[0], k=1, view=old).hits[0].score == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_array_equal(old.vectors, vecs)
+    np.testing.assert_array_equal(new.vectors[np.arange(12, 24)], vecs2)
+    # the old view (held by a request in flight) still answers on its own snapshot
+    res = svc.search("c", vecs[0], k=1, view=old)
+    assert res.hits[0].score == pytest.approx(1.0, abs=1e-5) and res.snapshot == old.snapshot.id
