@@ -1,7 +1,18 @@
-"""What `lamina status` and `GET /collections` report: counts, snapshot, index, runs, failures."""
+"""What `lamina status` and `GET /collections` report: counts, snapshot, index, runs, failures.
+
+Sizes are in bytes. ``disk_bytes`` is every file of the snapshot's segments plus the collection's
+index directory; ``vector_bytes`` the raw vectors (n_tiles x dim x 4 or 2). With a ``view`` (a
+server's), ``memory_bytes`` is the view's heap (metadata, id maps, masks, ANN structures) and
+``resident_vector_bytes`` the resident set (``Rss`` in ``/proc/self/smaps``) of this process's
+mappings of the collection's vector files: the part of the memory-mapped vectors in RAM for this
+process (0 where /proc is unavailable).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +20,78 @@ import pyarrow.parquet as pq
 
 from search.store import Collection
 
+SMAPS = "/proc/self/smaps"
 
-def collection_status(col: Collection, runs: int = 5) -> dict[str, Any]:
-    """Status of one collection from its segments and run records (no index is built)."""
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except OSError:
+                continue  # removed while we looked
+    return total
+
+
+def resident_bytes(paths: Iterable[str | os.PathLike[str]], smaps: str = SMAPS) -> int:
+    """Sum of ``Rss`` over this process's mappings of the given files (0 if unreadable)."""
+    wanted = {os.path.realpath(p) for p in paths}
+    if not wanted:
+        return 0
+    total = 0
+    current = False
+    try:
+        with open(smaps) as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if head.endswith(":"):
+                    if current and head == "Rss:":
+                        total += int(line.split()[1]) * 1024
+                    continue
+                parts = line.split(None, 5)  # a mapping header: range perms off dev inode path
+                current = len(parts) == 6 and parts[5].strip() in wanted
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+def index_status(col: Collection) -> dict[str, Any]:
+    """The ANN index: factory, search params, built version, segments indexed, build progress."""
+    from search.ann import AnnIndex, build_progress
+    from search.index_spec import index_slug
+
+    out: dict[str, Any] = {
+        "factory": col.index_factory,
+        "params": col.index_params,
+        "version": None,
+        "built_at": None,
+        "segments_indexed": 0,
+        "segments_total": len(col.segments()),
+        "build": build_progress(col),
+    }
+    if col.index_factory == "Flat":
+        out["segments_indexed"] = out["segments_total"]  # nothing to build
+        return out
+    ann = AnnIndex.load(col)
+    if ann is None:
+        try:
+            meta = json.loads((col.index_dir / f"{index_slug(col.index_factory)}.json").read_text())
+            out["built_for"] = meta.get("factory")
+        except (OSError, ValueError):
+            pass
+        return out
+    out["version"] = ann.version
+    out["built_at"] = ann.meta.get("built_at")
+    out["segments_indexed"] = sum(ann.sidecar(s.segment_id).exists() for s in col.segments())
+    return out
+
+
+def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[str, Any]:
+    """Status of one collection from its segments and run records (no index is built).
+
+    ``view`` (a server's :class:`~search.views.CollectionView` of ``col``) adds what this
+    process holds in memory for it."""
     snap = col.snapshot()
     kinds: dict[str, int] = {}
     for seg in snap.segments:
@@ -26,7 +106,7 @@ def collection_status(col: Collection, runs: int = 5) -> dict[str, Any]:
         for f in r.get("failed", [])
         if str(Path(f["file"]).resolve()) not in committed
     ]
-    return {
+    out: dict[str, Any] = {
         "name": col.name,
         "encoder": col.encoder_key,
         "fingerprint": col.fingerprint,
@@ -60,4 +140,15 @@ def collection_status(col: Collection, runs: int = 5) -> dict[str, Any]:
             for r in last_runs
         ],
         "failures": failures,
+        "vector_dtype": col.vector_dtype,
+        "vector_bytes": sum(seg.vector_bytes for seg in snap.segments),
+        "disk_bytes": sum(_tree_bytes(seg.path) for seg in snap.segments)
+        + (_tree_bytes(col.index_dir) if col.index_dir.is_dir() else 0),
+        "index": index_status(col),
     }
+    if view is not None:
+        out["memory_bytes"] = int(view.memory_bytes())
+        out["resident_vector_bytes"] = resident_bytes(
+            str(r.info.vectors_path) for r in view.readers
+        )
+    return out
