@@ -31,7 +31,6 @@ torch is imported only when a backend is made (never when ``search`` is imported
 
 from __future__ import annotations
 
-import importlib
 import threading
 import weakref
 from typing import Any
@@ -206,8 +205,11 @@ class TorchBackend:
 
 def _torch() -> Any:
     """torch, imported on first use only: ``search`` must load (and serve on the CPU) without
-    it, so it is never imported at module level (tests/test_import_rules.py)."""
-    return importlib.import_module("torch")
+    it; this module is the one place in ``search`` allowed to import it
+    (tests/test_import_rules.py)."""
+    import torch
+
+    return torch
 
 
 def _dtype(torch: Any, dtype: np.dtype) -> Any:
