@@ -268,10 +268,65 @@ def _table(rows: list[dict[str, Any]], core: dict[str, pa.DataType]) -> pa.Table
     return pa.Table.from_arrays(arrays, names=names + extra)
 
 
+def _common_type(types: list[pa.DataType]) -> pa.DataType:
+    """One type for a column typed differently in different parts (as views unify them):
+    integers -> int64, integers and floats -> float64, anything else -> string."""
+    known = [t for t in types if not pa.types.is_null(t)]
+    if not known:
+        return pa.null()
+    if all(t == known[0] for t in known):
+        return known[0]
+    if all(pa.types.is_integer(t) for t in known):
+        return pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in known):
+        return pa.float64()
+    return pa.string()
+
+
+def _concat(parts: list[pa.Table], core: dict[str, pa.DataType]) -> pa.Table:
+    """Concatenate tables whose metadata columns may differ: core columns typed as ``core``,
+    first, then every other column in order of appearance (absent -> null, types unified)."""
+    by_schema: dict[pa.Schema, list[pa.Table]] = {}
+    for t in parts:  # parts of one schema concatenate as they are (the usual case)
+        by_schema.setdefault(t.schema, []).append(t)
+    if len(by_schema) < len(parts):
+        parts = [pa.concat_tables(same) for same in by_schema.values()]
+    names = list(core)
+    types: dict[str, list[pa.DataType]] = {}
+    for t in parts:
+        for f in t.schema:
+            if f.name not in core and f.name not in types:
+                names.append(f.name)
+            types.setdefault(f.name, []).append(f.type)
+    target = {n: core.get(n) or _common_type(types[n]) for n in names}
+    columns: dict[str, list[pa.Array]] = {n: [] for n in names}
+    for t in parts:
+        for n in names:
+            typ = target[n]
+            if n not in t.column_names:
+                columns[n].append(pa.nulls(t.num_rows, typ))
+                continue
+            col = t.column(n).combine_chunks()
+            if pa.types.is_dictionary(col.type):
+                col = col.dictionary_decode()
+            if col.type != typ:
+                col = (
+                    pa.array([None if v is None else str(v) for v in col.to_pylist()], typ)
+                    if pa.types.is_string(typ)
+                    else col.cast(typ)
+                )
+            columns[n].append(col)
+    return pa.Table.from_arrays(
+        [pa.chunked_array(columns[n], target[n]) for n in names], names=names
+    )
+
+
 class SegmentWriter:
     """Accumulates whole sources and commits them as one immutable segment.
 
-    Vectors are streamed to disk as they arrive; rows are kept in memory until commit.
+    Vectors are streamed to disk as they arrive; rows are kept in memory until commit (as row
+    dicts from :meth:`add_source`, as Arrow tables from :meth:`add_block`), in arrival order.
+    Every tile's ``row`` is its physical row in the segment and ``segment_id`` the segment's.
     """
 
     def __init__(
@@ -300,17 +355,21 @@ class SegmentWriter:
         self._vec = open(self.tmp / VECTOR_DTYPES[dtype][1], "wb")  # noqa: SIM115 - closed in commit/abort
         self._tiles: list[dict[str, Any]] = []
         self._sources: list[dict[str, Any]] = []
-        self._source_vectors: list[np.ndarray] = []
+        self._tile_parts: list[pa.Table] = []  # committed order: parts, then pending row dicts
+        self._source_parts: list[pa.Table] = []
+        self._source_vectors: list[np.ndarray] = []  # (m, dim) blocks
+        self._n_tiles = 0
+        self._n_sources = 0
         self.replaces: tuple[str, ...] = ()  # set by compaction before commit
         self.closed = False
 
     @property
     def n_tiles(self) -> int:
-        return len(self._tiles)
+        return self._n_tiles
 
     @property
     def n_sources(self) -> int:
-        return len(self._sources)
+        return self._n_sources
 
     def add_source(
         self, source: dict[str, Any], tiles: list[dict[str, Any]], vectors: np.ndarray
@@ -323,7 +382,7 @@ class SegmentWriter:
                 "or are not all finite"
             )
         ids = self._allocate_ids(len(tiles)) if tiles else []
-        base_row = len(self._tiles)
+        base_row = self._n_tiles
         for i, (tile, tid) in enumerate(zip(tiles, ids, strict=True)):
             row = dict(tile)
             row["tile_id"] = int(tid)
@@ -333,37 +392,85 @@ class SegmentWriter:
             row["segment_id"] = self.segment_id
             row["row"] = base_row + i
             self._tiles.append(row)
+        self._n_tiles += len(tiles)
         self._vec.write(vectors.astype(VECTOR_DTYPES[self.dtype][0], copy=False).tobytes())
         src = dict(source)
         src["n_tiles"] = len(tiles)
         src["segment_id"] = self.segment_id
-        src["row"] = len(self._sources)
+        src["row"] = self._n_sources
         if isinstance(src.get("properties"), dict):
             src["properties"] = json.dumps(src["properties"], sort_keys=True)
         self._sources.append(src)
+        self._n_sources += 1
         mean = vectors.mean(axis=0) if len(vectors) else np.zeros(self.dim, np.float32)
         norm = float(np.linalg.norm(mean))
-        self._source_vectors.append((mean / norm if norm > 0 else mean).astype("<f4"))
+        self._source_vectors.append((mean / norm if norm > 0 else mean).astype("<f4")[None, :])
         return [int(t) for t in ids]
+
+    def add_block(
+        self,
+        sources: pa.Table,
+        tiles: pa.Table,
+        vectors: np.ndarray,
+        source_vectors: np.ndarray,
+        block_rows: int = 65_536,
+    ) -> None:
+        """Append already-identified rows in bulk (compaction): tile ids and every other column
+        are kept, ``row`` and ``segment_id`` renumbered for this segment. ``vectors`` (n, dim),
+        e.g. another segment's memory map, are copied ``block_rows`` at a time, byte-identical
+        when already in this segment's dtype; ``source_vectors`` (m, dim) are the sources' own.
+        The caller adds whole sources (every tile of a source in the same segment)."""
+        n, m = tiles.num_rows, sources.num_rows
+        if vectors.shape != (n, self.dim) or source_vectors.shape != (m, self.dim):
+            raise ValueError(
+                f"vectors {vectors.shape} / source vectors {source_vectors.shape} do not match "
+                f"{n} tiles / {m} sources x {self.dim}"
+            )
+        if "tile_id" not in tiles.column_names or "source_id" not in sources.column_names:
+            raise ValueError("add_block needs tiles with tile_id and sources with source_id")
+        code = VECTOR_DTYPES[self.dtype][0]
+        for lo in range(0, n, block_rows):
+            block = np.asarray(vectors[lo : lo + block_rows])
+            if not np.all(np.isfinite(block)):
+                raise ValueError(f"vectors {lo}..{lo + len(block)} are not all finite")
+            self._vec.write(np.ascontiguousarray(block, dtype=code).tobytes())
+        self._flush_rows()
+        self._tile_parts.append(_renumber(tiles, self.segment_id, self._n_tiles))
+        self._source_parts.append(_renumber(sources, self.segment_id, self._n_sources))
+        self._source_vectors.append(np.asarray(source_vectors, dtype="<f4").reshape(m, self.dim))
+        self._n_tiles += n
+        self._n_sources += m
+
+    def _flush_rows(self) -> None:
+        """Turn pending row dicts into table parts (keeps arrival order across both paths)."""
+        if self._tiles:
+            self._tile_parts.append(_table(self._tiles, TILE_CORE_COLUMNS))
+            self._tiles = []
+        if self._sources:
+            self._source_parts.append(_table(self._sources, SOURCE_CORE_COLUMNS))
+            self._sources = []
 
     def commit(self) -> SegmentInfo | None:
         """fsync everything and rename into place. Returns None if nothing was added."""
         if self.closed:
             raise RuntimeError("segment already closed")
-        if not self._sources:
+        if not self._n_sources:
             self.abort()
             return None
         self._vec.flush()
         os.fsync(self._vec.fileno())
         self._vec.close()
-        pq.write_table(_table(self._tiles, TILE_CORE_COLUMNS), self.tmp / "tiles.parquet")
-        pq.write_table(_table(self._sources, SOURCE_CORE_COLUMNS), self.tmp / "sources.parquet")
+        self._flush_rows()
+        tiles = _concat(self._tile_parts, TILE_CORE_COLUMNS)
+        sources = _concat(self._source_parts, SOURCE_CORE_COLUMNS)
+        pq.write_table(tiles, self.tmp / "tiles.parquet")
+        pq.write_table(sources, self.tmp / "sources.parquet")
         with open(self.tmp / "source_vectors.f32", "wb") as f:
-            f.write(np.stack(self._source_vectors).astype("<f4").tobytes())
+            f.write(np.concatenate(self._source_vectors).astype("<f4").tobytes())
         meta = {
             "segment_id": self.segment_id,
-            "n_tiles": len(self._tiles),
-            "n_sources": len(self._sources),
+            "n_tiles": self._n_tiles,
+            "n_sources": self._n_sources,
             "dim": self.dim,
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
@@ -398,6 +505,19 @@ class SegmentWriter:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             os.close(self._lock_fd)
+
+
+def _renumber(table: pa.Table, segment_id: str, base_row: int) -> pa.Table:
+    """``table`` with ``segment_id`` set to ``segment_id`` and ``row`` to base_row, base_row+1..."""
+    n = table.num_rows
+    rows = pa.array(np.arange(base_row, base_row + n, dtype=np.int64))
+    seg = pa.array([segment_id] * n, pa.string())
+    for name, values in (("row", rows), ("segment_id", seg)):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, values)
+        else:
+            table = table.append_column(name, values)
+    return table
 
 
 def committed_source_ids(segments: Iterable[SegmentInfo]) -> dict[str, list[str]]:

@@ -1,0 +1,311 @@
+"""Compaction: merge a collection's small segments into large ones.
+
+Method (tiered). Segments below ``target_rows`` tiles are taken oldest first and cut into groups
+of consecutive small segments whose total stays within ``target_rows``; each group of at least
+``min_segments`` segments becomes one new segment, written by the ordinary segment writer
+(:meth:`SegmentWriter.add_block`): tile ids, tile rows, source rows, per-source vectors and the
+vectors themselves (same dtype, byte-identical) are carried over; only ``row`` and
+``segment_id`` are renumbered. Vectors are read from the old files and written ``BLOCK_ROWS``
+rows at a time, so memory stays bounded by one block plus the group's metadata tables.
+
+Atomicity and crash safety. The merged segment is committed with ``replaces`` naming the
+segments it merges: its single atomic ``rename`` makes it visible and, in the same step, hides
+the old ones (``list_segments`` leaves out replaced segments). Only then are the old directories
+retired (renamed aside; :func:`search.segments.remove_stale` deletes them after a grace period,
+so a process that opened them keeps reading). A SIGKILL before the rename leaves a temporary
+directory (removed by the next cleanup) and the old segments visible; after it, the merged one
+visible; never both, never neither. Before merging, a compaction first retires segments that a
+committed compaction replaced but did not get to retire, so a later merge of the merged segment
+can never resurrect them.
+
+IVF indexes keep covering a merged segment without re-assignment: the old segments' list
+assignments are concatenated into the new segment's sidecar before the commit
+(:func:`search.ann.copy_sidecars`); other index kinds index the new segment on the next
+``update_index`` (a server does so in the background). Sidecars of segments no longer present are
+removed afterwards.
+
+Compaction holds the collection's ingest lock, so it never races an ingest (or another
+compaction) on the same segments; searches never take that lock. :func:`maybe_compact` runs it
+when more than ``LAMINA_COMPACT_SEGMENTS`` (default 16) segments are below the target, and gives
+way (does nothing) when an ingest holds the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from search.ann import AnnIndex, copy_sidecars
+from search.segments import (
+    TMP_PREFIX,
+    VECTOR_DTYPES,
+    SegmentInfo,
+    SegmentWriter,
+    remove_stale,
+    retire,
+)
+from search.store import Collection
+
+DEFAULT_TARGET_ROWS = 1_000_000
+DEFAULT_MIN_SEGMENTS = 2
+THRESHOLD_ENV = "LAMINA_COMPACT_SEGMENTS"
+DEFAULT_THRESHOLD = 16
+BLOCK_ROWS = 65_536
+Progress = Callable[[str, int, int], None]
+
+
+class _Busy(Exception):
+    """The ingest lock is held by another process (maybe_compact gives way)."""
+
+
+def threshold() -> int:
+    """How many small segments are tolerated before :func:`maybe_compact` merges them."""
+    try:
+        return max(1, int(os.environ.get(THRESHOLD_ENV) or DEFAULT_THRESHOLD))
+    except ValueError:
+        return DEFAULT_THRESHOLD
+
+
+def plan_groups(
+    segments: Sequence[SegmentInfo],
+    target_rows: int = DEFAULT_TARGET_ROWS,
+    min_segments: int = DEFAULT_MIN_SEGMENTS,
+) -> list[list[SegmentInfo]]:
+    """Groups of consecutive small segments (oldest first) to merge, each within ``target_rows``.
+
+    A segment at or above the target, or of another vector dtype, ends the current group;
+    groups of fewer than ``min_segments`` segments are left alone.
+    """
+    groups: list[list[SegmentInfo]] = []
+    current: list[SegmentInfo] = []
+    rows = 0
+
+    def close() -> None:
+        if len(current) >= max(2, min_segments):
+            groups.append(list(current))
+        current.clear()
+
+    for seg in segments:
+        if seg.n_tiles >= target_rows:
+            close()
+            rows = 0
+            continue
+        if current and (rows + seg.n_tiles > target_rows or seg.dtype != current[0].dtype):
+            close()
+            rows = 0
+        current.append(seg)
+        rows += seg.n_tiles
+    close()
+    return groups
+
+
+def small_segments(col: Collection, target_rows: int = DEFAULT_TARGET_ROWS) -> int:
+    """Number of the collection's visible segments below ``target_rows`` tiles."""
+    return sum(1 for s in col.segments() if s.n_tiles < target_rows)
+
+
+@contextmanager
+def _locked(col: Collection, wait: bool, on_wait: Callable[[str], None] | None) -> Iterator[None]:
+    def waiting(holder: str) -> None:
+        if not wait:
+            raise _Busy(holder)
+        if on_wait is not None:
+            on_wait(holder)
+
+    with col.ingest_lock(on_wait=waiting):
+        yield
+
+
+def _read(path: Path, rows: int) -> pa.Table:
+    """A small Parquet file is read fastest directly, without threads (about 1 ms vs 3 ms)."""
+    return pq.ParquetFile(path).read(use_threads=rows >= BLOCK_ROWS)
+
+
+def _tiles_in_row_order(seg: SegmentInfo) -> pa.Table:
+    table = _read(seg.tiles_path, seg.n_tiles)
+    rows = table.column("row").to_numpy()
+    if seg.n_tiles and not np.array_equal(rows, np.arange(seg.n_tiles)):
+        table = table.take(pa.array(np.argsort(rows, kind="stable")))
+    if table.num_rows != seg.n_tiles:
+        raise ValueError(
+            f"segment {seg.segment_id}: tiles.parquet has {table.num_rows} rows, "
+            f"segment.json says {seg.n_tiles}"
+        )
+    return table
+
+
+def _blocks(seg: SegmentInfo, code: np.dtype) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, vectors) of the segment, ``BLOCK_ROWS`` rows at a time, by plain reads."""
+    if seg.n_tiles == 0:
+        return
+    with open(seg.vectors_path, "rb") as f:
+        for lo in range(0, seg.n_tiles, BLOCK_ROWS):
+            n = min(BLOCK_ROWS, seg.n_tiles - lo)
+            block = np.fromfile(f, dtype=code, count=n * seg.dim)
+            if len(block) != n * seg.dim:
+                raise ValueError(f"segment {seg.segment_id}: the vectors file is short")
+            yield lo, block.reshape(n, seg.dim)
+
+
+def _no_ids(n: int) -> range:
+    raise RuntimeError("a compaction writer never allocates tile ids")
+
+
+def merge(
+    col: Collection, group: Sequence[SegmentInfo], progress: Progress | None = None
+) -> SegmentInfo:
+    """Write ``group`` as one new segment and commit it, which hides the group's segments.
+
+    Does not retire them (the caller does, right after). Raises, leaving only a temporary
+    directory that is then removed, when a segment does not match the collection.
+    """
+    dtype = group[0].dtype
+    code = np.dtype(VECTOR_DTYPES[dtype][0])
+    total = sum(s.n_tiles for s in group)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    writer = SegmentWriter(
+        col.segments_dir, col.dim, col.fingerprint, f"compact-{stamp}", _no_ids, dtype
+    )
+    try:
+        done = 0
+        for seg in group:
+            if seg.dim != col.dim or seg.fingerprint != col.fingerprint or seg.dtype != dtype:
+                raise ValueError(f"segment {seg.segment_id} does not match the collection")
+            tiles = _tiles_in_row_order(seg)
+            sources = _read(seg.sources_path, seg.n_sources)
+            source_vectors = np.array(seg.source_vectors(), dtype="<f4")
+            # the segment's sources first, then its tiles block by block
+            writer.add_block(
+                sources, tiles.slice(0, 0), np.zeros((0, col.dim), code), source_vectors
+            )
+            for lo, block in _blocks(seg, code):
+                writer.add_block(
+                    sources.slice(0, 0), tiles.slice(lo, len(block)), block, source_vectors[:0]
+                )
+                done += len(block)
+                if progress is not None:
+                    progress("merge", done, total)
+        writer.replaces = tuple(s.segment_id for s in group)
+        copy_sidecars(col, group, writer.segment_id, writer.n_tiles)
+        info = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    if info is None:  # pragma: no cover - a group always has sources
+        raise ValueError("nothing to merge")
+    return info
+
+
+def finish_interrupted(col: Collection) -> dict[str, list[str]]:
+    """Retire segments a committed compaction replaced but did not get to retire (chains of
+    merges included), remove temporary directories of dead writers, and drop index sidecars of
+    segments no longer present."""
+    segments_dir = col.segments_dir
+    present: dict[str, SegmentInfo] = {}
+    if segments_dir.is_dir():
+        for entry in sorted(os.listdir(segments_dir)):
+            if not entry.startswith("."):
+                try:
+                    present[entry] = SegmentInfo.load(segments_dir / entry)
+                except FileNotFoundError:
+                    continue
+    leftovers = sorted({r for s in present.values() for r in s.replaces} & set(present))
+    if leftovers:
+        retire(segments_dir, leftovers)
+    removed = remove_stale(segments_dir)
+    return {"retired": leftovers, "removed": removed, "sidecars": _drop_sidecars(col)}
+
+
+def _drop_sidecars(col: Collection) -> list[str]:
+    ann = AnnIndex.load(col)
+    if ann is None or not ann.dir.is_dir():
+        return []
+    present = {e for e in os.listdir(col.segments_dir) if not e.startswith(".")}
+    # a writer's temporary directory may already have its sidecar (copied before its commit)
+    present |= {
+        e[len(TMP_PREFIX) :] for e in os.listdir(col.segments_dir) if e.startswith(TMP_PREFIX)
+    }
+    dropped = []
+    for name in os.listdir(ann.dir):
+        if not name.startswith("seg-"):
+            continue
+        sid = name[len("seg-") :].rsplit(".", 1)[0]
+        if sid not in present:
+            (ann.dir / name).unlink(missing_ok=True)
+            dropped.append(sid)
+    return dropped
+
+
+def compact(
+    col: Collection,
+    *,
+    min_segments: int = DEFAULT_MIN_SEGMENTS,
+    target_rows: int = DEFAULT_TARGET_ROWS,
+    progress: Progress | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Merge the collection's small segments (see the module docstring); returns a summary.
+
+    Holds the ingest lock; with ``wait=False`` returns ``{"skipped": ...}`` instead of waiting
+    for an ingest that holds it (``on_wait(holder)`` is called once when waiting).
+    """
+    t0 = time.perf_counter()
+    try:
+        with _locked(col, wait, on_wait):
+            cleaned = finish_interrupted(col)
+            before = col.segments()
+            groups = plan_groups(before, target_rows, min_segments)
+            merged = []
+            for group in groups:
+                t1 = time.perf_counter()
+                info = merge(col, group, progress)
+                retire(col.segments_dir, info.replaces)
+                merged.append(
+                    {
+                        "segment_id": info.segment_id,
+                        "replaces": list(info.replaces),
+                        "tiles": info.n_tiles,
+                        "sources": info.n_sources,
+                        "seconds": round(time.perf_counter() - t1, 3),
+                    }
+                )
+            if merged:
+                cleaned["sidecars"] += _drop_sidecars(col)
+            after = col.segments()
+    except _Busy as busy:
+        return {"skipped": f"an ingest ({busy}) holds the collection's ingest lock"}
+    return {
+        "collection": col.name,
+        "segments_before": len(before),
+        "segments_after": len(after),
+        "tiles": sum(s.n_tiles for s in after),
+        "merged": merged,
+        "retired_leftovers": cleaned["retired"],
+        "removed": cleaned["removed"],
+        "target_rows": target_rows,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def maybe_compact(
+    col: Collection,
+    *,
+    target_rows: int = DEFAULT_TARGET_ROWS,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any] | None:
+    """Compact when more than ``limit`` (default :func:`threshold`) segments are below the
+    target; None when not needed. Never waits for an ingest (that ingest compacts after)."""
+    limit = threshold() if limit is None else limit
+    if small_segments(col, target_rows) <= limit:
+        return None
+    return compact(col, target_rows=target_rows, progress=progress, wait=False)
