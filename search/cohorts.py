@@ -35,6 +35,7 @@ LABEL_MAX_DISTINCT = 20
 BLOCK = 262_144  # float32 rows per BLAS call (memory-mapped, not copied)
 BLOCK_F16 = 32_768  # float16 rows converted per block
 DENSE = 0.25
+RUN = 64  # mean run length above which runs of rows are sliced, not gathered
 
 
 def patient_column(view: CollectionView) -> str | None:
@@ -62,9 +63,11 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
 # -- bulk exact scoring ---------------------------------------------------------------------------
 def score_positions(view: CollectionView, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(n_queries, len(positions)) float32 inner products of ``queries`` with the tiles at the
-    given global positions (ascending). Per segment, a dense selection (at least :data:`DENSE`
-    of its rows) is scored by a block scan of the memory-mapped vectors, a sparse one by a
-    gather; float16 storage is converted block by block."""
+    given global positions (ascending). Per segment: a selection made of long runs of
+    consecutive rows (a slide's tiles; mean run at least :data:`RUN`) is scored run by run on
+    slices of the memory-mapped vectors (nothing copied); otherwise a dense selection (at least
+    :data:`DENSE` of the rows) by a block scan, a sparse one by a gather. float16 storage is
+    converted block by block."""
     qt = np.ascontiguousarray(np.asarray(queries, np.float32).T)
     pos = np.asarray(positions, dtype=np.int64)
     out = np.empty((qt.shape[1], len(pos)), np.float32)
@@ -77,7 +80,14 @@ def score_positions(view: CollectionView, queries: np.ndarray, positions: np.nda
             continue
         rows = pos[lo:hi] - view.offsets[i]
         vectors = reader.vectors
-        if hi - lo >= DENSE * reader.n:  # scan the segment, keep the selected rows
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
+        if hi - lo < reader.n and len(rows) >= RUN * len(starts):  # long runs: slice, no copy
+            ends = np.append(starts[1:], len(rows))
+            one = qt[:, 0] if qt.shape[1] == 1 else qt
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                block = np.asarray(vectors[rows[a] : rows[a] + b - a], dtype=np.float32)
+                out[:, lo + a : lo + b] = (block @ one).reshape(b - a, -1).T
+        elif hi - lo >= DENSE * reader.n:  # scan the segment, keep the selected rows
             whole = hi - lo == reader.n
             step = BLOCK if vectors.dtype == np.float32 else BLOCK_F16
             for b in range(0, reader.n, step):

@@ -218,3 +218,34 @@ def test_resident_bytes_counts_touched_pages(tmp_path: Path) -> None:
         assert resident_bytes([path]) >= 16 * mmap.PAGESIZE
         assert resident_bytes([tmp_path / "other.bin"]) == 0
     assert resident_bytes([path], smaps=str(tmp_path / "missing")) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_score_positions_on_every_path(tmp_path: Path, dtype: str) -> None:
+    from search.cohorts import score_positions
+
+    col = Store(tmp_path).open_or_create(
+        "v",
+        encoder="test/x",
+        fingerprint="test/x@0",
+        embed_dim=DIM,
+        tile_px=8,
+        mpp=1.0,
+        vector_dtype=dtype,
+    )
+    rng = np.random.default_rng(2)
+    for _ in range(2):  # two segments of 300 tiles
+        w = col.writer("r")
+        tiles = [{"x": i, "y": 0, "level": 0, "size_px": 8, "tile_px": 8} for i in range(300)]
+        w.add_source(
+            {"source_id": "a", "source": "/a", "kind": "photo"}, tiles, rng.normal(size=(300, DIM))
+        )
+        w.commit()
+    view = SearchService(Store(tmp_path)).view("v")
+    q = rng.normal(size=(3, DIM)).astype(np.float32)
+    runs = np.r_[0:70, 100:170, 300:380, 450:600]
+    for pos in (np.arange(600), runs, np.arange(0, 600, 2), np.arange(5, 600, 9), np.zeros(0, int)):
+        for queries in (q, q[:1]):
+            want = queries @ view.vectors[pos].T
+            got = score_positions(view, queries, pos)
+            assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
