@@ -63,7 +63,8 @@ class LaminaState:
         self.config = config
         self.home = Path(config.get("HOME") or os.environ.get("LAMINA_HOME") or "lamina-data")
         self.store = Store(self.home)
-        self.service = SearchService(self.store)
+        # background: new snapshots are prepared, and ANN indexes built, off the request path
+        self.service = SearchService(self.store, background=True)
         self.embed_lock = threading.Lock()  # one embedding at a time per app (CPU-bound anyway)
         self._catalog: Any = None
         self._catalog_lock = threading.Lock()

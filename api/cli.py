@@ -82,6 +82,7 @@ def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
 
 
 def _register() -> None:
+    from api.commands import collection as collection_cmd
     from api.commands import encoders as encoders_cmd
     from api.commands import extra_commands
     from api.commands import index as index_cmd
@@ -90,6 +91,7 @@ def _register() -> None:
 
     for module in (encoders_cmd, index_cmd, status_cmd, search_cmd, *extra_commands()):
         module.register(cli)
+    collection_cmd.register(cli)
 
 
 _register()

@@ -135,6 +135,7 @@ class SearchResult:
     encoder: str
     hits: list[Hit]
     groups: list[Group] | None = None
+    plan: dict[str, Any] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -158,6 +159,7 @@ class SearchResult:
             encoder=d["encoder"],
             hits=[Hit.from_dict(h) for h in d["hits"]],
             groups=groups,
+            plan=copy.deepcopy(dict(d.get("plan") or {})),
             raw=copy.deepcopy(dict(d)),
         )
 
@@ -167,6 +169,33 @@ class SearchResult:
 
     def __len__(self) -> int:
         return len(self.hits)
+
+
+@dataclass
+class BatchResult:
+    """Answers of one batch, in query order, all computed on ``snapshot``."""
+
+    collection: str
+    snapshot: str
+    encoder: str
+    results: list[SearchResult]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchResult:
+        return cls(
+            collection=d["collection"],
+            snapshot=d["snapshot"],
+            encoder=d["encoder"],
+            results=[SearchResult.from_dict(r) for r in d["results"]],
+            raw=copy.deepcopy(dict(d)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.results)
 
 
 @dataclass
@@ -340,6 +369,7 @@ class Client:
         group_by: str | None = None,
         exclude_same: str | None = None,
         level: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         name, data = _file(path_or_bytes)
         fields = {
@@ -348,6 +378,7 @@ class Client:
             "group_by": group_by,
             "exclude_same": exclude_same,
             "level": level,
+            "params": dict(params) if params else None,
         }
         body, ctype = _multipart(fields, [("image", name, data)])
         _, _, raw = self._raw(
@@ -364,6 +395,7 @@ class Client:
         group_by: str | None = None,
         exclude_same: str | None = None,
         level: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -374,6 +406,7 @@ class Client:
                 "group_by": group_by,
                 "exclude_same": exclude_same,
                 "level": level,
+                "params": params,
             },
         )
 
@@ -386,6 +419,7 @@ class Client:
         group_by: str | None = None,
         encoder: str | None = None,
         level: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -396,6 +430,7 @@ class Client:
                 "group_by": group_by,
                 "encoder": encoder,
                 "level": level,
+                "params": params,
             },
         )
 
@@ -407,6 +442,7 @@ class Client:
         k: int = 10,
         filter: Mapping[str, Any] | None = None,
         group_by: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> SearchResult:
         x, y, w, h = (int(v) for v in region)
         return self._search_json(
@@ -416,8 +452,36 @@ class Client:
                 "k": k,
                 "filter": filter,
                 "group_by": group_by,
+                "params": params,
             },
         )
+
+    def search_batch(
+        self,
+        collection: str,
+        vectors: Sequence[Sequence[float]] | None = None,
+        *,
+        tile_ids: Sequence[int] | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        encoder: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> BatchResult:
+        """Up to 1000 query vectors (or stored tiles), all answered on one snapshot."""
+        body = {
+            "vectors": None if vectors is None else [[float(x) for x in v] for v in vectors],
+            "tile_ids": None if tile_ids is None else [int(t) for t in tile_ids],
+            "k": k,
+            "filter": filter,
+            "encoder": encoder,
+            "params": params,
+        }
+        doc = self._json(
+            "POST",
+            f"/collections/{_q(collection)}/search/batch",
+            json_body={key: v for key, v in body.items() if v is not None},
+        )
+        return BatchResult.from_dict(doc)
 
     def search_slides(
         self,

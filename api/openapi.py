@@ -95,6 +95,40 @@ SCHEMAS: dict[str, Any] = {
             "hits": {"type": "array", "items": _ref("Hit")},
         },
     },
+    "SearchParams": {
+        "type": "object",
+        "description": "Per-request overrides of the collection's search parameters; "
+        "unknown names or out-of-range values are 422 INVALID_QUERY.",
+        "additionalProperties": False,
+        "properties": {
+            "nprobe": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+            "ef_search": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
+            "refine": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "strategy": {"enum": ["auto", "exact", "ann"]},
+            "exact_below": {"type": ["integer", "null"], "minimum": 0},
+        },
+    },
+    "Plan": {
+        "type": "object",
+        "description": "How the query was answered (see docs/api.md): exact scan or ANN, why, "
+        "how many tiles matched the filter, breadth, candidates scored, milliseconds per stage.",
+        "properties": {
+            "strategy": {"enum": ["exact", "ann"]},
+            "index": _STR,
+            "reason": _STR,
+            "matched": _INT,
+            "total": _INT,
+            "selectivity": _NUM,
+            "nprobe": _INT,
+            "ef_search": _INT,
+            "candidates": _INT,
+            "segments_indexed": _INT,
+            "segments_exact": _INT,
+            "fallback": {"type": "boolean"},
+            "backend": _STR,
+            "ms": {"type": "object", "additionalProperties": _NUM},
+        },
+    },
     "SearchResult": _ok(
         {
             "collection": _STR,
@@ -103,8 +137,41 @@ SCHEMAS: dict[str, Any] = {
             "hits": {"type": "array", "items": _ref("Hit")},
             "groups": {"type": "array", "items": _ref("Group")},
             "query": _OBJ,
+            "plan": _ref("Plan"),
         },
         ["collection", "snapshot", "encoder", "hits"],
+    ),
+    "BatchSearch": {
+        "type": "object",
+        "description": "Exactly one of vectors or tile_ids (1 to 1000 queries), all answered "
+        "on one snapshot.",
+        "properties": {
+            "vectors": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": {"type": "array", "items": _NUM},
+            },
+            "tile_ids": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                "items": {"type": "integer", "minimum": 0},
+            },
+            "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
+            "filter": _ref("Filter"),
+            "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
+            "encoder": _STR,
+            "params": _ref("SearchParams"),
+        },
+    },
+    "BatchResult": _ok(
+        {
+            "collection": _STR,
+            "snapshot": _STR,
+            "encoder": _STR,
+            "results": {"type": "array", "items": _ref("SearchResult")},
+        }
     ),
     "SearchJson": {
         "type": "object",
@@ -131,6 +198,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "level": {"enum": ["tile", "slide"], "default": "tile"},
             "top_m": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+            "params": _ref("SearchParams"),
         },
     },
     "SearchForm": {
@@ -143,6 +211,7 @@ SCHEMAS: dict[str, Any] = {
             "group_by": {"enum": ["slide", "patient"]},
             "exclude_same": _STR,
             "level": {"enum": ["tile", "slide"]},
+            "params": {"type": "string", "description": "SearchParams as JSON"},
         },
     },
     "Tile": {
@@ -277,7 +346,7 @@ PATHS: dict[str, Any] = {
     },
     "/collections/{c}": {
         "get": _op(
-            "One collection, with its metadata columns",
+            "One collection as the server answers on it: counts, snapshot, index, metadata columns",
             {"200": _json(_ok({"collection": _OBJ}))},
             parameters=[_name_param("c")],
         )
@@ -293,6 +362,17 @@ PATHS: dict[str, Any] = {
                     "application/json": {"schema": _ref("SearchJson")},
                     "multipart/form-data": {"schema": _ref("SearchForm")},
                 },
+            },
+        )
+    },
+    "/collections/{c}/search/batch": {
+        "post": _op(
+            "k nearest tiles for each of up to 1000 query vectors or stored tiles, one snapshot",
+            {"200": _json(_ref("BatchResult"))},
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("BatchSearch")}},
             },
         )
     },

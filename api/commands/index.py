@@ -1,9 +1,16 @@
-"""`lamina index`: slides and photos -> tiles -> vectors -> committed segments."""
+"""`lamina index`: slides and photos -> tiles -> vectors -> committed segments.
+
+When the collection's index factory is not Flat, the run ends by bringing the ANN index up to
+date (``search.ann.update_index``: train it when there is none, index the new segments), so a
+CLI-only user gets an index without a server. ``--vector-dtype`` applies only when the
+collection is created; asking an existing collection for another dtype is refused.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -117,6 +124,19 @@ def register(cli: click.Group) -> None:
         help="FAISS index of the collection (Flat, HNSW32, IVF1024,PQ64...); "
         "changing it never re-embeds.",
     )
+    @click.option(
+        "--nprobe",
+        type=click.IntRange(1, 1 << 20),
+        default=None,
+        help="Default IVF lists probed per query, stored with the collection.",
+    )
+    @click.option(
+        "--vector-dtype",
+        type=click.Choice(["float32", "float16"]),
+        default=None,
+        help="How a new collection stores vectors (float16 halves disk and memory; "
+        "scores are computed in float32). Default float32.",
+    )
     @click.option("--allow-test-encoder", is_flag=True, help="Permit test/* encoders.")
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
@@ -138,6 +158,8 @@ def register(cli: click.Group) -> None:
         workers: int | None,
         device: str,
         index_factory: str | None,
+        nprobe: int | None,
+        vector_dtype: str | None,
         allow_test_encoder: bool,
         no_progress: bool,
         as_json: bool,
@@ -165,15 +187,76 @@ def register(cli: click.Group) -> None:
         encoder = load_encoder_for(
             ctx, collection, encoder_key, weights, device, allow_test_encoder, batch_size
         )
-        col = open_collection_for(ctx.store(), collection, encoder, options, weights)
+        store = ctx.store()
+        if vector_dtype is not None:
+            _create_with_dtype(store, collection, encoder, options, weights, vector_dtype)
+        col = open_collection_for(store, collection, encoder, options, weights)
         if index_factory and index_factory != col.info.get("index_factory"):
             col.set_index_factory(index_factory)
+        if nprobe is not None:
+            col.set_index(params={"nprobe": nprobe})
         report = Ingest(col, encoder, options, table).run(list(paths))
+        doc = report.to_dict()
+        if col.index_factory != "Flat":
+            doc["ann_index"] = _update_index(col, progress=not no_progress)
         if as_json:
-            emit_json(report.to_dict())
+            emit_json(doc)
         else:
             _print_summary(report)
+            if "ann_index" in doc:
+                _print_index(col.name, doc["ann_index"])
         sys.exit(0 if report.ok else 1)
+
+
+def _update_index(col: Any, progress: bool) -> dict[str, Any]:
+    """Bring the ANN index up to date after a run. A factory that cannot be trained yet (too few
+    vectors for its lists) is reported, not fatal: the run is committed and search is exact."""
+    from api.commands.collection import build_index
+    from search.errors import InvalidIndexFactoryError
+
+    try:
+        return build_index(col, progress)
+    except InvalidIndexFactoryError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        return {"factory": col.index_factory, "error": str(exc)}
+
+
+def _create_with_dtype(
+    store: Any, name: str, encoder: Any, options: Any, weights: str | None, vector_dtype: str
+) -> None:
+    """Create ``name`` storing ``vector_dtype`` vectors; refuse another dtype on an existing one."""
+    from search import CollectionExistsError, CollectionNotFoundError
+
+    try:
+        existing = store.collection(name)
+    except CollectionNotFoundError:
+        store.open_or_create(
+            name,
+            encoder=encoder.key,
+            fingerprint=encoder.fingerprint,
+            embed_dim=encoder.embed_dim,
+            tile_px=options.tile_px,
+            mpp=options.mpp,
+            extra={"encoder_weights": encoder.weights_path or weights},
+            vector_dtype=vector_dtype,
+        )
+        return
+    if existing.vector_dtype != vector_dtype:
+        raise CollectionExistsError(
+            f"collection {name!r} stores {existing.vector_dtype} vectors; --vector-dtype "
+            f"{vector_dtype} applies only when a collection is created (index into a new one)"
+        )
+
+
+def _print_index(name: str, report: dict[str, Any]) -> None:
+    if "skipped" in report or "error" in report:
+        print(f"index of {name}: {report.get('skipped') or report['error']}", file=sys.stdout)
+        return
+    print(
+        f"index of {name}: {report['factory']} version {report['version']}, "
+        f"{report['segments_indexed']} new segments ({report['tiles_indexed']} tiles) indexed",
+        file=sys.stdout,
+    )
 
 
 def _print_summary(report) -> None:  # noqa: ANN001

@@ -1,4 +1,8 @@
-"""`lamina search`: image-to-image queries against a collection."""
+"""`lamina search`: image-to-image queries against a collection.
+
+``--nprobe/--ef-search/--refine/--strategy`` override the collection's search parameters for
+this query; ``--explain`` prints the planner's plan to stderr (``--json`` always carries it).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,59 @@ def _print_hits(doc: dict[str, Any]) -> None:
         )
     for g in doc.get("groups") or []:
         click.echo(f"  group {g['key']}={g['value']}: best {g['score']:.4f}, {g['n_hits']} hits")
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """One paragraph describing how a query was answered (the answer's ``plan``)."""
+    if not plan:
+        return "plan: none reported"
+    lines = [
+        f"plan: {plan.get('strategy')} over index {plan.get('index')}"
+        + (f" ({plan['reason']})" if plan.get("reason") else "")
+        + (" -- fell back to exact" if plan.get("fallback") else ""),
+        f"  matched {plan.get('matched')} of {plan.get('total')} tiles "
+        f"(selectivity {plan.get('selectivity')}), {plan.get('candidates')} candidates scored",
+    ]
+    breadth = [f"{key} {plan[key]}" for key in ("nprobe", "ef_search") if plan.get(key)]
+    lines.append(
+        f"  segments: {plan.get('segments_indexed', 0)} through the index, "
+        f"{plan.get('segments_exact', 0)} exact; backend {plan.get('backend')}"
+        + (f"; {', '.join(breadth)}" if breadth else "")
+    )
+    ms = plan.get("ms") or {}
+    if ms:
+        lines.append("  ms: " + ", ".join(f"{key} {v}" for key, v in ms.items()))
+    return "\n".join(lines)
+
+
+def search_params(
+    nprobe: int | None, ef_search: int | None, refine: int | None, strategy: str | None
+) -> dict[str, Any] | None:
+    """The per-query overrides given on the command line (None when there are none)."""
+    given = {"nprobe": nprobe, "ef_search": ef_search, "refine": refine, "strategy": strategy}
+    return {key: v for key, v in given.items() if v is not None} or None
+
+
+def param_options(fn: Any) -> Any:
+    """``--nprobe/--ef-search/--refine/--strategy`` (shared with commands that search)."""
+    fn = click.option(
+        "--strategy",
+        type=click.Choice(["auto", "exact", "ann"]),
+        default=None,
+        help="auto: the planner chooses by selectivity; exact or ann: forced.",
+    )(fn)
+    fn = click.option(
+        "--refine",
+        type=click.IntRange(1, 1000),
+        default=None,
+        help="PQ/SQ indexes: re-rank k*N candidates exactly.",
+    )(fn)
+    fn = click.option(
+        "--ef-search", type=click.IntRange(1, 1 << 16), default=None, help="HNSW beam width."
+    )(fn)
+    return click.option(
+        "--nprobe", type=click.IntRange(1, 1 << 20), default=None, help="IVF lists probed."
+    )(fn)
 
 
 def register(cli: click.Group) -> None:
@@ -56,6 +113,8 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Leave out hits sharing this column's value with the query tile (e.g. patient_id).",
     )
+    @param_options
+    @click.option("--explain", is_flag=True, help="Print the query plan to stderr.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
@@ -70,6 +129,11 @@ def register(cli: click.Group) -> None:
         filters: tuple[str, ...],
         group_by: str | None,
         exclude_same: str | None,
+        nprobe: int | None,
+        ef_search: int | None,
+        refine: int | None,
+        strategy: str | None,
+        explain: bool,
         as_json: bool,
     ) -> None:
         """Find the k tiles most similar to an image, a stored tile or a slide region."""
@@ -87,13 +151,24 @@ def register(cli: click.Group) -> None:
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--region") from None
         query = Query(
-            collection, image, tile_id, slide, box, k, list(filters), group_by, exclude_same
+            collection,
+            image,
+            tile_id,
+            slide,
+            box,
+            k,
+            list(filters),
+            group_by,
+            exclude_same,
+            search_params(nprobe, ef_search, refine, strategy),
         )
         doc = _remote(ctx.url, query) if ctx.url else _local(ctx, query)
         if as_json:
             emit_json(doc)
-        else:
-            _print_hits(doc)
+            return
+        _print_hits(doc)
+        if explain:
+            click.echo(format_plan(doc.get("plan") or {}), err=True)
 
 
 @dataclass(frozen=True)
@@ -109,6 +184,7 @@ class Query:
     filters: list[str]
     group_by: str | None
     exclude_same: str | None
+    params: dict[str, Any] | None = None
 
 
 def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
@@ -120,6 +196,7 @@ def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
         "filters": q.filters,
         "group_by": q.group_by,
         "exclude_same": q.exclude_same,
+        "params": q.params,
     }
     if q.tile_id is not None:
         return service.search_tile(q.collection, q.tile_id, q.k, **kwargs).to_dict()
@@ -137,7 +214,12 @@ def _remote(url: str, q: Query) -> dict[str, Any]:
 
     client = Client(url)
     spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None
-    common: dict[str, Any] = {"k": q.k, "filter": spec, "group_by": q.group_by}
+    common: dict[str, Any] = {
+        "k": q.k,
+        "filter": spec,
+        "group_by": q.group_by,
+        "params": q.params,
+    }
     if q.image is not None:
         res = client.search_image(q.collection, q.image, exclude_same=q.exclude_same, **common)
     elif q.tile_id is not None:

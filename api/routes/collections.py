@@ -64,9 +64,12 @@ def collection(name: str) -> Response:
     from search.status import collection_status
 
     svc = state().service
-    doc = collection_status(svc.collection(name))
-    view = svc.view(name)
+    view = svc.view(name)  # the snapshot this server answers on (a newer one may be preparing)
+    doc = collection_status(view.collection, view=view)
     doc["snapshot"] = view.snapshot.id
+    error = svc.build_error(name)
+    if error:
+        doc["index_build_error"] = error
     doc["metadata_columns"] = {c: view.schema[c] for c in view.metadata_columns}
     return jsonify({"ok": True, "collection": doc})
 

@@ -1,5 +1,10 @@
 """POST /collections/{c}/search: by uploaded image (multipart) or by tile_id/vector/region/source_id
-(JSON), at tile level (default) or slide level (``"level": "slide"``)."""
+(JSON), at tile level (default) or slide level (``"level": "slide"``).
+
+POST /collections/{c}/search/batch: up to 1000 query vectors (or stored tile ids) answered on one
+snapshot. Both take ``params`` (nprobe, ef_search, refine, strategy, exact_below; validated by
+``search.params.check_params``) and every tile-level answer carries the planner's ``plan``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ bp = Blueprint("search", __name__)
 
 QUERY_KEYS = ("tile_id", "vector", "region", "source_id")
 MAX_FILTER_EXPRS = 64
+MAX_BATCH = 1_000
 
 
 def _invalid(message: str) -> ApiError:
@@ -72,19 +78,33 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
     return spec, exprs
 
 
-def _unit_vector(value: Any, dim: int) -> np.ndarray:
+def _params(value: Any) -> dict[str, Any] | None:
+    """Per-request search parameters: an object (JSON) or a JSON string of one (multipart)."""
+    from search.params import check_params
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise _invalid(f"params is not valid JSON: {exc.msg}") from None
+    return check_params(value) or None
+
+
+def _unit_vector(value: Any, dim: int, name: str = "vector") -> np.ndarray:
     if not isinstance(value, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in value
     ):
-        raise _invalid("vector must be a list of numbers")
+        raise _invalid(f"{name} must be a list of numbers")
     if len(value) != dim:
-        raise _invalid(f"vector has {len(value)} dimensions; the collection has {dim}")
+        raise _invalid(f"{name} has {len(value)} dimensions; the collection has {dim}")
     v = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(v)):
-        raise _invalid("vector contains NaN or infinity")
+        raise _invalid(f"{name} contains NaN or infinity")
     scale = float(np.abs(v).max())
     if scale == 0:
-        raise _invalid("vector is all zeros")
+        raise _invalid(f"{name} is all zeros")
     v = v / scale
     return (v / np.linalg.norm(v)).astype(np.float32)
 
@@ -176,6 +196,7 @@ def search(name: str) -> Response:
     group_by = _opt_str(fields.get("group_by"), "group_by")
     exclude_same = _opt_str(fields.get("exclude_same"), "exclude_same")
     fingerprint = _opt_str(fields.get("encoder"), "encoder")
+    params = _params(fields.get("params"))
     level = _opt_str(fields.get("level"), "level") or "tile"
     if level not in ("tile", "slide"):
         raise _invalid(f"level must be 'tile' or 'slide', not {level!r}")
@@ -192,7 +213,7 @@ def search(name: str) -> Response:
     tile_id = _int(fields.get("tile_id"), "tile_id") if what == "tile_id" else None
     if tile_id is not None and not 0 <= tile_id < 2**63:
         raise ApiError(f"tile {tile_id} does not exist", 404, "TILE_NOT_FOUND")
-    if level == "slide":
+    if level == "slide":  # exact top-m ranking: params are validated but have nothing to tune
         if group_by:
             raise _invalid("group_by does not apply to level=slide (results are slides)")
         top_m = _int(fields.get("top_m"), "top_m", 5)
@@ -217,14 +238,68 @@ def search(name: str) -> Response:
             view=view,
             group_by=group_by,
             fingerprint=fingerprint,
+            params=params,
             **common,
         )  # type: ignore[arg-type]
     else:
         vec = _query_vector(what, fields, upload, upload_name, view, col)
         res = svc.search(
-            name, vec, k, view=view, group_by=group_by, fingerprint=fingerprint, **common
+            name,
+            vec,
+            k,
+            view=view,
+            group_by=group_by,
+            fingerprint=fingerprint,
+            params=params,
+            **common,
         )  # type: ignore[arg-type]
     return jsonify(res.to_dict())
+
+
+@bp.post("/collections/<name>/search/batch")
+def search_batch(name: str) -> Response:
+    """Many queries, one snapshot: ``{"vectors": [[...], ...]}`` or ``{"tile_ids": [...]}``."""
+    if not (request.mimetype == "application/json" or request.is_json):
+        raise ApiError("send application/json", 415, "UNSUPPORTED_MEDIA_TYPE")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError("the body must be a JSON object", 400, "BAD_REQUEST")
+    svc = state().service
+    view = svc.view(name)
+    col = view.collection
+    k = int(_int(body.get("k"), "k", 10) or 0)
+    spec, exprs = _filters(body.get("filter"), body.get("filters"))
+    fingerprint = _opt_str(body.get("encoder"), "encoder")
+    params = _params(body.get("params"))
+    given = [key for key in ("vectors", "tile_ids") if body.get(key) is not None]
+    if len(given) != 1:
+        raise _invalid(
+            f"give exactly one of vectors or tile_ids (got {', '.join(given) or 'none'})"
+        )
+    items = body[given[0]]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise _invalid(f"{given[0]} must be a list of 1 to {MAX_BATCH} queries")
+    if given[0] == "vectors":
+        q = np.stack([_unit_vector(v, col.dim, f"vectors[{i}]") for i, v in enumerate(items)])
+    else:
+        ids = [_int(t, f"tile_ids[{i}]") for i, t in enumerate(items)]
+        for t in ids:
+            if t is None or not 0 <= t < 2**63:
+                raise ApiError(f"tile {t} does not exist", 404, "TILE_NOT_FOUND")
+        q = view.tile_vectors([int(t) for t in ids])  # type: ignore[arg-type]
+    results = svc.search_batch(
+        name, q, k, filters=exprs, filter_json=spec, fingerprint=fingerprint, params=params
+    )
+    docs = [r.to_dict() for r in results]
+    return jsonify(
+        {
+            "ok": True,
+            "collection": col.name,
+            "snapshot": results[0].snapshot,
+            "encoder": col.fingerprint,
+            "results": docs,
+        }
+    )
 
 
 def _query_vector(

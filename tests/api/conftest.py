@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,18 @@ def index_derm(home: Path, images: list[Path] | Path, collection: str = "derm") 
         IngestOptions(progress=False),
         Manifest.load(DERM_DIR / "labels.csv", "filename"),
     )
+
+
+def poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    """Call ``fetch`` until ``done(answer)`` holds (bounded): a server prepares a new snapshot
+    off the request path and answers on the previous one meanwhile. Returns the last answer;
+    the caller asserts on it, so a timeout fails with what was seen."""
+    deadline = time.monotonic() + timeout
+    answer = fetch()
+    while not done(answer) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        answer = fetch()
+    return answer
 
 
 def write_synthetic(

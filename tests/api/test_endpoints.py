@@ -50,6 +50,9 @@ def test_search_by_tile(client: Any) -> None:
         assert key in hit
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
+    plan = body["plan"]  # a Flat collection: every query is an exact scan of all tiles
+    assert plan["strategy"] == "exact" and plan["index"] == "Flat"
+    assert plan["matched"] == plan["total"] == plan["candidates"] == 686
 
 
 def test_search_filter_json_and_exprs(client: Any) -> None:
@@ -223,6 +226,7 @@ def test_openapi_lists_every_endpoint(client: Any, app: Any) -> None:
         "/collections",
         "/collections/{c}",
         "/collections/{c}/search",
+        "/collections/{c}/search/batch",
         "/tiles/{tile_id}",
         "/tiles/{tile_id}/image",
         "/sources/{source_id}/thumbnail",
