@@ -27,6 +27,10 @@ class WeightsSpec:
     """File inside that repository."""
     obtain: str = ""
     """Human instructions: where a user gets the file and under which licence."""
+    folder_marker: str | None = None
+    """When set, the weights are a folder (e.g. a TensorFlow SavedModel) recognised by this file
+    inside it (``saved_model.pb``); ``filename`` is then the folder's name in the weights dir
+    and ``hf_repo`` is found through this file in the local Hugging Face cache."""
 
 
 @dataclass(frozen=True)

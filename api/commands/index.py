@@ -65,9 +65,9 @@ def register(cli: click.Group) -> None:
     )
     @click.option(
         "--weights",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         default=None,
-        help="Local weights file for the encoder.",
+        help="Local weights file, or model folder (SavedModel), for the encoder.",
     )
     @click.option(
         "--manifest",
