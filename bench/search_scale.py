@@ -380,7 +380,12 @@ def run_lancedb(
         ("patient_id", "BTREE"),
         ("scan_year", "BTREE"),
     ):
-        tbl.create_scalar_index(col, index_type=kind)
+        try:  # the current API; create_scalar_index is deprecated since lancedb 0.25
+            from lancedb.index import Bitmap, BTree
+
+            tbl.create_index(col, config=Bitmap() if kind == "BITMAP" else BTree())
+        except (ImportError, TypeError):
+            tbl.create_scalar_index(col, index_type=kind)
     info["scalar_index_seconds"] = round(time.perf_counter() - t0, 3)
     info.update(
         index="IVF_PQ",
