@@ -27,6 +27,7 @@ from indexer.errors import IndexerError, UnreadableSourceError
 from indexer.manifest import Manifest
 from indexer.photos import read_photo
 from indexer.sources import SourceFile, content_id, discover
+from search.compaction import maybe_compact
 from search.segments import SegmentWriter
 from search.store import Collection, Store
 
@@ -234,7 +235,9 @@ class Ingest:
             )
 
         with self.collection.ingest_lock(on_wait=waiting):
-            return self._run(paths)
+            report = self._run(paths)
+        maybe_compact(self.collection)  # merges small segments past LAMINA_COMPACT_SEGMENTS
+        return report
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
         t0 = time.perf_counter()

@@ -284,41 +284,55 @@ def _common_type(types: list[pa.DataType]) -> pa.DataType:
 
 
 def _concat(parts: list[pa.Table], core: dict[str, pa.DataType]) -> pa.Table:
-    """Concatenate tables whose metadata columns may differ: core columns typed as ``core``,
-    first, then every other column in order of appearance (absent -> null, types unified)."""
-    by_schema: dict[pa.Schema, list[pa.Table]] = {}
-    for t in parts:  # parts of one schema concatenate as they are (the usual case)
-        by_schema.setdefault(t.schema, []).append(t)
-    if len(by_schema) < len(parts):
-        parts = [pa.concat_tables(same) for same in by_schema.values()]
+    """Concatenate tables (in order) whose metadata columns may differ: core columns typed as
+    ``core``, first, then every other column in order of appearance (absent -> null, types
+    unified by :func:`_common_type`).
+
+    Parts are conformed once per distinct schema (thousands of small parts usually share a few
+    schemas), then put back in their order with one ``take`` when schemas interleave.
+    """
+    groups: dict[pa.Schema, list[int]] = {}
+    for i, t in enumerate(parts):
+        groups.setdefault(t.schema, []).append(i)
     names = list(core)
     types: dict[str, list[pa.DataType]] = {}
-    for t in parts:
-        for f in t.schema:
+    for schema in groups:
+        for f in schema:
             if f.name not in core and f.name not in types:
                 names.append(f.name)
             types.setdefault(f.name, []).append(f.type)
     target = {n: core.get(n) or _common_type(types[n]) for n in names}
-    columns: dict[str, list[pa.Array]] = {n: [] for n in names}
-    for t in parts:
-        for n in names:
-            typ = target[n]
-            if n not in t.column_names:
-                columns[n].append(pa.nulls(t.num_rows, typ))
-                continue
-            col = t.column(n).combine_chunks()
-            if pa.types.is_dictionary(col.type):
-                col = col.dictionary_decode()
-            if col.type != typ:
-                col = (
-                    pa.array([None if v is None else str(v) for v in col.to_pylist()], typ)
-                    if pa.types.is_string(typ)
-                    else col.cast(typ)
-                )
-            columns[n].append(col)
-    return pa.Table.from_arrays(
-        [pa.chunked_array(columns[n], target[n]) for n in names], names=names
-    )
+    starts = np.concatenate([[0], np.cumsum([t.num_rows for t in parts])]).astype(np.int64)
+    conformed, positions = [], []
+    for idx in groups.values():
+        conformed.append(_conform(pa.concat_tables([parts[i] for i in idx]), names, target))
+        positions.append(np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx]))
+    out = pa.concat_tables(conformed) if conformed else _conform(pa.table({}), names, target)
+    pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if not np.array_equal(pos, np.arange(len(pos))):
+        out = out.take(pa.array(np.argsort(pos, kind="stable")))
+    return out.combine_chunks()
+
+
+def _conform(table: pa.Table, names: list[str], target: dict[str, pa.DataType]) -> pa.Table:
+    """``table`` with exactly the columns ``names``, typed as ``target`` (absent -> nulls)."""
+    arrays = []
+    for n in names:
+        typ = target[n]
+        if n not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, typ))
+            continue
+        col = table.column(n).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if col.type != typ:
+            col = (
+                pa.array([None if v is None else str(v) for v in col.to_pylist()], typ)
+                if pa.types.is_string(typ)
+                else col.cast(typ)
+            )
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 class SegmentWriter:
