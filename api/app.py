@@ -99,11 +99,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["lamina"] = LaminaState(app.config)
 
-    from api.routes import cohorts, collections, search
+    from api.routes import cohorts, collections, imports, search
 
     app.register_blueprint(collections.bp, url_prefix=API_PREFIX)
     app.register_blueprint(search.bp, url_prefix=API_PREFIX)
     app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(imports.bp, url_prefix=API_PREFIX)
 
     @app.before_request
     def _auth() -> Response | None:

@@ -85,11 +85,12 @@ def _register() -> None:
     from api.commands import collection as collection_cmd
     from api.commands import encoders as encoders_cmd
     from api.commands import extra_commands
+    from api.commands import imports as imports_cmd
     from api.commands import index as index_cmd
     from api.commands import search as search_cmd
     from api.commands import status as status_cmd
 
-    for module in (encoders_cmd, index_cmd, status_cmd, search_cmd, *extra_commands()):
+    for module in (encoders_cmd, index_cmd, imports_cmd, status_cmd, search_cmd, *extra_commands()):
         module.register(cli)
     collection_cmd.register(cli)
 

@@ -623,6 +623,35 @@ class Client:
         )
         return ProbeReport(data=dict(doc["report"]), raw=doc)
 
+    # -- imports: bring your own embeddings --------------------------------------------------
+    def import_embeddings(
+        self,
+        collection: str,
+        files: Sequence[str | Path] | str | Path,
+        encoder_name: str,
+        dim: int | None = None,
+        *,
+        table_source_column: str | None = None,
+        vector_column: str | None = None,
+        patch_px_level0: int | None = None,
+    ) -> dict[str, Any]:
+        """Upload precomputed embeddings (.h5, .parquet, .npz, .json) into ``collection``, bound
+        to ``encoder_name`` (``external/<name>`` with ``dim``, or a registered key). Returns
+        the run report; a file that fails a check raises :class:`InvalidRequest` (422) naming
+        it and the row. Re-sending the same files imports nothing twice."""
+        paths = [files] if isinstance(files, str | Path) else list(files)
+        fields = {
+            "encoder_name": encoder_name,
+            "dim": dim,
+            "table_source_column": table_source_column,
+            "vector_column": vector_column,
+            "patch_px_level0": patch_px_level0,
+        }
+        body, ctype = _multipart(fields, [("file", *_file(p)) for p in paths])
+        return self._json(
+            "POST", f"/collections/{_q(collection)}/import", body=body, content_type=ctype
+        )
+
 
 def _q(segment: str) -> str:
     from urllib.parse import quote

@@ -50,12 +50,16 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (enc.WeightsMismatchError, ErrorInfo(409, "WEIGHTS_MISMATCH")),
     (enc.TestEncoderRefusedError, ErrorInfo(403, "TEST_ENCODER_REFUSED")),
     (enc.InvalidImageBatchError, ErrorInfo(422, "INVALID_IMAGE")),
+    (enc.NoLocalEncoderError, ErrorInfo(422, "NO_LOCAL_ENCODER")),
     (enc.EncoderError, ErrorInfo(500, "ENCODER_ERROR")),
     (idx.UnreadableSourceError, ErrorInfo(422, "UNREADABLE_IMAGE")),
     (idx.MissingMppError, ErrorInfo(422, "MISSING_MPP")),
     (idx.SlideResolutionError, ErrorInfo(422, "SLIDE_RESOLUTION_TOO_LOW")),
     (idx.ManifestError, ErrorInfo(422, "INVALID_MANIFEST")),
     (idx.UnsupportedSourceError, ErrorInfo(415, "UNSUPPORTED_SOURCE")),
+    (idx.ImportFormatError, ErrorInfo(422, "INVALID_IMPORT")),
+    (idx.ImportValidationError, ErrorInfo(422, "INVALID_IMPORT")),
+    (idx.DeclaredEncoderError, ErrorInfo(422, "INVALID_ENCODER_NAME")),
     (idx.IndexerError, ErrorInfo(500, "INDEXER_ERROR")),
 )
 

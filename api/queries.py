@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders import Encoder, create_encoder
+from encoders import Encoder, EncoderError, NoLocalEncoderError, create_encoder
 from indexer.photos import decode_photo
 from search import Collection
 
@@ -24,13 +24,29 @@ def encoder_for(collection: Collection, device: str = "auto") -> Encoder:
     key = collection.encoder_key
     weights = collection.info.get("encoder_weights")
     cache_key = (key, weights, device)
+    external = bool(collection.info.get("external"))
     with _LOCK:
         enc = _CACHE.get(cache_key)
         if enc is None:
-            enc = create_encoder(key, weights=weights, device=device, allow_test=True)
+            try:
+                enc = create_encoder(key, weights=weights, device=device, allow_test=True)
+            except EncoderError as exc:
+                if external:
+                    raise _no_local_encoder(collection) from exc
+                raise
             _CACHE[cache_key] = enc
+    if external and enc.fingerprint != collection.fingerprint:
+        raise _no_local_encoder(collection)
     collection.check_fingerprint(enc.fingerprint)
     return enc
+
+
+def _no_local_encoder(collection: Collection) -> NoLocalEncoderError:
+    return NoLocalEncoderError(
+        f"collection {collection.name!r} holds vectors imported as {collection.encoder_key} "
+        f"({collection.dim}-d); no encoder on this machine makes them, so it cannot be queried "
+        "by image or slide region. Query it by stored tile (tile_id), by vector or by cohort."
+    )
 
 
 def image_vector(

@@ -34,3 +34,8 @@ class TestEncoderRefusedError(EncoderError):
     """A test/* encoder was requested where only real encoders are allowed."""
 
     __test__ = False  # not a pytest test class despite the name
+
+
+class NoLocalEncoderError(EncoderError):
+    """A collection's vectors were made elsewhere and no encoder here makes them, so it cannot
+    be queried by image or slide region."""

@@ -25,3 +25,16 @@ class UnsupportedSourceError(IndexerError):
 
 class SlideResolutionError(IndexerError):
     """A slide's finest level is too coarse for the target mpp of the collection."""
+
+
+class ImportFormatError(IndexerError):
+    """An embeddings file is unreadable or not in a known layout (names the file, and the row
+    at fault where there is one)."""
+
+
+class ImportValidationError(IndexerError):
+    """A vector or row of an embeddings file fails a check (names the file and the row)."""
+
+
+class DeclaredEncoderError(IndexerError):
+    """``--encoder-name`` / ``--dim`` do not describe an encoder vectors can be bound to."""
