@@ -153,10 +153,19 @@ class AnnIndex:
         base = 0 if self.centroids is None else int(self.centroids.nbytes)
         return base + sum(p.memory_bytes for p in parts)
 
-    def probe_order(self, q: np.ndarray) -> np.ndarray:
-        """List ids by decreasing centroid similarity to ``q`` (IVF only)."""
+    def probe_orders(self, queries: np.ndarray, top: int | None) -> list[np.ndarray]:
+        """Per query, list ids by decreasing centroid similarity (IVF only): the ``top`` first,
+        or all lists when ``top`` is None. One matrix product for the whole batch."""
         assert self.centroids is not None
-        return np.argsort(-(self.centroids @ q), kind="stable")
+        sims = np.ascontiguousarray(queries, dtype=np.float32) @ self.centroids.T
+        out = []
+        for row in sims:
+            if top is not None and top < len(row):
+                part = np.argpartition(-row, top - 1)[:top]
+                out.append(part[np.lexsort((part, -row[part]))])
+            else:
+                out.append(np.lexsort((np.arange(len(row)), -row)))
+        return out
 
 
 # -- building -----------------------------------------------------------------------------------

@@ -111,8 +111,10 @@ def search(
         list_counts = None
         if masks is not None:
             list_counts = _list_counts(view, ann, key, masks, parts)
+        top = None if list_counts is not None else p["nprobe"]
+        orders = ann.probe_orders(queries, top)
         probes = [
-            _probe_lists(ann, q, list_counts, p, covered_total, covered_matched) for q in queries
+            _probe_lists(ann, o, list_counts, p, covered_total, covered_matched) for o in orders
         ]
         plan.nprobe = max(len(x) for x in probes)
     per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nq)]
@@ -234,7 +236,7 @@ def _ann_segment(
 
 def _probe_lists(
     ann: AnnIndex,
-    q: np.ndarray,
+    order: np.ndarray,
     counts: np.ndarray | None,
     p: Mapping[str, Any],
     covered_total: int,
@@ -242,7 +244,6 @@ def _probe_lists(
 ) -> np.ndarray:
     """IVF lists to probe for one query: ``nprobe`` unfiltered; filtered, lists in centroid
     order until the matching candidates reach what an unfiltered search would scan."""
-    order = ann.probe_order(q)
     nprobe = min(p["nprobe"], len(order))
     if counts is None:
         return order[:nprobe]
