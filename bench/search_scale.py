@@ -93,8 +93,9 @@ def log(msg: str) -> None:
 class Stages:
     """Runs named stages, timing each and recording its error without stopping the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stage_end: Callable[[], None] | None = None) -> None:
         self.records: dict[str, dict[str, Any]] = {}
+        self.on_stage_end = on_stage_end
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -112,6 +113,9 @@ class Stages:
             log(f"stage {name} FAILED: {rec['error']}")
         rec["stage_seconds"] = round(time.perf_counter() - t0, 3)
         log(f"stage {name} done in {rec['stage_seconds']:.1f}s")
+        if self.on_stage_end is not None:  # partial results survive an interrupted run
+            with contextlib.suppress(Exception):
+                self.on_stage_end()
 
 
 def percentiles_ms(lat_s: list[float]) -> dict[str, float | None]:
@@ -756,7 +760,14 @@ def markdown(rows: Rows, fractions: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
     n, dim, nq, seed = args.n, args.dim, args.queries, args.seed
     own_home = args.home is None
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="lamina-scale-"))
@@ -764,9 +775,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cache = home / "bench_cache"
     cache.mkdir(exist_ok=True)
     name = f"scale_n{n}_s{seed}" + (f"_{args.vector_dtype}" if args.vector_dtype else "")
-    st = Stages()
     rows: Rows = []
-    out: dict[str, Any] = {
+    out: dict[str, Any] = {}
+    st = Stages(lambda: write_result(out_path, out))
+    out |= {
         "what": "filtered and unfiltered top-10 search at scale: Lamina vs raw FAISS vs LanceDB",
         "units": "latency ms (single query, perf_counter); QPS queries/s; build/stage seconds; "
         "memory MB",
@@ -1046,10 +1058,9 @@ def main() -> None:
         args.n, args.queries = 20_000, min(args.queries, 50)
     out_path = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     t0 = time.perf_counter()
-    result = run(args)
+    result = run(args, out_path)
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(out_path, result)
     failed = [k for k, v in result["stages"].items() if not v.get("ok")]
     log(f"wrote {out_path} in {result['total_seconds']}s; failed stages: {failed or 'none'}")
 
