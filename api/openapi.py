@@ -376,6 +376,41 @@ PATHS: dict[str, Any] = {
             },
         )
     },
+    "/collections/{c}/import": {
+        "post": _op(
+            "Import precomputed embeddings (.h5, .parquet, .npz, .json files) into a collection "
+            "bound to the declared encoder; 422 IMPORT_FAILED with the run report when a file "
+            "fails a check",
+            {"200": _json(_ok({"collection": _STR, "snapshot": _STR}, []))},
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file", "encoder_name"],
+                            "properties": {
+                                "file": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                },
+                                "encoder_name": {
+                                    "type": "string",
+                                    "description": "a registered encoder key, or "
+                                    "external/<name> with dim",
+                                },
+                                "dim": _INT,
+                                "table_source_column": _STR,
+                                "vector_column": _STR,
+                                "patch_px_level0": _INT,
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
     "/tiles/{tile_id}": {
         "get": _op(
             "Metadata of one tile",

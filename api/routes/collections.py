@@ -54,8 +54,13 @@ def encoders() -> Response:
 def collections() -> Response:
     from search.status import collection_status
 
-    store = state().store
-    cols = [collection_status(store.collection(n), runs=1) for n in store.names()]
+    st = state()
+    cols = []
+    for n in st.store.names():
+        view = st.service.view(n)  # the snapshot this server answers on
+        doc = collection_status(view.collection, runs=1, view=view)
+        doc["snapshot"] = view.snapshot.id
+        cols.append(doc)
     return jsonify({"ok": True, "collections": cols})
 
 
