@@ -295,7 +295,7 @@ def build_labeled_set(
     return out
 
 
-NEIGHBOR_BATCH = 1024
+NEIGHBOR_BATCH = 128
 
 
 def _add_neighbors(
