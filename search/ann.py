@@ -4,7 +4,7 @@ Index families (the FAISS factory string stored with the collection):
 
 - ``Flat``: no ANN index; every search is an exact scan of the memory-mapped vectors.
 - ``IVF<nlist>`` / ``IVF<nlist>,Flat``: spherical k-means centroids trained once per collection
-  (on a sample of at most 256 * nlist vectors, FAISS's guidance is 30-256 per list), plus one
+  (on a sample of at most 64 * nlist vectors, inside FAISS's guidance of 30-256 per list), plus one
   int32 list assignment per tile, stored per segment. Lists are scanned *from the segments'
   memory-mapped vectors*, so the index adds 4 bytes per vector, not a second copy of it.
 - anything else FAISS builds (``IVF4096,PQ48``, ``IVF1024,SQ8``, ``HNSW32``...): a template
@@ -47,6 +47,7 @@ from search.segments import SegmentInfo, fsync_dir, write_json_atomic
 from search.store import Collection
 
 _ASSIGN_CHUNK = 65_536
+TRAIN_PER_LIST = 64  # training vectors per IVF list (FAISS: 30-256)
 _FILTER_CACHE = 32
 Progress = Callable[[str, int, int], None]
 
@@ -256,9 +257,9 @@ def _train(spec: IndexSpec, dim: int, segments: Sequence[SegmentInfo], out_dir: 
                 f"{spec.factory} needs at least {spec.nlist} vectors to train; the collection "
                 f"has {n}. Use fewer lists (about 4*sqrt(n)) or Flat."
             )
-        sample = _sample(segments, 256 * spec.nlist)
+        sample = _sample(segments, TRAIN_PER_LIST * spec.nlist)
         km = faiss.Kmeans(dim, spec.nlist, niter=20, spherical=True, seed=1234, verbose=False)
-        km.cp.max_points_per_centroid = 256
+        km.cp.max_points_per_centroid = TRAIN_PER_LIST
         km.cp.min_points_per_centroid = 1
         km.train(sample)
         cents = np.ascontiguousarray(km.centroids, dtype=np.float32)
@@ -267,7 +268,7 @@ def _train(spec: IndexSpec, dim: int, segments: Sequence[SegmentInfo], out_dir: 
     template = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     trained_on = 0
     if not template.is_trained:
-        size = max(256 * max(spec.nlist, 1), 65_536)
+        size = max(TRAIN_PER_LIST * max(spec.nlist, 1), 65_536)
         sample = _sample(segments, size) if n else np.zeros((0, dim), np.float32)
         try:
             template.train(sample)
