@@ -159,3 +159,17 @@ def test_cli_search_through_url(live_url: str) -> None:
     doc = json.loads(res.output)
     assert doc["ok"] and len(doc["hits"]) == 2 and doc["snapshot"]
     assert all(h["metadata"]["diagnostic"] in ("MEL", "BCC") for h in doc["hits"])
+
+
+def test_cli_search_params_through_url(live_url: str) -> None:
+    """--strategy and --explain work the same against a server: the plan comes back."""
+    from click.testing import CliRunner
+
+    from api.cli import cli
+
+    args = ["--url", live_url, "search", "--collection", "derm", "--tile-id", "3", "-k", "2"]
+    res = CliRunner().invoke(cli, [*args, "--strategy", "exact", "--explain"])
+    assert res.exit_code == 0, res.output
+    assert "plan: exact over index Flat" in res.stderr and "matched 686 of 686" in res.stderr
+    res = CliRunner().invoke(cli, [*args, "--nprobe", "0"])
+    assert res.exit_code == 2 and "--nprobe" in res.stderr
