@@ -52,46 +52,49 @@ class NumpyBackend:
     ) -> list[Found]:
         vectors = reader.vectors
         n = reader.n
-        qt = np.ascontiguousarray(queries, dtype=np.float32).T
-        keep: list[list[Found]] = [[] for _ in range(qt.shape[1])]
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = len(q)
+        best_s = np.full((nq, 0), -np.inf, np.float32)
+        best_r = np.zeros((nq, 0), np.int64)
         sparse = mask is not None and mask.sum() < DENSE * n
-        if sparse:
-            assert mask is not None
-            selected = np.flatnonzero(mask)
-            for lo in range(0, len(selected), BLOCK):
-                rows = selected[lo : lo + BLOCK]
+        selected = np.flatnonzero(mask) if sparse and mask is not None else None
+        total = len(selected) if selected is not None else n
+        for lo in range(0, total, BLOCK):
+            hi = min(total, lo + BLOCK)
+            if selected is not None:
+                rows = selected[lo:hi]
                 block = np.asarray(vectors[rows], dtype=np.float32)
-                _collect(keep, block @ qt, rows, k)
-        else:
-            for lo in range(0, n, BLOCK):
-                hi = min(n, lo + BLOCK)
+            else:
+                rows = np.arange(lo, hi, dtype=np.int64)
                 block = vectors[lo:hi]
                 if block.dtype != np.float32:
                     block = block.astype(np.float32)
-                scores = block @ qt
-                rows = np.arange(lo, hi, dtype=np.int64)
-                if mask is not None:
-                    m = mask[lo:hi]
-                    scores, rows = scores[m], rows[m]
-                _collect(keep, scores, rows, k)
-        out = []
-        for parts in keep:
-            if not parts:
-                out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)))
-                continue
-            s = np.concatenate([p[0] for p in parts])
-            r = np.concatenate([p[1] for p in parts])
-            out.append(topk(s, r, k))
-        return out
+            scores = q @ block.T  # (queries, rows): each query's scores are contiguous
+            if selected is None and mask is not None:
+                m = mask[lo:hi]
+                scores, rows = scores[:, m], rows[m]
+            best_s, best_r = _fold(best_s, best_r, scores, rows, k)
+        return [topk(best_s[j], best_r[j], k) for j in range(nq)]
 
     def rows(self, reader: Any, rows: np.ndarray, q: np.ndarray, k: int) -> Found:
         block = reader.gather(rows)
         return topk(block @ np.asarray(q, dtype=np.float32), np.asarray(rows, np.int64), k)
 
 
-def _collect(keep: list[list[Found]], scores: np.ndarray, rows: np.ndarray, k: int) -> None:
-    for j in range(scores.shape[1]):
-        keep[j].append(topk(scores[:, j], rows, k))
+def _fold(
+    best_s: np.ndarray, best_r: np.ndarray, scores: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (row of ``scores``), keep the best of the running set and a new block, with
+    one partition over all queries at once. The running set keeps 2k so that rows tied with
+    the k-th are still there when :func:`topk` applies the row rule at the end."""
+    cand_s = np.concatenate([best_s, scores], axis=1)
+    cand_r = np.concatenate([best_r, np.broadcast_to(rows, scores.shape)], axis=1)
+    keep = min(2 * k, cand_s.shape[1])
+    if cand_s.shape[1] > keep:
+        part = np.argpartition(-cand_s, keep - 1, axis=1)[:, :keep]
+        cand_s = np.take_along_axis(cand_s, part, axis=1)
+        cand_r = np.take_along_axis(cand_r, part, axis=1)
+    return cand_s, cand_r
 
 
 _BACKEND: Backend | None = None
