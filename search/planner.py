@@ -225,6 +225,7 @@ def _ann_segment(
     else:
         plan.ef_search = ef
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    assert part.index is not None
     _, labels = part.index.search(q, kk, params=params)
     out = []
     for j in range(len(q)):
@@ -279,6 +280,7 @@ def _faiss_params(index: Any, sel_bits: np.ndarray | None, nprobe: int, ef: int)
     if sel_bits is not None:
         sel = faiss.IDSelectorBitmap(len(sel_bits) * 8, faiss.swig_ptr(sel_bits))
     real = faiss.downcast_index(index)
+    params: Any
     if isinstance(real, faiss.IndexIVF):
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe

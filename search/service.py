@@ -330,7 +330,7 @@ class SearchService:
                 )
             return out
         for row in q:
-            hits, groups, plan = self._grouped(
+            hits, groups, grouped_plan = self._grouped(
                 view, row[None], k, conds, group_col, per_group, params
             )
             out.append(
@@ -340,7 +340,7 @@ class SearchService:
                     encoder=col.fingerprint,
                     hits=hits,
                     groups=groups,
-                    plan=plan,
+                    plan=grouped_plan,
                 )
             )
         return out
