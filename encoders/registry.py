@@ -76,6 +76,6 @@ def _ensure_loaded() -> None:
     global _LOADED
     if _LOADED:
         return
-    from encoders import classic, foundation, testing, timm_models  # noqa: F401
+    from encoders import classic, foundation, pathology_models, testing, timm_models  # noqa: F401
 
     _LOADED = True

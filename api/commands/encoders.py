@@ -11,19 +11,21 @@ def register(cli: click.Group) -> None:
     @cli.command("encoders")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     def encoders_command(as_json: bool) -> None:
-        """Registered encoders: key, modality, dims, input size, mpp, weights availability."""
+        """Registered encoders: key, modality, dim, input size, um/px, whether the weights are on
+        this machine (and where, or where to put them), licence."""
         from encoders import encoder_table
 
         rows = encoder_table()
         if as_json:
             emit_json({"ok": True, "encoders": rows})
             return
-        header = f"{'key':38} {'modality':12} {'dim':>5} {'px':>4} {'mpp':>5}  weights"
+        header = f"{'key':34} {'modality':11} {'dim':>5} {'px':>4} {'um/px':>5}  weights  licence"
         click.echo(header)
         for r in rows:
             mpp = "-" if r["mpp"] is None else f"{r['mpp']:g}"
-            avail = "yes" if r["weights_available"] else "no"
+            avail = "yes" if r["weights_available"] else "no "
             click.echo(
-                f"{r['key']:38} {r['modality']:12} {r['embed_dim']:>5} {r['input_px']:>4} "
-                f"{mpp:>5}  {avail}: {r['weights']}"
+                f"{r['key']:34} {r['modality']:11} {r['embed_dim']:>5} {r['input_px']:>4} "
+                f"{mpp:>5}  {avail:7}  {r['licence'] or '-'}"
             )
+            click.echo(f"{'':34}   {r['weights']}")
