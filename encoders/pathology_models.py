@@ -93,7 +93,7 @@ def build_model(config: EncoderConfig, depth: int | None = None) -> Any:
                 self.ln_contrast = torch.nn.LayerNorm(512)
 
         def forward(self, x: Any) -> Any:
-            tokens = self.trunk.forward_features(x)  # (n, prefix + patches, width), normed
+            tokens = self.trunk.forward_features(x)  # type: ignore[operator]  # (n, tokens, width)
             if recipe.pooling == "cls":
                 return tokens[:, 0]
             if recipe.pooling == "cls+mean":
@@ -126,8 +126,8 @@ def hf_dinov2_to_timm(state: dict[str, Any]) -> dict[str, Any]:
         elif k.startswith("layernorm."):
             out["norm." + k.rsplit(".", 1)[1]] = val
         elif k.startswith("encoder.layer."):
-            parts = k.split(".")
-            i, rest = int(parts[2]), ".".join(parts[3:])
+            pieces = k.split(".")
+            i, rest = int(pieces[2]), ".".join(pieces[3:])
             if rest.startswith("attention.attention."):
                 _, _, which, kind = rest.split(".")
                 qkv.setdefault(i, {}).setdefault(kind, {})[which] = val
@@ -141,9 +141,9 @@ def hf_dinov2_to_timm(state: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = val
     for i, kinds in qkv.items():
-        for kind, parts in kinds.items():
+        for kind, qkv_parts in kinds.items():
             out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-                [parts["query"], parts["key"], parts["value"]], 0
+                [qkv_parts["query"], qkv_parts["key"], qkv_parts["value"]], 0
             )
     return out
 
