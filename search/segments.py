@@ -184,6 +184,19 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
     """
     if not segments_dir.is_dir():
         return []
+    for _ in range(5):
+        out = _listing(segments_dir)
+        if out is not None:
+            break
+    else:  # a compaction retired segments under five listings in a row: list once more
+        out = _listing(segments_dir) or []
+    replaced = {r for s in out for r in s.replaces}
+    return [s for s in out if s.segment_id not in replaced] if replaced else out
+
+
+def _listing(segments_dir: Path) -> list[SegmentInfo] | None:
+    """One listing; None if a listed segment vanished meanwhile (retired by a compaction whose
+    merged segment is already committed), so the caller lists again and sees the merge."""
     out = []
     for entry in sorted(os.listdir(segments_dir)):
         if entry.startswith("."):
@@ -194,11 +207,12 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
             try:
                 info = SegmentInfo.load(path)
             except FileNotFoundError:
-                continue  # retired between the listing and the read
+                if not path.exists():
+                    return None
+                continue  # a directory without segment.json is not a segment
             _INFO_CACHE[path] = info
         out.append(info)
-    replaced = {r for s in out for r in s.replaces}
-    return [s for s in out if s.segment_id not in replaced] if replaced else out
+    return out
 
 
 def retire(segments_dir: Path, segment_ids: Iterable[str]) -> None:

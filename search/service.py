@@ -22,7 +22,7 @@ import numpy as np
 
 from search import planner
 from search.ann import AnnIndex, update_index
-from search.errors import InvalidQueryError
+from search.errors import FilterError, InvalidQueryError
 from search.filters import Condition, parse_filters
 from search.index_spec import index_slug
 from search.segment_reader import forget_readers
@@ -181,7 +181,15 @@ class SearchService:
                 and prev.ann.version == ann.version
             ):
                 ann = prev.ann  # keeps the per-segment parts already loaded
-            view = CollectionView(col, key[3], ann=ann)
+            for attempt in range(3):
+                try:
+                    view = CollectionView(col, key[3], ann=ann)
+                    break
+                except FileNotFoundError:
+                    # a compaction retired a listed segment: list again (its merge is there)
+                    if attempt == 2:
+                        raise
+                    key = self._key(col)
             state.view, state.key = view, key
             forget_readers(str(col.segments_dir), view.snapshot.segments)
         if self.background:
@@ -311,7 +319,7 @@ class SearchService:
         for c in conds:
             if c.column not in view.schema:
                 known = ", ".join(sorted(view.schema))
-                raise InvalidQueryError(f"unknown filter column {c.column!r}; columns: {known}")
+                raise FilterError(f"unknown filter column {c.column!r}; columns: {known}")
         if exclude_same:
             conds += self._exclude_same(view, exclude_same, query_tile_id)
         group_col = self._group_column(view, group_by)
