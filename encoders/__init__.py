@@ -21,7 +21,13 @@ from encoders.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from encoders.registry import get_config, list_encoders, register_encoder
+from encoders.registry import (
+    get_config,
+    list_encoders,
+    origin_of,
+    plugin_errors,
+    register_encoder,
+)
 from encoders.weights import find_weights, weights_locations
 
 __all__ = [
@@ -42,6 +48,8 @@ __all__ = [
     "fingerprint_of",
     "get_config",
     "list_encoders",
+    "origin_of",
+    "plugin_errors",
     "register_encoder",
     "resolve_device",
 ]
@@ -99,6 +107,7 @@ def encoder_table() -> list[dict[str, object]]:
                 "weights": where,
                 "licence": cfg.licence,
                 "test_only": cfg.test_only,
+                "origin": origin_of(cfg.key),
                 "description": cfg.description,
             }
         )
