@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from search.ann import AnnIndex, copy_sidecars
+from search.ann import AnnIndex, copy_sidecars, write_assignment
 from search.segments import (
     TMP_PREFIX,
     VECTOR_DTYPES,
@@ -309,3 +309,82 @@ def maybe_compact(
     if small_segments(col, target_rows) <= limit:
         return None
     return compact(col, target_rows=target_rows, progress=progress, wait=False)
+
+
+# -- clustering: rows in IVF list order ----------------------------------------------------------
+CLUSTER_MIN_ROWS = 65_536
+
+
+def cluster(
+    col: Collection,
+    *,
+    min_rows: int = CLUSTER_MIN_ROWS,
+    progress: Progress | None = None,
+    wait: bool = False,
+) -> dict[str, Any]:
+    """Rewrite each IVF-indexed segment of at least ``min_rows`` tiles with its rows sorted by
+    IVF list (then by row), so that every list is a contiguous run of the vectors file: an IVF
+    probe then reads a few sequential ranges instead of thousands of scattered rows. Same
+    protocol as a merge (one new segment that ``replaces`` the old one, committed by rename,
+    the old one retired); tile ids, rows' content and vectors are unchanged, only their order.
+    Segments already in list order are skipped. Does nothing for other index kinds.
+    """
+    ann = AnnIndex.load(col)
+    if ann is None or ann.spec.kind != "ivf":
+        return {"clustered": []}
+    done: list[str] = []
+    try:
+        with _locked(col, wait, None):
+            for seg in col.segments():
+                if seg.n_tiles < min_rows:
+                    continue
+                part = ann.segment(seg.segment_id)
+                if part is None or part.assign is None or part.contiguous:
+                    continue
+                info = _cluster_one(col, seg, part.assign, progress)
+                retire(col.segments_dir, info.replaces)
+                done.append(info.segment_id)
+            if done:
+                _drop_sidecars(col)
+    except _Busy as busy:
+        return {"clustered": done, "skipped": f"an ingest ({busy}) holds the ingest lock"}
+    return {"clustered": done}
+
+
+def _cluster_one(
+    col: Collection, seg: SegmentInfo, assign: np.ndarray, progress: Progress | None
+) -> SegmentInfo:
+    order = np.argsort(assign, kind="stable")
+    code = np.dtype(VECTOR_DTYPES[seg.dtype][0])
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    writer = SegmentWriter(
+        col.segments_dir, col.dim, col.fingerprint, f"cluster-{stamp}", _no_ids, seg.dtype
+    )
+    try:
+        tiles = _tiles_in_row_order(seg).take(pa.array(order))
+        sources = _read(seg.sources_path, seg.n_sources)
+        writer.add_block(
+            sources,
+            tiles.slice(0, 0),
+            np.zeros((0, col.dim), code),
+            np.array(seg.source_vectors(), dtype="<f4"),
+        )
+        vectors = seg.vectors()
+        for lo in range(0, seg.n_tiles, BLOCK_ROWS):
+            rows = order[lo : lo + BLOCK_ROWS]
+            writer.add_block(
+                sources.slice(0, 0),
+                tiles.slice(lo, len(rows)),
+                np.asarray(vectors[np.sort(rows)])[np.argsort(np.argsort(rows))],
+                np.zeros((0, col.dim), "<f4"),
+            )
+            if progress is not None:
+                progress("cluster", lo + len(rows), seg.n_tiles)
+        writer.replaces = (seg.segment_id,)
+        write_assignment(col, writer.segment_id, assign[order])
+        info = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    assert info is not None
+    return info

@@ -12,6 +12,7 @@ compaction keep ``row`` equal to the physical row).
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search.filters import Condition, condition_mask, conditions_key
-from search.segments import SegmentInfo
+from search.segments import VECTOR_DTYPES, SegmentInfo
 
 MASK_CACHE_SIZE = 64
 
@@ -88,13 +89,31 @@ def unify_types(names: Sequence[str]) -> str:
     return "VARCHAR"
 
 
+def _map_populated(info: SegmentInfo) -> np.ndarray:
+    """The segment's vectors as a read-only ndarray over a shared, pre-faulted memory map.
+
+    MAP_POPULATE maps every page when the reader is built (off the request path), so queries
+    never take page faults on first touch; the pages are the OS page cache's, shared by every
+    process serving the segment. A plain ndarray (numpy's memmap subclass adds ~1 ms per take).
+    """
+    code = np.dtype(VECTOR_DTYPES[info.dtype][0])
+    if info.n_tiles == 0:
+        return np.zeros((0, info.dim), code)
+    with open(info.vectors_path, "rb") as f:
+        size = info.n_tiles * info.dim * code.itemsize
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        buf = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+    arr = np.frombuffer(buf, dtype=code).reshape(info.n_tiles, info.dim)
+    return arr
+
+
 class SegmentReader:
     """Read access to one committed segment (thread-safe; immutable data, cached masks)."""
 
     def __init__(self, info: SegmentInfo) -> None:
         self.info = info
         self.n = info.n_tiles
-        self.vectors = info.vectors()
+        self.vectors = _map_populated(info)
         schema = pq.read_schema(info.tiles_path)
         strings = [
             f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)

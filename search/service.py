@@ -22,6 +22,7 @@ import numpy as np
 
 from search import planner
 from search.ann import AnnIndex, update_index
+from search.compaction import cluster
 from search.errors import FilterError, InvalidQueryError
 from search.filters import Condition, parse_filters
 from search.index_spec import index_slug
@@ -207,6 +208,7 @@ class SearchService:
         def run() -> None:
             try:
                 update_index(col)
+                cluster(col)  # lists as contiguous runs of rows (skipped while an ingest runs)
                 state.build_error = None
             except Exception as exc:  # noqa: BLE001 - reported by status, searches go on exactly
                 state.build_error = str(exc)

@@ -17,22 +17,28 @@ import click
 
 from api.cli import CliContext, emit_json, handle_errors
 
-_STAGES = {"train": "training", "index": "indexing"}
+_STAGES = {"train": "training", "index": "indexing", "cluster": "clustering"}
 
 
 def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, Any]:
     """Run ``update_index`` on ``col``: the train stage is a line, the index stage a tqdm bar
-    (in tiles) on stderr. Returns update_index's report."""
+    (in tiles) on stderr; then large IVF segments are rewritten in list order
+    (``search.compaction.cluster``). Returns update_index's report plus ``clustered``."""
     from search.ann import update_index
 
     bar: Any = None
+    bar_stage = ""
 
     def report(stage: str, done: int, total: int) -> None:
-        nonlocal bar
+        nonlocal bar, bar_stage
         if stage == "train":
             click.echo(f"training {col.index_factory} index of {col.name}...", err=True)
             return
+        if bar is not None and stage != bar_stage:
+            bar.close()
+            bar = None
         if bar is None:
+            bar_stage = stage
             from tqdm import tqdm
 
             bar = tqdm(
@@ -46,8 +52,12 @@ def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, An
             )
         bar.update(done - bar.n)
 
+    from search.compaction import cluster
+
     try:
-        return update_index(col, report if progress else None, rebuild=rebuild)
+        out = update_index(col, report if progress else None, rebuild=rebuild)
+        out["clustered"] = cluster(col, progress=report if progress else None)["clustered"]
+        return out
     finally:
         if bar is not None:
             bar.close()

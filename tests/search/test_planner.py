@@ -143,3 +143,29 @@ def test_batch_search_equals_single_queries(data) -> None:  # noqa: ANN001
         single = svc.search("c", q, K, filters=["bucket<300"])
         assert [h.tile_id for h in res.hits] == [h.tile_id for h in single.hits]
         assert res.snapshot == single.snapshot
+
+
+def test_clustering_puts_ivf_lists_in_runs_and_keeps_answers(data, tmp_path: Path) -> None:  # noqa: ANN001
+    from search.compaction import cluster
+
+    _, vectors, queries = data
+    col = write_collection(tmp_path, "k", vectors[:6000], np.zeros(6000, int), segments=2)
+    col.set_index("IVF32", {"nprobe": 4})
+    update_index(col)
+    svc = SearchService(Store(tmp_path))
+    before = [svc.search("k", q, K, params={"strategy": "ann"}) for q in queries]
+    old_ids = np.sort(svc.view("k").all_tile_ids())
+    report = cluster(col, min_rows=1000)
+    assert len(report["clustered"]) == 2
+    assert cluster(col, min_rows=1000)["clustered"] == []  # already in list order
+    view = svc.view("k")
+    assert all(view.ann.segment(r.segment_id).contiguous for r in view.readers)
+    np.testing.assert_array_equal(np.sort(view.all_tile_ids()), old_ids)
+    for q, old in zip(queries, before, strict=True):
+        new = svc.search("k", q, K, params={"strategy": "ann"})
+        assert [h.tile_id for h in new.hits] == [h.tile_id for h in old.hits]
+        assert [h.score for h in new.hits] == [h.score for h in old.hits]
+        assert new.plan["segments_exact"] == 0
+    # every tile keeps its own vector (ids were allocated 0..5999 in write order)
+    ids = view.all_tile_ids()[:50]
+    np.testing.assert_array_equal(view.tile_vectors(ids), vectors[:6000][ids])
