@@ -961,6 +961,11 @@ def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             rec["index_build"] = _jsonable(update_index(col))
             rec["index_build_seconds"] = round(time.perf_counter() - t0, 3)
+            from search.compaction import cluster
+
+            t0 = time.perf_counter()
+            rec["clustered"] = len(cluster(col)["clustered"])
+            rec["cluster_seconds"] = round(time.perf_counter() - t0, 3)
         else:
             rec["index_build"] = "not available: built by the first search"
         svc = SearchService(Store(home))
