@@ -34,7 +34,7 @@ from search.cohorts import checked_conditions, score_positions
 from search.errors import InvalidQueryError
 from search.filters import Condition, conditions_key, parse_filters
 from search.params import effective
-from search.service import MAX_K, Group, SearchResult, SearchService, _hit
+from search.service import MAX_K, Group, SearchResult, SearchService, _hit, unit_queries
 from search.views import CollectionView
 
 EXACT_BELOW = 200_000
@@ -119,17 +119,6 @@ def top_m_mean(
         used = np.maximum(finite.sum(axis=-1), 1)
         out[codes] = (total / used).mean(axis=0)
     return out
-
-
-def _unit(vectors: np.ndarray, dim: int) -> np.ndarray:
-    q = np.asarray(vectors, dtype=np.float64).reshape(-1, dim)
-    if not np.all(np.isfinite(q)):
-        raise InvalidQueryError("query vector contains NaN or infinity")
-    scale = np.abs(q).max(axis=1, keepdims=True)
-    if np.any(scale == 0):
-        raise InvalidQueryError("query vector is all zeros")
-    q = q / scale
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _exact_all(
@@ -225,7 +214,7 @@ def rank_slides(
             raise InvalidQueryError(
                 f"query vector has shape {queries.shape}; collection {col.name!r} has {col.dim} dims"
             )
-    q = _unit(queries, col.dim)
+    q = unit_queries(np.asarray(queries).reshape(-1, col.dim), col.dim, col.name)
 
     conds = checked_conditions(view, parse_filters(filters, filter_json))
     if exclude_same:
