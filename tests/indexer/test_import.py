@@ -118,6 +118,14 @@ def test_trident_h5_of_the_bundled_slides(home: Path, trident_dir: Path, slides_
         assert image.shape == (PATCH, PATCH, 3)
         again = create_encoder("classic/stain-texture").embed([image])[0]
         assert float(again @ (feats[i] / np.linalg.norm(feats[i]))) > 0.9999
+    # the region is viewable over HTTP too
+    from api.app import create_app
+
+    web = create_app({"HOME": str(home), "TESTING": True}).test_client()
+    resp = web.get(
+        f"/api/v1/tiles/{by_xy[(int(coords[0, 0]), int(coords[0, 1]))]['tile_id']}/image?collection=tri"
+    )
+    assert resp.status_code == 200 and resp.mimetype == "image/png"
     # the same files again: nothing new
     again_report = import_embeddings(Store(home), "tri", [trident_dir], declared, opts)
     assert again_report.indexed == 0 and again_report.unchanged == 2
@@ -345,6 +353,10 @@ def test_http_route_and_client(home: Path, trident_dir: Path, tmp_path: Path) ->
     assert client.import_embeddings("web", h5, "external/trident-classic", 416)["unchanged"] == 2
     hits = client.search_tile("web", 3, k=1).hits
     assert hits[0].tile_id == 3
+    with h5py.File(h5[0]) as f:  # a vector query: the first patch of the first file
+        first = [float(v) for v in f["features"][0]]
+    hit = client.search_vector("web", first, k=1).hits[0]
+    assert hit.score == pytest.approx(1.0, abs=1e-5) and (hit.x, hit.y) == (0, 0)
     bad = tmp_path / "bad.npz"
     np.savez(bad, vectors=np.zeros((2, 416), np.float32), source=np.array(["s", "s"]))
     with pytest.raises(InvalidRequest, match=r"bad.npz: row 0: vector is all zeros"):
