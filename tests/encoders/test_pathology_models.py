@@ -81,8 +81,8 @@ def test_preprocessing_resize_shorter_side_then_centre_crop() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     got = preprocess([image], RECIPES["path/prov-gigapath"])[0]
-    want = Image.fromarray(image).resize((341, 256), Image.Resampling.BICUBIC)
-    want = np.asarray(want.crop((58, 16, 58 + 224, 16 + 224)))
+    resized = Image.fromarray(image).resize((341, 256), Image.Resampling.BICUBIC)
+    want = np.asarray(resized.crop((58, 16, 58 + 224, 16 + 224)))
     np.testing.assert_array_equal(got, want)
     tile = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     np.testing.assert_array_equal(preprocess([tile], RECIPES["path/virchow2"])[0], tile)
@@ -160,4 +160,4 @@ def test_missing_weights_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "virchow2_pytorch_model.bin").write_bytes(b"x")
     rows = {r["key"]: r for r in encoder_table()}
     assert rows["path/virchow2"]["weights_available"] is True
-    assert rows["path/virchow2"]["licence"].startswith("CC BY-NC-ND 4.0")
+    assert str(rows["path/virchow2"]["licence"]).startswith("CC BY-NC-ND 4.0")
