@@ -161,3 +161,20 @@ def test_missing_weights_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     rows = {r["key"]: r for r in encoder_table()}
     assert rows["path/virchow2"]["weights_available"] is True
     assert str(rows["path/virchow2"]["licence"]).startswith("CC BY-NC-ND 4.0")
+
+
+def test_uni_architecture_and_recipe() -> None:
+    """path/uni (registered with the timm encoders): ViT-L/16 with layer scale, class token."""
+    import timm
+
+    cfg = get_config("path/uni")
+    kwargs = dict(cfg.model_kwargs)
+    small = timm.create_model(cfg.architecture, num_classes=0, depth=1, **kwargs).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), small.forward_features(x)[:, 0])
+    assert small(x).shape == (2, cfg.embed_dim) == (2, 1024)
+    with torch.device("meta"):
+        full = timm.create_model(cfg.architecture, num_classes=0, **kwargs)
+    assert round(sum(p.numel() for p in full.parameters()) / 1e6) == 303
+    assert (cfg.mean, cfg.input_px, cfg.mpp) == ((0.485, 0.456, 0.406), 224, 0.5)
