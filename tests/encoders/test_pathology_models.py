@@ -172,7 +172,7 @@ def test_uni_architecture_and_recipe() -> None:
     small = timm.create_model(cfg.architecture, num_classes=0, depth=1, **kwargs).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(small(x), small.forward_features(x)[:, 0])
+        torch.testing.assert_close(small(x), small.forward_features(x)[:, 0])  # type: ignore[operator]
     assert small(x).shape == (2, cfg.embed_dim) == (2, 1024)
     with torch.device("meta"):
         full = timm.create_model(cfg.architecture, num_classes=0, **kwargs)
