@@ -372,6 +372,34 @@ def source_id_of(seed: int, slide: int) -> str:
     return hashlib.sha256(f"bench-scale-{seed}-slide-{slide}".encode()).hexdigest()
 
 
+def tile_row(x: int, y: int, **columns: Any) -> dict[str, Any]:
+    """A 224 px level-0 slide tile at (x, y) px, 0.5 um/px, all tissue, with ``columns``."""
+    return {
+        "x": x,
+        "y": y,
+        "level": 0,
+        "size_px": 224,
+        "tile_px": 224,
+        "mpp": 0.5,
+        "tissue_fraction": 1.0,
+        "kind": "slide",
+        **columns,
+    }
+
+
+def slide_source(source_id: str, name: str, width: int, height: int) -> dict[str, Any]:
+    """A slide source record of ``width`` x ``height`` px at 0.5 um/px."""
+    return {
+        "source_id": source_id,
+        "source": name,
+        "kind": "slide",
+        "width": width,
+        "height": height,
+        "mpp": 0.5,
+        "properties": {},
+    }
+
+
 def write_collection(
     home: Path,
     name: str,
@@ -417,29 +445,15 @@ def write_collection(
         }
         labels = data.label[lo:hi]
         tiles = [
-            {
-                "x": 224 * (i % cols),
-                "y": 224 * (i // cols),
-                "level": 0,
-                "size_px": 224,
-                "tile_px": 224,
-                "mpp": 0.5,
-                "tissue_fraction": 1.0,
-                "kind": "slide",
-                **meta,
-                "label": LABELS[int(labels[i])],
-            }
+            tile_row(224 * (i % cols), 224 * (i // cols), **meta, label=LABELS[int(labels[i])])
             for i in range(count)
         ]
-        source = {
-            "source_id": source_id_of(seed, s),
-            "source": f"slide_{s:05d}.svs",
-            "kind": "slide",
-            "width": 224 * min(count, cols),
-            "height": 224 * (1 + (count - 1) // cols),
-            "mpp": 0.5,
-            "properties": {},
-        }
+        source = slide_source(
+            source_id_of(seed, s),
+            f"slide_{s:05d}.svs",
+            224 * min(count, cols),
+            224 * (1 + (count - 1) // cols),
+        )
         got = writer.add_source(source, tiles, np.asarray(data.vectors[lo:hi], np.float32))
         ids[lo:hi] = got
         if writer.n_tiles >= commit_every:

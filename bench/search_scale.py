@@ -37,6 +37,11 @@ Lamina stages, each timed and isolated (a failure is recorded and the rest runs)
 the collection), slide-level search (ms per query), a labelled export of every row (seconds),
 a 100k-member cohort (seconds). Results: one JSON (machine, versions, data, filters, a row per
 system x filter, stages) and a markdown table on stdout.
+
+Modules: this one (command line, stage runner, result JSON and table), bench/scale_data.py
+(data, filters, ground truth), bench/scale_measure.py (quality and latency measures),
+bench/scale_peers.py (FAISS, LanceDB), bench/scale_lamina.py (Lamina's stages and the child
+processes this module runs as ``python -m bench.search_scale --child cold|commit``).
 """
 
 from __future__ import annotations
@@ -44,13 +49,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import json
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -61,33 +64,20 @@ from typing import Any
 
 import numpy as np
 
-from bench.scale_data import (
-    LABELS,
-    FilterSpec,
-    ScaleData,
-    exact_topk,
-    extra_tiles,
-    load_or_generate,
-    make_filters,
-    patient_name,
-    site_name,
-    write_collection,
+from bench.scale_data import FilterSpec, ScaleData, exact_topk, load_or_generate, make_filters
+from bench.scale_lamina import (
+    LaminaStages,
+    child_cold,
+    child_commit,
+    commit_to_visible,
+    ensure_collection,
 )
+from bench.scale_measure import TARGET_RECALL, K, Rows, ivf_nlist, log
+from bench.scale_peers import run_faiss_flat, run_faiss_ivf, run_lancedb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "search_scale.json"
 QUICK_RESULTS = REPO / "bench" / "results" / "tmp" / "search_scale_quick.json"
-K = 10
-NPROBES = [1, 2, 4, 8, 16, 32, 64, 128]
-TARGET_RECALL = 0.95
-WARMUP = 5
-
-Rows = list[dict[str, Any]]
-
-
-# -- small helpers --------------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 class Stages:
@@ -118,82 +108,6 @@ class Stages:
                 self.on_stage_end()
 
 
-def percentiles_ms(lat_s: list[float]) -> dict[str, float | None]:
-    if not lat_s:
-        return {"p50_ms": None, "p99_ms": None}
-    arr = np.asarray(lat_s) * 1000.0
-    return {
-        "p50_ms": round(float(np.percentile(arr, 50)), 3),
-        "p99_ms": round(float(np.percentile(arr, 99)), 3),
-    }
-
-
-def quality(results: list[np.ndarray], gt: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
-    """recall@K, exactly-K fraction and filter violations of per-query result rows."""
-    recalls, exact, hits, bad = [], 0, 0, 0
-    for res, truth in zip(results, gt, strict=True):
-        got = np.asarray(res, np.int64)
-        got = got[got >= 0][:K]
-        want = truth[truth >= 0]
-        recalls.append(len(set(got.tolist()) & set(want.tolist())) / max(len(want), 1))
-        exact += int(len(got) == min(K, len(want)))
-        hits += len(got)
-        if mask is not None and len(got):
-            bad += int((~mask[got]).sum())
-    return {
-        "recall_at_10": round(float(np.mean(recalls)), 4),
-        "exactly_k": round(exact / len(results), 4),
-        "filter_violations": round(bad / max(hits, 1), 4),
-    }
-
-
-def measure(
-    one: Callable[[int], np.ndarray],
-    batch: Callable[[], list[np.ndarray]] | None,
-    gt: np.ndarray,
-    mask: np.ndarray | None,
-    n_queries: int,
-) -> dict[str, Any]:
-    """Single-query latency and quality, then batch QPS (and its recall) if ``batch`` exists."""
-    for i in range(min(WARMUP, n_queries)):
-        one(i)
-    results, lat = [], []
-    for i in range(n_queries):
-        t0 = time.perf_counter()
-        r = one(i)
-        lat.append(time.perf_counter() - t0)
-        results.append(r)
-    out: dict[str, Any] = {**quality(results, gt, mask), **percentiles_ms(lat)}
-    out["batch_qps"] = None
-    if batch is not None:
-        try:
-            t0 = time.perf_counter()
-            res_b = batch()
-            wall = time.perf_counter() - t0
-            out["batch_qps"] = round(n_queries / wall, 1)
-            out["batch_recall_at_10"] = quality(res_b, gt, mask)["recall_at_10"]
-        except Exception as exc:  # noqa: BLE001 - the batch form is optional per system
-            out["batch_error"] = f"{type(exc).__name__}: {exc}"
-    return out
-
-
-def vm_status() -> dict[str, float]:
-    """VmRSS and VmHWM of this process in MB (from /proc/self/status)."""
-    out: dict[str, float] = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
-                out[key.lower() + "_mb"] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return out
-
-
-def ivf_nlist(n: int) -> int:
-    return 4096 if n >= 1_000_000 else max(16, int(round(4 * np.sqrt(n))))
-
-
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     ram_gib = None
@@ -221,526 +135,6 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "git_commit": commit or None,
     }
-
-
-# -- peers ----------------------------------------------------------------------------------------
-def run_faiss_flat(
-    vectors: np.ndarray, queries: np.ndarray, filters: list[FilterSpec], gts: list[np.ndarray]
-) -> tuple[Rows, dict[str, Any]]:
-    import faiss
-
-    t0 = time.perf_counter()
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, np.float32))
-    info = {"build_seconds": round(time.perf_counter() - t0, 3)}
-    rows: Rows = []
-    for f, gt in zip(filters, gts, strict=True):
-        keep: list[Any] = []
-        params = None
-        if f.mask is not None:
-            bitmap = np.packbits(f.mask, bitorder="little")
-            sel = faiss.IDSelectorBitmap(bitmap)
-            params = faiss.SearchParameters(sel=sel)
-            keep += [bitmap, sel]
-
-        def one(i: int, p: Any = params) -> np.ndarray:
-            return index.search(queries[i : i + 1], K, params=p)[1][0]
-
-        def batch(p: Any = params) -> list[np.ndarray]:
-            return list(index.search(queries, K, params=p)[1])
-
-        m = measure(one, batch, gt, f.mask, len(queries))
-        rows.append({"system": "faiss_flat", "filter": f.name, **m, "params": {}})
-        del keep
-    return rows, info
-
-
-def run_faiss_ivf(
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    filters: list[FilterSpec],
-    gts: list[np.ndarray],
-    train_per_list: int,
-    seed: int,
-) -> tuple[Rows, dict[str, Any]]:
-    import faiss
-
-    n, dim = vectors.shape
-    nlist = ivf_nlist(n)
-    n_train = min(n, train_per_list * nlist)
-    rng = np.random.default_rng([seed, 10])
-    sample = np.sort(rng.choice(n, size=n_train, replace=False))
-    t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(vectors[sample], np.float32))
-    t_train = time.perf_counter() - t0
-    index.add(np.ascontiguousarray(vectors, np.float32))
-    info: dict[str, Any] = {
-        "nlist": nlist,
-        "train_vectors": n_train,
-        "train_rule": f"seeded sample of min(n, {train_per_list} x nlist)",
-        "kmeans_iterations": int(index.cp.niter),
-        "train_seconds": round(t_train, 3),
-        "build_seconds": round(time.perf_counter() - t0, 3),
-    }
-    curve = {}
-    best = NPROBES[-1]
-    for p in NPROBES:
-        index.nprobe = p
-        r = quality(list(index.search(queries, K)[1]), gts[0], None)["recall_at_10"]
-        curve[str(p)] = r
-        if r >= TARGET_RECALL:
-            best = p
-            break
-    index.nprobe = best
-    info.update(nprobe=best, recall_by_nprobe=curve)
-    rows: Rows = []
-    for f, gt in zip(filters, gts, strict=True):
-        keep: list[Any] = []
-        params = faiss.SearchParametersIVF(nprobe=best)
-        if f.mask is not None:
-            bitmap = np.packbits(f.mask, bitorder="little")
-            sel = faiss.IDSelectorBitmap(bitmap)
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=best)
-            keep += [bitmap, sel]
-
-        def one(i: int, p: Any = params) -> np.ndarray:
-            return index.search(queries[i : i + 1], K, params=p)[1][0]
-
-        def batch(p: Any = params) -> list[np.ndarray]:
-            return list(index.search(queries, K, params=p)[1])
-
-        m = measure(one, batch, gt, f.mask, len(queries))
-        rows.append(
-            {
-                "system": "faiss_ivf",
-                "filter": f.name,
-                **m,
-                "params": {"nlist": nlist, "nprobe": best},
-            }
-        )
-        del keep
-    return rows, info
-
-
-def run_lancedb(
-    home: Path,
-    data: ScaleData,
-    filters: list[FilterSpec],
-    gts: list[np.ndarray],
-    refine_factor: int,
-) -> tuple[Rows, dict[str, Any]]:
-    import lancedb
-    import pyarrow as pa
-
-    n, dim = data.vectors.shape
-    queries = data.queries
-    info: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    flat = pa.array(np.asarray(data.vectors, np.float32).reshape(-1), pa.float32())
-    table = pa.table(
-        {
-            "id": pa.array(np.arange(n, dtype=np.int64)),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "label": pa.array(np.asarray(LABELS)[data.label]),
-            "site": pa.array([site_name(int(s)) for s in data.tile_site()]),
-            "patient_id": pa.array(
-                np.asarray(
-                    [patient_name(int(p)) for p in range(int(data.slide_patient.max()) + 1)]
-                )[data.tile_patient()]
-            ),
-            "scan_year": pa.array(data.tile_year().astype(np.int32)),
-        }
-    )
-    db = lancedb.connect(str(home / "lancedb"))
-    tbl = db.create_table(f"scale_n{n}", data=table, mode="overwrite")
-    del table, flat
-    info["write_seconds"] = round(time.perf_counter() - t0, 3)
-    partitions = max(1, int(round(np.sqrt(n))))
-    sub_vectors = dim // 8
-    t0 = time.perf_counter()
-    try:  # the current API (lancedb >= 0.25); the older keyword form is deprecated
-        from lancedb.index import IvfPq
-
-        tbl.create_index(
-            "vector",
-            config=IvfPq(
-                distance_type="dot", num_partitions=partitions, num_sub_vectors=sub_vectors
-            ),
-        )
-    except (ImportError, TypeError):
-        tbl.create_index(
-            metric="dot",
-            num_partitions=partitions,
-            num_sub_vectors=sub_vectors,
-            index_type="IVF_PQ",
-        )
-    info["index_build_seconds"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    for col, kind in (
-        ("label", "BITMAP"),
-        ("site", "BITMAP"),
-        ("patient_id", "BTREE"),
-        ("scan_year", "BTREE"),
-    ):
-        try:  # the current API; create_scalar_index is deprecated since lancedb 0.25
-            from lancedb.index import Bitmap, BTree
-
-            tbl.create_index(col, config=Bitmap() if kind == "BITMAP" else BTree())
-        except (ImportError, TypeError):
-            tbl.create_scalar_index(col, index_type=kind)
-    info["scalar_index_seconds"] = round(time.perf_counter() - t0, 3)
-    info.update(
-        index="IVF_PQ",
-        num_partitions=partitions,
-        num_sub_vectors=sub_vectors,
-        metric="dot",
-        scalar_indexes={
-            "label": "BITMAP",
-            "site": "BITMAP",
-            "patient_id": "BTREE",
-            "scan_year": "BTREE",
-        },
-    )
-
-    def query(q: np.ndarray, f: FilterSpec, nprobes: int, refine: int) -> Any:
-        qb = (
-            tbl.search(q, vector_column_name="vector")
-            .distance_type("dot")
-            .minimum_nprobes(nprobes)
-            .maximum_nprobes(0)  # more partitions only when a filter leaves fewer than k
-            .refine_factor(refine)
-            .limit(K)
-            .select(["id", "_distance"])
-        )
-        if f.sql is not None:
-            qb = qb.where(f.sql, prefilter=True)
-        return qb
-
-    def ids_of(q: np.ndarray, f: FilterSpec, nprobes: int, refine: int) -> np.ndarray:
-        return query(q, f, nprobes, refine).to_arrow()["id"].to_numpy()
-
-    # nprobes first (at --refine-factor); where recall plateaus below the target (PQ-limited),
-    # a larger refine_factor. The first setting reaching the target wins, else the best seen.
-    n_tune = min(len(queries), 50)
-    curve: dict[str, float] = {}
-    best, best_rf, best_r = NPROBES[-1], refine_factor, -1.0
-    done = False
-    for rf in sorted({refine_factor, 20, 50, 100}):
-        prev = -1.0
-        for p in NPROBES:
-            res = [ids_of(queries[i], filters[0], p, rf) for i in range(n_tune)]
-            r = quality(res, gts[0][:n_tune], None)["recall_at_10"]
-            curve[f"refine{rf}_nprobes{p}"] = r
-            if r > best_r:
-                best, best_rf, best_r = p, rf, r
-            if r >= TARGET_RECALL:
-                done = True
-                break
-            if r <= prev + 0.002 and p >= 4:  # plateau: more partitions do not help
-                break
-            prev = r
-        if done:
-            break
-    info.update(
-        nprobes=best,
-        nprobes_mode="minimum_nprobes=nprobes, maximum_nprobes=0 (unbounded, on demand)",
-        refine_factor=best_rf,
-        recall_by_setting=curve,
-        tuned_on_queries=n_tune,
-    )
-    rows: Rows = []
-    for f, gt in zip(filters, gts, strict=True):
-
-        def one(i: int, f: FilterSpec = f) -> np.ndarray:
-            return ids_of(queries[i], f, best, best_rf)
-
-        def batch(f: FilterSpec = f) -> list[np.ndarray]:
-            t = query(queries, f, best, best_rf).to_arrow()
-            qi = t["query_index"].to_numpy()
-            ids = t["id"].to_numpy()
-            return [ids[qi == i] for i in range(len(queries))]
-
-        m = measure(one, batch, gt, f.mask, len(queries))
-        rows.append(
-            {
-                "system": "lancedb",
-                "filter": f.name,
-                **m,
-                "params": {"nprobes": best, "refine_factor": best_rf, "prefilter": True},
-            }
-        )
-    return rows, info
-
-
-# -- Lamina ---------------------------------------------------------------------------------------
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        return json.loads(json.dumps(obj, default=str))
-    except (TypeError, ValueError):
-        return repr(obj)
-
-
-def run_lamina(
-    svc: Any,
-    name: str,
-    system: str,
-    queries: np.ndarray,
-    filters: list[FilterSpec],
-    gts: list[np.ndarray],
-    inv: np.ndarray,
-    request_params: dict[str, Any] | None,
-) -> tuple[Rows, dict[str, Any]]:
-    """Lamina's search, one row per filter; per-request params and plans where supported."""
-    extra: dict[str, Any] = {}
-    api: dict[str, Any] = {
-        "params_supported": _accepts(svc.search, "params"),
-        "search_batch": hasattr(svc, "search_batch"),
-    }
-    if request_params and api["params_supported"]:
-        extra["params"] = request_params
-
-    def rows_of(res: Any) -> np.ndarray:
-        return inv[np.asarray([h.tile_id for h in res.hits], np.int64)]
-
-    rows: Rows = []
-    for f, gt in zip(filters, gts, strict=True):
-        fj = f.lamina
-        last: dict[str, Any] = {}
-
-        def one(i: int, fj: Any = fj, last: dict[str, Any] = last) -> np.ndarray:
-            res = svc.search(name, queries[i], k=K, filter_json=fj, **extra)
-            last["res"] = res
-            return rows_of(res)
-
-        batch = None
-        if api["search_batch"]:
-
-            def batch(fj: Any = fj) -> list[np.ndarray]:
-                out = svc.search_batch(name, queries, k=K, filter_json=fj, **extra)
-                results = out if isinstance(out, list | tuple) else getattr(out, "results", out)
-                return [rows_of(r) for r in results]
-
-        m = measure(one, batch, gt, f.mask, len(queries))
-        res = last.get("res")
-        plan = getattr(res, "plan", None) if res is not None else None
-        rows.append(
-            {
-                "system": system,
-                "filter": f.name,
-                **m,
-                "params": extra.get("params", {}),
-                "plan": "not available" if plan is None else _jsonable(plan),
-                "snapshot": getattr(res, "snapshot", None),
-            }
-        )
-    if not api["search_batch"]:
-        api["search_batch"] = "not available"
-    return rows, api
-
-
-def ensure_collection(
-    home: Path, cache: Path, name: str, data: ScaleData, seed: int, vector_dtype: str | None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The collection's tile ids in row order, writing the collection unless already complete."""
-    from search.errors import CollectionNotFoundError
-    from search.store import Store
-
-    ids_path = cache / f"{name}.tile_ids.npy"
-    try:
-        col = Store(home).collection(name)
-        if ids_path.is_file() and col.snapshot().n_tiles == data.n:
-            return np.load(ids_path), {"reused": True, "segments": len(col.segments())}
-    except CollectionNotFoundError:
-        pass
-    shutil.rmtree(home / "collections" / name, ignore_errors=True)
-    t0 = time.perf_counter()
-    ids = write_collection(
-        home,
-        name,
-        data,
-        seed=seed,
-        vector_dtype=vector_dtype,
-        progress=lambda done: log(f"  written {done:,} tiles"),
-    )
-    seconds = time.perf_counter() - t0
-    np.save(ids_path, ids)
-    col = Store(home).collection(name)
-    return ids, {
-        "reused": False,
-        "write_seconds": round(seconds, 3),
-        "tiles_per_second": round(data.n / seconds, 1),
-        "segments": len(col.segments()),
-    }
-
-
-def _child(args: list[str], timeout: float) -> tuple[dict[str, Any], float]:
-    """Run ``python -m bench.search_scale --child ...``; its last stdout line is JSON."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.search_scale", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args[:2]} exit {proc.returncode}: {proc.stderr[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
-
-
-def child_cold(home: Path, name: str, queries_path: Path, filters_json: str) -> dict[str, Any]:
-    """In a fresh process: time to the first answer, then a few more, then resident memory."""
-    t0 = time.perf_counter()
-    from search.service import SearchService
-    from search.store import Store
-
-    t_import = time.perf_counter() - t0
-    queries = np.load(queries_path)
-    svc = SearchService(Store(home))
-    res = svc.search(name, queries[0], k=K)
-    t_first = time.perf_counter() - t0
-    lat = []
-    for fj in json.loads(filters_json):
-        t1 = time.perf_counter()
-        svc.search(name, queries[1], k=K, filter_json=fj)
-        lat.append(round((time.perf_counter() - t1) * 1000, 2))
-    return {
-        "import_seconds": round(t_import, 3),
-        "first_answer_seconds": round(t_first, 3),
-        "next_queries_ms": lat,
-        "snapshot": res.snapshot,
-        **vm_status(),
-    }
-
-
-def child_commit(home: Path, name: str, vectors_path: Path) -> dict[str, Any]:
-    """In a separate process: commit one 100-tile source; returns the commit's wall-clock time."""
-    from search.store import Store
-
-    vecs = np.load(vectors_path)
-    col = Store(home).collection(name)
-    t0 = time.perf_counter()
-    w = col.writer("bench-visible")
-    tiles = [
-        {
-            "x": 224 * i,
-            "y": 0,
-            "level": 0,
-            "size_px": 224,
-            "tile_px": 224,
-            "mpp": 0.5,
-            "tissue_fraction": 1.0,
-            "kind": "slide",
-            "patient_id": "P-visible",
-            "site": "H01",
-            "scan_year": 2024,
-            "label": "tumour",
-        }
-        for i in range(len(vecs))
-    ]
-    src = {
-        "source_id": f"{time.time_ns():064x}"[-64:],
-        "source": f"visible_{time.time_ns()}.svs",
-        "kind": "slide",
-        "width": 224 * len(vecs),
-        "height": 224,
-        "mpp": 0.5,
-        "properties": {},
-    }
-    ids = w.add_source(src, tiles, vecs)
-    w.commit()
-    return {
-        "t_commit": time.time(),
-        "commit_seconds": round(time.perf_counter() - t0, 3),
-        "tile_ids": ids,
-    }
-
-
-def clone_collection(src: Path, dst: Path, max_tiles: int, factory: str) -> int:
-    """Hard-link the oldest segments of ``src`` covering ~``max_tiles`` tiles into ``dst``.
-
-    Segments are immutable, so links cost nothing and the original is never touched. The saved
-    index of ``factory`` is linked too when every segment is taken (so a clone of an IVF
-    collection does not retrain). Returns the clone's tile count.
-    """
-    shutil.rmtree(dst, ignore_errors=True)
-    (dst / "segments").mkdir(parents=True)
-    segs = sorted(
-        p for p in (src / "segments").iterdir() if not p.name.startswith(".") and p.is_dir()
-    )
-    total, taken = 0, 0
-    for seg in segs:
-        if total >= max_tiles:
-            break
-        meta = json.loads((seg / "segment.json").read_text())
-        shutil.copytree(seg, dst / "segments" / seg.name, copy_function=os.link)
-        total += int(meta["n_tiles"])
-        taken += 1
-    info = json.loads((src / "collection.json").read_text())
-    info.update(name=dst.name, index_factory=factory)
-    (dst / "collection.json").write_text(json.dumps(info, indent=2))
-    shutil.copy(src / "next_tile_id", dst / "next_tile_id")
-    if taken == len(segs) and (src / "index").is_dir():
-        shutil.copytree(src / "index", dst / "index", copy_function=os.link)
-    return total
-
-
-def commit_to_visible(
-    home: Path, name: str, size: int, factory: str, dim: int, seed: int, cache: Path
-) -> dict[str, Any]:
-    """Seconds from another process's 100-tile commit to the first answer that contains it."""
-    from search.service import SearchService
-    from search.store import Store
-
-    clone = f"{name}_visible"
-    dst = home / "collections" / clone
-    try:
-        n_tiles = clone_collection(home / "collections" / name, dst, size, factory)
-        vecs = extra_tiles(dim, 100, seed)
-        vec_path = cache / "visible_tiles.npy"
-        np.save(vec_path, vecs)
-        svc = SearchService(Store(home))
-        t0 = time.perf_counter()
-        before = svc.search(clone, vecs[0], k=K)
-        first_view = time.perf_counter() - t0
-        info, _ = _child(
-            ["--child", "commit", "--home", str(home), "--name", clone, "--vectors", str(vec_path)],
-            timeout=600,
-        )
-        target = int(info["tile_ids"][0])
-        polls: list[float] = []
-        seen = None
-        while time.time() - info["t_commit"] < 300:
-            t1 = time.perf_counter()
-            res = svc.search(clone, vecs[0], k=K)
-            polls.append(time.perf_counter() - t1)
-            if any(h.tile_id == target for h in res.hits):
-                seen = time.time() - info["t_commit"]
-                break
-        return {
-            "tiles": n_tiles,
-            "factory": factory,
-            "first_view_seconds": round(first_view, 3),
-            "child_commit_seconds": info["commit_seconds"],
-            "commit_to_visible_seconds": None if seen is None else round(seen, 3),
-            "polls": len(polls),
-            "first_poll_ms": round(polls[0] * 1000, 1) if polls else None,
-            "snapshot_before": before.snapshot,
-            "snapshot_after": res.snapshot,
-        }
-    finally:
-        shutil.rmtree(dst, ignore_errors=True)
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -801,7 +195,7 @@ def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
     data: ScaleData | None = None
     filters: list[FilterSpec] = []
     gts: list[np.ndarray] = []
-    inv = np.zeros(0, np.int64)
+    ids = np.zeros(0, np.int64)
     ivf_nprobe: int | None = None
 
     with st.stage("data") as rec:
@@ -840,8 +234,6 @@ def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
     with st.stage("lamina_write") as rec:
         ids, info = ensure_collection(home, cache, name, data, seed, args.vector_dtype)
         rec.update(info)
-        inv = np.full(int(ids.max()) + 1, -1, np.int64)
-        inv[ids] = np.arange(len(ids))
 
     vectors = np.ascontiguousarray(data.vectors, np.float32)
     with st.stage("faiss_flat") as rec:
@@ -865,153 +257,31 @@ def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
     del vectors
     gc.collect()
 
-    if len(inv) == 0:
+    if len(ids) == 0:
         return out
-    from search.service import SearchService
-    from search.store import Store
-
-    col = Store(home).collection(name)
-    filters_json = json.dumps([f.lamina for f in filters if f.lamina is not None])
-    svc: Any = None
+    lam = LaminaStages(
+        home, name, queries, q_path, filters, gts, ids, vector_bytes=int(data.n * dim * 4)
+    )
     with st.stage("lamina_flat") as rec:
-        col.set_index_factory("Flat")
-        rec["saved_index_present"] = any(col.index_dir.glob("Flat.*"))
-        svc = SearchService(Store(home))
-        t0 = time.perf_counter()
-        svc.search(name, queries[0], k=K)
-        rec["first_search_seconds"] = round(time.perf_counter() - t0, 3)
-        rec["rss_after_view"] = vm_status()
-        r, api = run_lamina(svc, name, "lamina_flat", queries, filters, gts, inv, None)
-        rows += r
-        rec["api"] = api
+        rows += lam.flat(rec)
     with st.stage("lamina_flat_cold_start") as rec:
-        info, wall = _child(
-            [
-                "--child",
-                "cold",
-                "--home",
-                str(home),
-                "--name",
-                name,
-                "--queries-npy",
-                str(q_path),
-                "--filters-json",
-                filters_json,
-            ],
-            timeout=1800,
-        )
-        rec.update(info, process_wall_seconds=round(wall, 3))
-        rec["rss_over_vector_bytes"] = round(
-            info.get("vmrss_mb", 0) * 2**20 / (data.n * dim * 4), 3
-        )
+        lam.cold_start(rec)
     with st.stage("lamina_slide_search") as rec:
-        from search.slide_ranking import rank_slides
-
-        for f in filters[:1] + [x for x in filters if x.name == "sel_10pct"]:
-            lat = []
-            for i in range(min(20, nq) + 1):
-                t0 = time.perf_counter()
-                rank_slides(svc, name, vectors=queries[i], k=K, filter_json=f.lamina)
-                if i:  # the first call warms per-view caches
-                    lat.append(time.perf_counter() - t0)
-            rec[f.name] = {**percentiles_ms(lat), "queries": len(lat)}
+        lam.slide_search(rec)
     with st.stage("lamina_export") as rec:
-        from search.exports import build_labeled_set
-
-        view = svc.view(name)
-        t0 = time.perf_counter()
-        ls = build_labeled_set(view, "label", split_by="patient_id")
-        rec.update(rows=int(ls.n), seconds=round(time.perf_counter() - t0, 3))
-        del ls
-        t0 = time.perf_counter()
-        ls = build_labeled_set(view, "label", tile_ids=ids[:200].tolist(), neighbors=10)
-        rec["with_neighbors_10"] = {
-            "rows": int(ls.n),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        del ls, view
+        lam.export(rec)
     with st.stage("lamina_cohort") as rec:
-        from search.catalog import Catalog
-        from search.cohorts import create_cohort
-
-        members = min(100_000, data.n)
-        with Catalog(home) as catalog:
-            t0 = time.perf_counter()
-            record = create_cohort(
-                catalog, svc, "bench-scale", name, near_vectors=[queries[0]], k=members
-            )
-            rec.update(
-                members=int(record["n_tiles"]),
-                version=int(record["version"]),
-                seconds=round(time.perf_counter() - t0, 3),
-            )
-    svc = None
-    gc.collect()
+        lam.cohort(rec)
+    lam.release()
 
     factory = f"IVF{ivf_nlist(n)},Flat"
     with st.stage("lamina_ivf") as rec:
-        col.set_index_factory(factory)
-        rec["factory"] = factory
-        rec["saved_index_present"] = (col.index_dir / f"{factory.replace(',', '_')}.json").is_file()
-        try:  # the store's explicit index build, where it has one (else the first search builds)
-            from search.ann import update_index
-        except ImportError:
-            update_index = None
-        if update_index is not None:
-            t0 = time.perf_counter()
-            rec["index_build"] = _jsonable(update_index(col))
-            rec["index_build_seconds"] = round(time.perf_counter() - t0, 3)
-            from search.compaction import cluster
-
-            t0 = time.perf_counter()
-            rec["clustered"] = len(cluster(col)["clustered"])
-            rec["cluster_seconds"] = round(time.perf_counter() - t0, 3)
-        else:
-            rec["index_build"] = "not available: built by the first search"
-        svc = SearchService(Store(home))
-        t0 = time.perf_counter()
-        first = svc.search(name, queries[0], k=K)
-        rec["first_search_seconds"] = round(time.perf_counter() - t0, 3)
-        rec["first_plan"] = _jsonable(getattr(first, "plan", "not available"))
-        rec["rss_after_view"] = vm_status()
-        params = {"nprobe": ivf_nprobe} if ivf_nprobe else None
-        r, api = run_lamina(svc, name, "lamina_ivf", queries, filters, gts, inv, params)
-        rows += r
-        rec["api"] = api
-        if not api["params_supported"]:
-            rec["note"] = "per-request params not available: the collection's default nprobe"
+        rows += lam.ivf(rec, factory, ivf_nprobe)
     with st.stage("lamina_ivf_collection_params") as rec:
-        # the same nprobe stored with the collection instead of sent per request
-        if not hasattr(col, "set_index") or not ivf_nprobe:
-            rec["skipped"] = "collection-level index params not available"
-        else:
-            col.set_index(params={"nprobe": ivf_nprobe})
-            svc = SearchService(Store(home))
-            r, api = run_lamina(svc, name, "lamina_ivf_colparams", queries, filters, gts, inv, None)
-            rows += r
-            rec.update(api=api, index_params={"nprobe": ivf_nprobe})
-    svc = None
-    gc.collect()
+        rows += lam.ivf_collection_params(rec, ivf_nprobe)
+    lam.release()
     with st.stage("lamina_ivf_cold_start") as rec:
-        info, wall = _child(
-            [
-                "--child",
-                "cold",
-                "--home",
-                str(home),
-                "--name",
-                name,
-                "--queries-npy",
-                str(q_path),
-                "--filters-json",
-                filters_json,
-            ],
-            timeout=1800,
-        )
-        rec.update(info, process_wall_seconds=round(wall, 3))
-        rec["rss_over_vector_bytes"] = round(
-            info.get("vmrss_mb", 0) * 2**20 / (data.n * dim * 4), 3
-        )
+        lam.cold_start(rec)
 
     sizes = sorted({min(250_000, n), n})
     for size in sizes:
@@ -1021,7 +291,7 @@ def run(args: argparse.Namespace, out_path: Path) -> dict[str, Any]:
             with st.stage(f"commit_to_visible_{size}_{tag}") as rec:
                 rec.update(commit_to_visible(home, name, size, fac, dim, seed, cache))
     with contextlib.suppress(Exception):
-        col.set_index_factory("Flat")
+        lam.col.set_index_factory("Flat")
 
     if own_home:
         shutil.rmtree(home, ignore_errors=True)
