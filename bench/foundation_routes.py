@@ -138,8 +138,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/foundation_routes.json")
     args = parser.parse_args()
+    from encoders.foundation import import_tensorflow
+
+    tf = import_tensorflow("bench")  # first: it orders the triton / TensorFlow imports
     import onnxruntime
-    import tensorflow as tf
     import tf2onnx
 
     tiles = load_tiles(args.n)

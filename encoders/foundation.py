@@ -21,8 +21,10 @@ Vectors are L2-normalised by :class:`Encoder` after the model (cosine is unchang
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,16 @@ class TensorFlowMissingError(EncoderError):
 
 
 def import_tensorflow(key: str) -> Any:
-    """TensorFlow, quiet, or an error saying which extra to install."""
+    """TensorFlow, quiet, or an error saying which extra to install.
+
+    Triton (which torch's CUDA wheels bring, and torchvision imports) is loaded first when it is
+    installed: both bundle LLVM, and importing triton after TensorFlow segfaults the process,
+    while the other order works.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules:
+        with contextlib.suppress(ImportError):
+            import triton  # noqa: F401
     try:
         import tensorflow as tf
     except ImportError:

@@ -29,10 +29,9 @@ DERM_PX = 448
 
 
 def _tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from encoders.foundation import import_tensorflow
 
-    return tf
+    return import_tensorflow("encoders.tf_testing")
 
 
 def _gelu(tf: Any, x: Any) -> Any:

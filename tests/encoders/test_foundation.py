@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
+from encoders.foundation import TensorFlowMissingError, import_tensorflow  # noqa: E402
+
+try:  # through Lamina's import: it loads triton first (the other order segfaults)
+    tf = import_tensorflow("tests")
+except TensorFlowMissingError:
+    pytest.skip("TensorFlow is not installed", allow_module_level=True)
 
 from encoders import WeightsMismatchError, WeightsNotFoundError, create_encoder  # noqa: E402
 from encoders.base import resize_rgb  # noqa: E402

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from encoders.foundation import TensorFlowMissingError, import_tensorflow  # noqa: E402
+
+try:
+    import_tensorflow("tests")  # before tf2onnx imports TensorFlow itself
+except TensorFlowMissingError:
+    pytest.skip("TensorFlow is not installed", allow_module_level=True)
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 
