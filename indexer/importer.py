@@ -381,7 +381,10 @@ class Import:
 
     def _writer(self, ids: _IdBlocks) -> SegmentWriter:
         col = self.collection
-        return SegmentWriter(col.segments_dir, col.dim, col.fingerprint, self.run_id, ids.take)
+        dtype = str(getattr(col, "vector_dtype", "float32"))
+        return SegmentWriter(
+            col.segments_dir, col.dim, col.fingerprint, self.run_id, ids.take, dtype=dtype
+        )
 
     def _commit(self, writer: SegmentWriter) -> None:
         info = writer.commit()

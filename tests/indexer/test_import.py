@@ -363,3 +363,17 @@ def test_http_route_and_client(home: Path, trident_dir: Path, tmp_path: Path) ->
         client.import_embeddings("web", [bad], "external/trident-classic", 416)
     with pytest.raises(InvalidRequest, match="--dim"):
         client.import_embeddings("web2", h5, "external/nodim")
+
+
+def test_import_into_a_float16_collection(home: Path, tmp_path: Path) -> None:
+    declared = declare_encoder("external/half", 8)
+    Store(home).open_or_create(
+        "half", encoder=declared.name, fingerprint=declared.fingerprint, embed_dim=8,
+        tile_px=None, mpp=None, extra={"external": True, "vector_dtype": "float16"},
+    )  # fmt: skip
+    path = tmp_path / "t.parquet"
+    pq.write_table(_table(2, 3, 8), path)
+    report = import_embeddings(Store(home), "half", [path], declared, ImportOptions(progress=False))
+    assert report.ok and report.tiles == 6
+    hit = SearchService(Store(home)).search_tile("half", 4, k=1).hits[0]
+    assert hit.tile_id == 4 and hit.score == pytest.approx(1.0, abs=1e-3)
