@@ -204,7 +204,8 @@ def test_new_snapshot_reuses_the_readers_of_known_segments(home: Path) -> None:
     view = svc.view("c")
     assert [r.segment_id for r in view.readers] == [s.segment_id for s in col.segments()]
     assert view.readers[0] is first.readers[0]  # O(new segments): the old reader is shared
-    assert isinstance(view.readers[1].vectors, np.memmap)  # vectors are mapped, not copied
+    vec = view.readers[1].vectors  # a read-only view of the memory-mapped file, not a copy
+    assert not vec.flags.owndata and not vec.flags.writeable
     pos = view.positions_of([int(view.all_tile_ids()[-1])])
     np.testing.assert_allclose(view.vectors[pos][0], vecs[-1])
 
