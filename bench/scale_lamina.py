@@ -299,10 +299,19 @@ def ensure_collection(
     seconds = time.perf_counter() - t0
     np.save(ids_path, ids)
     col = Store(home).collection(name)
+    written = len(col.segments())
+    # what the end of a `lamina index` run does: merge small segments past the threshold
+    from search.compaction import maybe_compact
+
+    t0 = time.perf_counter()
+    compacted = maybe_compact(col) is not None
     return ids, {
         "reused": False,
         "write_seconds": round(seconds, 3),
         "tiles_per_second": round(data.n / seconds, 1),
+        "segments_written": written,
+        "compacted": compacted,
+        "compact_seconds": round(time.perf_counter() - t0, 3),
         "segments": len(col.segments()),
     }
 

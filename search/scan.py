@@ -59,6 +59,8 @@ class NumpyBackend:
         best_r = np.zeros((nq, 0), np.int64)
         sparse = mask is not None and mask.sum() < DENSE * n
         selected = np.flatnonzero(mask) if sparse and mask is not None else None
+        if selected is not None and vectors.dtype == np.float32:
+            return _by_rows(vectors, q, selected, k)
         total = len(selected) if selected is not None else n
         for lo in range(0, total, BLOCK):
             hi = min(total, lo + BLOCK)
@@ -78,8 +80,11 @@ class NumpyBackend:
         return [topk(best_s[j], best_r[j], k) for j in range(nq)]
 
     def rows(self, reader: Any, rows: np.ndarray, q: np.ndarray, k: int) -> Found:
-        """Exact top-k among candidate rows: FAISS's SIMD kernel on the gathered block (a few
-        thousand rows; BLAS's thread pool costs more than the product at this size)."""
+        """Exact top-k among candidate rows with FAISS's SIMD kernel: float32 rows are read in
+        place (no copy); float16 rows are gathered and converted first."""
+        qq = np.asarray(q, dtype=np.float32).reshape(1, -1)
+        if reader.vectors.dtype == np.float32:
+            return _by_rows(reader.vectors, qq, np.asarray(rows, np.int64), k)[0]
         block = reader.gather(rows)
         kk = min(len(rows), 2 * k)
         if kk == 0:
@@ -88,6 +93,38 @@ class NumpyBackend:
         scores, idx = faiss.knn(qq, block, kk, metric=faiss.METRIC_INNER_PRODUCT)
         keep = idx[0] >= 0
         return topk(scores[0][keep], np.asarray(rows, np.int64)[idx[0][keep]], k)
+
+
+def _by_rows(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> list[Found]:
+    """Top-k of each query among ``rows`` of a float32 matrix, read in place by FAISS
+    (``knn_inner_products_by_idx``: one pass over the rows, no gathered copy)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    kk = min(len(rows), 2 * k)
+    nq = len(q)
+    if kk == 0:
+        return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(nq)]
+    qq = np.ascontiguousarray(q, dtype=np.float32)
+    base = np.ascontiguousarray(vectors)  # the mapped file itself when already contiguous
+    vals = np.empty((nq, kk), np.float32)
+    labels = np.empty((nq, kk), np.int64)
+    faiss.knn_inner_products_by_idx(
+        faiss.swig_ptr(qq),
+        faiss.swig_ptr(base),
+        faiss.swig_ptr(rows),
+        base.shape[1],
+        nq,
+        base.shape[0],
+        len(rows),
+        kk,
+        faiss.swig_ptr(vals),
+        faiss.swig_ptr(labels),
+        0,  # every query scans the same rows
+    )
+    out = []
+    for j in range(nq):
+        keep = labels[j] >= 0
+        out.append(topk(vals[j][keep], labels[j][keep], k))
+    return out
 
 
 def _fold(
