@@ -209,7 +209,9 @@ def _ann_segment(
                 out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)))
                 continue
             idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-            rows = np.sort(order[idx + np.arange(total)])
+            rows = order[idx + np.arange(total)]
+            if not part.contiguous:
+                rows = np.sort(rows)  # scattered rows: read in file order
             out.append(backend.rows(reader, rows, q, k))
         return out
     sel_bits = None
