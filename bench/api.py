@@ -4,8 +4,10 @@
 
 Builds a synthetic collection (random unit vectors with realistic metadata) by writing
 segments directly, starts `lamina serve` in a subprocess, and measures p50/p99 latency and
-QPS with 1, 4 and 16 concurrent clients (threads, the real Client over HTTP). Writes
-bench/results/api.json and prints the overhead ratio p50(HTTP, 1 client) / p50(raw FAISS).
+QPS with 1, 4 and 16 concurrent clients (threads, the real Client over HTTP), against raw
+FAISS (IndexFlatIP over the same vectors) and Lamina's own in-process search. Writes
+bench/results/api.json and prints p50(HTTP, 1 client) / p50(raw FAISS) and what HTTP adds to
+the in-process p50 (milliseconds).
 """
 
 from __future__ import annotations
@@ -101,17 +103,36 @@ def percentiles(lat: list[float]) -> dict[str, float]:
 
 
 def raw_faiss(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
+    """A FAISS IndexFlatIP over the same vectors, queried in process by the same tiles."""
+    import faiss
+
     from search import SearchService, Store
 
     view = SearchService(Store(home)).view("bench")
-    ids = view.index.tile_ids
+    vectors = view.vectors[np.arange(view.n_tiles)]
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    positions = view.positions_of(queries)
+    lat = []
+    for pos in positions:
+        t0 = time.perf_counter()
+        index.search(vectors[pos : pos + 1], k)
+        lat.append(time.perf_counter() - t0)
+    return percentiles(lat)
+
+
+def in_process(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
+    """Lamina's own search by tile id, in process (what the server does per request)."""
+    from search import SearchService, Store
+
+    svc = SearchService(Store(home))
+    for t in queries[:20]:
+        svc.search_tile("bench", int(t), k=k)
     lat = []
     for t in queries:
         t0 = time.perf_counter()
-        q = view.vectors[view.positions_of([int(t)])]
-        view.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        svc.search_tile("bench", int(t), k=k)
         lat.append(time.perf_counter() - t0)
-    del ids
     return percentiles(lat)
 
 
@@ -152,6 +173,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     queries = rng.integers(0, args.n, size=args.queries)
     raw = raw_faiss(home, queries, args.k)
+    local = in_process(home, queries, args.k)
 
     port = free_port()
     exe = Path(sys.executable).with_name("lamina")
@@ -194,14 +216,17 @@ def main() -> None:
         "build_seconds": round(build_s, 1),
         "server_threads": args.threads,
         "raw_faiss": raw,
+        "in_process": local,
         "http": runs,
         "overhead_ratio_p50_1client": round(runs["1"]["p50_ms"] / raw["p50_ms"], 2),
+        "http_minus_in_process_p50_ms": round(runs["1"]["p50_ms"] - local["p50_ms"], 2),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(
-        f"overhead p50(HTTP, 1 client) / p50(raw FAISS) = {result['overhead_ratio_p50_1client']}x"
+        f"overhead p50(HTTP, 1 client) / p50(raw FAISS) = {result['overhead_ratio_p50_1client']}x;"
+        f" HTTP adds {result['http_minus_in_process_p50_ms']} ms to the in-process p50"
     )
 
 
