@@ -107,7 +107,7 @@ def _by_rows(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> li
     base = np.ascontiguousarray(vectors)  # the mapped file itself when already contiguous
     vals = np.empty((nq, kk), np.float32)
     labels = np.empty((nq, kk), np.int64)
-    faiss.knn_inner_products_by_idx(
+    faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]  # not in the stubs
         faiss.swig_ptr(qq),
         faiss.swig_ptr(base),
         faiss.swig_ptr(rows),
