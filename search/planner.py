@@ -104,7 +104,8 @@ def search(
     parts = [ann.segment(r.segment_id) if ann is not None else None for r in view.readers]
     covered_matched = sum(c for c, part in zip(counts, parts, strict=True) if part is not None)
     covered_total = sum(r.n for r, part in zip(view.readers, parts, strict=True) if part)
-    strategy, plan.reason = _choose(ann, p, covered_matched, covered_total, k)
+    float16 = bool(view.readers) and view.readers[0].vectors.dtype == np.float16
+    strategy, plan.reason = _choose(ann, p, covered_matched, covered_total, k, float16)
     plan.strategy = strategy
     probes: list[np.ndarray] = []
     if strategy == "ann" and ann is not None and ann.spec.kind == "ivf":
@@ -162,6 +163,7 @@ def _choose(
     covered_matched: int,
     covered_total: int,
     k: int,
+    float16: bool = False,
 ) -> tuple[str, str]:
     if ann is None:
         return "exact", "no ANN index (Flat, or not built yet)"
@@ -177,6 +179,8 @@ def _choose(
             limit = 4 * p["nprobe"] * covered_total // max(ann.spec.nlist, 1)
         else:
             limit = 4 * max(p["ef_search"], k * p["refine"])
+        if float16:  # converting float16 rows to float32 costs ~4x the float32 scan per row
+            limit //= 4
     if covered_matched <= limit:
         return "exact", f"{covered_matched} matching tiles <= exact_below {limit}"
     return "ann", f"{covered_matched} matching tiles > exact_below {limit}"
