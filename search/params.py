@@ -8,7 +8,8 @@
 - ``refine``     candidates re-ranked exactly per hit for code-only indexes (PQ, SQ): k*refine.
 - ``strategy``   ``auto`` (the planner decides), ``exact`` or ``ann`` (forced).
 - ``exact_below`` a filter matching at most this many tiles is always ranked exactly (default
-                 ``4 * nprobe * n / nlist``: scanning them all costs about what the ANN would).
+                 ``4 * nprobe * n / nlist``: scanning them all costs about what the ANN would;
+                 a quarter of that for float16 collections).
 """
 
 from __future__ import annotations

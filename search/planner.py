@@ -6,7 +6,8 @@ For a batch of unit query vectors, k and a list of filter conditions:
    segment and condition set); ``matched`` is the number of passing tiles.
 2. **Plan.** ``exact`` when the collection has no ANN index, the request forces it, or the
    filter leaves at most ``exact_below`` tiles in the indexed segments (ranking them all costs
-   about what the ANN would). Otherwise ``ann``: IVF probes lists in centroid order -- ``nprobe``
+   about what the ANN would; a quarter of that for float16 vectors, whose conversion to float32
+   dominates an exact scan). Otherwise ``ann``: IVF probes lists in centroid order -- ``nprobe``
    lists unfiltered; filtered, lists until as many *matching* candidates were seen as an
    unfiltered search scans (so breadth follows selectivity and correlation). FAISS code indexes
    (PQ/SQ/HNSW) search with the filter as a bitmap, ``nprobe`` / ``ef_search`` scaled by
