@@ -44,8 +44,9 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def write(home: Path, n: int, dim: int, chunk: int, seed: int) -> dict[str, Any]:
-    """Write n tiles in chunks; returns per-tile site and label codes and the queries."""
+def write(home: Path, n: int, dim: int, chunk: int, seed: int, dry: bool = False) -> dict[str, Any]:
+    """Write n tiles in chunks; returns per-tile site and label codes and the queries. With
+    ``dry`` the same data is generated (same seed, same order) but nothing is written."""
     from search.store import Store
 
     world = make_world(dim, seed)
@@ -64,7 +65,7 @@ def write(home: Path, n: int, dim: int, chunk: int, seed: int) -> dict[str, Any]
     filled, slide_no = 0, 0
     rng = np.random.default_rng([seed, 1])
     while filled < n:
-        writer = col.writer("bench-10m")
+        writer = None if dry else col.writer("bench-10m")
         stop = min(n, filled + chunk)
         while filled < stop:
             site = int(rng.choice(N_SITES, p=world.site_p))
@@ -73,31 +74,33 @@ def write(home: Path, n: int, dim: int, chunk: int, seed: int) -> dict[str, Any]
             if len(slides) < 200:
                 slides.append(s)
             v, lab = _tiles(world, rng, s, count)
-            rows = [
-                {
-                    "x": 224 * i,
-                    "y": 0,
-                    "level": 0,
-                    "size_px": 224,
-                    "tile_px": 224,
-                    "site": site_name(site),
-                    "label": LABELS[int(lab[i])],
-                }
-                for i in range(count)
-            ]
             src = {
                 "source_id": f"{seed:08x}{slide_no:056x}",
                 "source": f"s{slide_no:07d}.svs",
                 "kind": "slide",
                 "properties": {},
             }
-            writer.add_source(src, rows, v)
+            if writer is not None:
+                rows = [
+                    {
+                        "x": 224 * i,
+                        "y": 0,
+                        "level": 0,
+                        "size_px": 224,
+                        "tile_px": 224,
+                        "site": site_name(site),
+                        "label": LABELS[int(lab[i])],
+                    }
+                    for i in range(count)
+                ]
+                writer.add_source(src, rows, v)
             sites[filled : filled + count] = site
             labels[filled : filled + count] = lab
             filled += count
             slide_no += 1
-        writer.commit()
-        _log(f"written {filled:,} tiles")
+        if writer is not None:
+            writer.commit()
+        _log(f"{'generated' if dry else 'written'} {filled:,} tiles")
     qrng = np.random.default_rng([seed, 2])
     queries = np.stack(
         [_tiles(world, qrng, slides[int(qrng.integers(len(slides)))], 1)[0][0] for _ in range(100)]
@@ -167,34 +170,44 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path("/tmp/lamina-10m"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/search_10m.json"))
     ap.add_argument("--keep", action="store_true", help="keep the generated home")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="query a kept home again (data regenerated, not written)",
+    )
+    ap.add_argument("--refine", type=int, default=10, help="re-ranked candidates per hit (PQ)")
     args = ap.parse_args()
     from search.ann import update_index
     from search.compaction import cluster
     from search.service import SearchService
     from search.store import Store
 
-    shutil.rmtree(args.home, ignore_errors=True)
+    reuse = args.reuse and (args.home / "collections" / "c10m").is_dir()
+    if not reuse:
+        shutil.rmtree(args.home, ignore_errors=True)
     result: dict[str, Any] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-        },
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "config": {k: str(v) for k, v in vars(args).items()},
         "stages": {},
     }
     t0 = time.perf_counter()
-    data = write(args.home, args.n, args.dim, args.chunk, seed=0)
-    result["stages"]["write_seconds"] = round(time.perf_counter() - t0, 1)
+    data = write(args.home, args.n, args.dim, args.chunk, seed=0, dry=reuse)
+    result["stages"]["write_seconds" if not reuse else "generate_seconds"] = round(
+        time.perf_counter() - t0, 1
+    )
     col = Store(args.home).collection("c10m")
-    col.set_index(args.factory or f"IVF{args.nlist}", {"nprobe": args.nprobe})
-    t0 = time.perf_counter()
-    result["stages"]["index"] = update_index(col, lambda s, d, t: None)
-    result["stages"]["index_seconds"] = round(time.perf_counter() - t0, 1)
-    _log(f"indexed in {result['stages']['index_seconds']} s")
-    t0 = time.perf_counter()
-    result["stages"]["clustered"] = len(cluster(col)["clustered"])
-    result["stages"]["cluster_seconds"] = round(time.perf_counter() - t0, 1)
-    _log(f"clustered in {result['stages']['cluster_seconds']} s")
+    col.set_index(
+        args.factory or f"IVF{args.nlist}", {"nprobe": args.nprobe, "refine": args.refine}
+    )
+    if not reuse:
+        t0 = time.perf_counter()
+        result["stages"]["index"] = update_index(col, lambda s, d, t: None)
+        result["stages"]["index_seconds"] = round(time.perf_counter() - t0, 1)
+        _log(f"indexed in {result['stages']['index_seconds']} s")
+        t0 = time.perf_counter()
+        result["stages"]["clustered"] = len(cluster(col)["clustered"])
+        result["stages"]["cluster_seconds"] = round(time.perf_counter() - t0, 1)
+        _log(f"clustered in {result['stages']['cluster_seconds']} s")
     queries = data["queries"]
     base = rss_mb()
     svc = SearchService(Store(args.home))
