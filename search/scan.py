@@ -57,7 +57,7 @@ class NumpyBackend:
         nq = len(q)
         best_s = np.full((nq, 0), -np.inf, np.float32)
         best_r = np.zeros((nq, 0), np.int64)
-        sparse = mask is not None and mask.sum() < DENSE * n
+        sparse = mask is not None and np.count_nonzero(mask) < DENSE * n
         selected = np.flatnonzero(mask) if sparse and mask is not None else None
         if selected is not None and vectors.dtype == np.float32:
             return _by_rows(vectors, q, selected, k)
