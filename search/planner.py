@@ -85,7 +85,11 @@ def search(
     t0 = time.perf_counter()
     masks = view.segment_masks(conds)
     key = conditions_key(conds) if conds else None
-    counts = [int(np.count_nonzero(m)) for m in masks] if masks is not None else [r.n for r in view.readers]
+    counts = (
+        [int(np.count_nonzero(m)) for m in masks]
+        if masks is not None
+        else [r.n for r in view.readers]
+    )
     matched = sum(counts)
     plan = Plan(
         index=view.collection.index_factory,
