@@ -21,6 +21,7 @@ import numpy as np
 
 BLOCK = 32_768
 DENSE = 0.25
+FEW_QUERIES = 20  # below this, FAISS's per-query kernels; from it on, BLAS matrix products
 
 Found = tuple[np.ndarray, np.ndarray]
 
@@ -59,6 +60,13 @@ class NumpyBackend:
         best_r = np.zeros((nq, 0), np.int64)
         sparse = mask is not None and np.count_nonzero(mask) < DENSE * n
         selected = np.flatnonzero(mask) if sparse and mask is not None else None
+        if vectors.dtype == np.float32 and nq < FEW_QUERIES:
+            # a few queries: FAISS's one-thread-per-query kernels, reading the mapped rows in
+            # place (like a raw FAISS search); concurrent requests then share the cores instead
+            # of each waking a BLAS thread pool
+            if mask is not None:
+                return _by_rows(vectors, q, np.flatnonzero(mask), k)
+            return _knn_blocks(vectors, q, k)
         if selected is not None and vectors.dtype == np.float32:
             return _by_rows(vectors, q, selected, k)
         total = len(selected) if selected is not None else n
@@ -93,6 +101,21 @@ class NumpyBackend:
         scores, idx = faiss.knn(qq, block, kk, metric=faiss.METRIC_INNER_PRODUCT)
         keep = idx[0] >= 0
         return topk(scores[0][keep], np.asarray(rows, np.int64)[idx[0][keep]], k)
+
+
+def _knn_blocks(vectors: np.ndarray, q: np.ndarray, k: int) -> list[Found]:
+    """Top-k of each query over every row, FAISS ``knn`` on contiguous blocks (no copy)."""
+    nq = len(q)
+    kk = min(2 * k, len(vectors))
+    best_s = np.full((nq, 0), -np.inf, np.float32)
+    best_r = np.zeros((nq, 0), np.int64)
+    qq = np.ascontiguousarray(q, dtype=np.float32)
+    for lo in range(0, len(vectors), 8 * BLOCK):
+        block = vectors[lo : lo + 8 * BLOCK]
+        scores, idx = faiss.knn(qq, block, min(kk, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s = np.concatenate([best_s, scores], axis=1)
+        best_r = np.concatenate([best_r, idx + lo], axis=1)
+    return [topk(best_s[j], best_r[j], k) for j in range(nq)]
 
 
 def _by_rows(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int) -> list[Found]:
