@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.foundation import TensorFlowMissingError, import_tensorflow  # noqa: E402
+from encoders.foundation import import_tensorflow  # noqa: E402
 
-try:  # through Lamina's import: it loads triton first (the other order segfaults)
-    tf = import_tensorflow("tests")
-except TensorFlowMissingError:
-    pytest.skip("TensorFlow is not installed", allow_module_level=True)
+# through Lamina's import: it loads triton first (the other order segfaults); a test dependency,
+# so a missing TensorFlow fails here instead of skipping
+tf = import_tensorflow("tests")
 
 from encoders import WeightsMismatchError, WeightsNotFoundError, create_encoder  # noqa: E402
 from encoders.base import resize_rgb  # noqa: E402

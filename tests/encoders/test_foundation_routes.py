@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.foundation import TensorFlowMissingError, import_tensorflow  # noqa: E402
+from encoders.foundation import import_tensorflow  # noqa: E402
 
-try:
-    import_tensorflow("tests")  # before tf2onnx imports TensorFlow itself
-except TensorFlowMissingError:
-    pytest.skip("TensorFlow is not installed", allow_module_level=True)
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnxruntime")
+# test dependencies (the `test` extra): a missing one fails, never skips
+import_tensorflow("tests")  # before tf2onnx imports TensorFlow itself
+import onnxruntime  # noqa: E402, F401
+import tf2onnx  # noqa: E402, F401
 
 from bench.foundation_routes import compare_path, try_derm  # noqa: E402
 

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py  # noqa: E402  (a test dependency: missing fails, never skips)
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-h5py = pytest.importorskip("h5py")
 
 from encoders import NoLocalEncoderError, create_encoder  # noqa: E402
 from indexer.errors import DeclaredEncoderError  # noqa: E402
