@@ -45,8 +45,24 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except (*DOMAIN_ERRORS, LaminaError) as exc:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:  # disk full, permissions, I/O: a clear error, not a traceback
+                from search.errors import io_failure
+
+                raise io_failure(f"lamina {_command_name()}", exc) from exc
+            except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+                raise
+            except (*DOMAIN_ERRORS, LaminaError):
+                raise
+            except Exception as exc:  # a bug or a damaged store: say so, exit 2
+                if os.environ.get("LAMINA_DEBUG"):
+                    raise
+                raise _Unexpected(
+                    f"lamina {_command_name()} failed unexpectedly ({type(exc).__name__}: "
+                    f"{exc}); the store may be damaged. Set LAMINA_DEBUG=1 for the traceback."
+                ) from exc
+        except (*DOMAIN_ERRORS, LaminaError, _Unexpected) as exc:
             if isinstance(exc, LaminaError):
                 body: dict[str, Any] = {
                     "ok": False,
@@ -57,12 +73,24 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 message = f"{exc.message} ({exc.code} from the server)"
             else:
                 body, message = error_body(exc), str(exc)
+                if isinstance(exc, _Unexpected):
+                    body.update(code="INTERNAL", error=message)
+                body.update(getattr(exc, "details", None) or {})
             if kwargs.get("as_json"):
                 emit_json(body)
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _command_name() -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.command_path.split(" ", 1)[-1] if ctx is not None else "command"
+
+
+class _Unexpected(Exception):
+    """An exception no domain error describes, reported as ``error: ...`` with exit 2."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -44,6 +44,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (st.FilterError, ErrorInfo(422, "INVALID_FILTER")),
     (st.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
     (st.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
+    (st.DiskFullError, ErrorInfo(507, "DISK_FULL")),
+    (st.StoreIOError, ErrorInfo(500, "IO_ERROR")),
     (st.StoreError, ErrorInfo(500, "STORE_ERROR")),
     (enc.UnknownEncoderError, ErrorInfo(404, "ENCODER_NOT_FOUND")),
     (enc.WeightsNotFoundError, ErrorInfo(503, "WEIGHTS_MISSING")),

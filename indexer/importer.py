@@ -284,6 +284,7 @@ class Import:
         self.report = RunReport(
             run_id=self.run_id, collection=collection.name, encoder=declared.fingerprint
         )
+        self._done = (0, 0)  # (sources, tiles) committed by this run
 
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
         def waiting(holder: str) -> None:
@@ -351,11 +352,16 @@ class Import:
             if writer is not None:
                 writer.abort()
             raise
+        except OSError as exc:  # the store cannot be written (full disk, I/O error)
+            if writer is not None:
+                writer.abort()
+            what = f"import into collection {self.collection.name!r}"
+            raise self.report.stopped_by(exc, what, self._done) from exc
         finally:
             self.report.seconds = round(time.perf_counter() - t0, 3)
             self.report.finished_at = _now()
             self.report.snapshot = self.collection.snapshot().id
-            self.collection.write_run({**self.report.to_dict(), "kind": "import"})
+            self.report.save(self.collection, kind="import")
         return self.report
 
     def _read(
@@ -390,6 +396,7 @@ class Import:
         info = writer.commit()
         if info is not None:
             self.report.segments.append(info.segment_id)
+            self._done = (self._done[0] + info.n_sources, self._done[1] + info.n_tiles)
 
 
 class _IdBlocks:

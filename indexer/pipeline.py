@@ -28,6 +28,7 @@ from indexer.manifest import Manifest
 from indexer.photos import read_photo
 from indexer.sources import SourceFile, content_id, discover
 from search.compaction import maybe_compact
+from search.errors import StoreIOError, io_failure
 from search.segments import SegmentWriter
 from search.store import Collection, Store
 
@@ -102,10 +103,39 @@ class RunReport:
     started_at: str = ""
     finished_at: str = ""
     interrupted: bool = False
+    error: str = ""
+    """Why the run stopped early (e.g. the disk is full); ``indexed``/``tiles`` then count only
+    what was committed, and the next run indexes the rest."""
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.interrupted
+        return not self.failed and not self.interrupted and not self.error
+
+    def stopped_by(self, exc: OSError, what: str, committed: tuple[int, int]) -> StoreIOError:
+        """Record that the run stopped on ``exc`` after committing ``committed`` (sources,
+        tiles); the error to raise says what failed and what was committed."""
+        self.indexed, self.tiles = committed
+        failure = io_failure(what, exc)
+        self.error = str(failure)
+        failure.details = {
+            "run_id": self.run_id,
+            "committed": {"sources": self.indexed, "tiles": self.tiles, "segments": self.segments},
+        }
+        failure.args = (
+            f"{failure}. Committed before the failure: {self.indexed} sources "
+            f"({self.tiles} vectors) in {len(self.segments)} segments; the next run adds the rest",
+        )
+        return failure
+
+    def save(self, collection: Collection, **extra: Any) -> None:
+        """Write the run record; a record that cannot be written (full disk) is said on stderr."""
+        try:
+            collection.write_run({**self.to_dict(), **extra})
+        except OSError as exc:
+            print(
+                f"lamina: run record {self.run_id} not written: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,6 +185,7 @@ class Ingest:
         self._known: dict[str, list[str]] = {}
         self._known_paths: set[str] = set()
         self._hasher: ThreadPoolExecutor | None = None
+        self._done = (0, 0)  # (sources, tiles) committed by this run
 
     # -- preparation (worker threads) ---------------------------------------------------------
     def _metadata(self, file: SourceFile) -> dict[str, Any]:
@@ -236,7 +267,11 @@ class Ingest:
 
         with self.collection.ingest_lock(on_wait=waiting):
             report = self._run(paths)
-        maybe_compact(self.collection)  # merges small segments past LAMINA_COMPACT_SEGMENTS
+        try:
+            maybe_compact(self.collection)  # merges small segments past LAMINA_COMPACT_SEGMENTS
+        except OSError as exc:  # the run is committed; merging is left to a later run
+            print(f"lamina: warning: compaction skipped: {io_failure('compaction', exc)}",
+                  file=sys.stderr)  # fmt: skip
         return report
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
@@ -251,6 +286,7 @@ class Ingest:
         bar = _progress(len(files), self.options.progress, self.collection.name)
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
+        self._done = (0, 0)
         try:
             with (
                 ThreadPoolExecutor(
@@ -286,13 +322,18 @@ class Ingest:
             if writer is not None:
                 writer.abort()
             raise
+        except OSError as exc:  # the store cannot be written (full disk, I/O error)
+            if writer is not None:
+                writer.abort()  # frees its temporary directory first
+            what = f"ingest into collection {self.collection.name!r}"
+            raise self.report.stopped_by(exc, what, self._done) from exc
         finally:
             if bar is not None:
                 bar.close()
             self.report.seconds = round(time.perf_counter() - t0, 3)
             self.report.finished_at = _now()
             self.report.snapshot = self.collection.snapshot().id
-            self.collection.write_run(self.report.to_dict())
+            self.report.save(self.collection)
         return self.report
 
     def _prepared(
@@ -374,6 +415,7 @@ class Ingest:
         info = writer.commit()
         if info is not None:
             self.report.segments.append(info.segment_id)
+            self._done = (self._done[0] + info.n_sources, self._done[1] + info.n_tiles)
 
     def _fail(self, file: SourceFile, exc: BaseException) -> None:
         reason = str(exc) if isinstance(exc, IndexerError) else f"{type(exc).__name__}: {exc}"

@@ -41,7 +41,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from search.errors import InvalidIndexFactoryError, StoreError
+from search.errors import InvalidIndexFactoryError, StoreError, io_failure
 from search.index_spec import IndexSpec, parse_factory
 from search.segments import SegmentInfo, fsync_dir, write_json_atomic
 from search.store import Collection
@@ -212,13 +212,17 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    write(tmp)
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_progress(col: Collection, spec: IndexSpec, stage: str, done: int, total: int) -> None:
@@ -317,60 +321,73 @@ def update_index(
     with _builder_lock(col, spec) as mine:
         if not mine:
             return {"skipped": "another process is building this index"}
-        for stale in col.index_dir.glob(f".build-{spec.slug}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        segments = col.segments()
-        current = None if rebuild else AnnIndex.load(col)
-        trained = False
-        if current is None:
-            if not segments:
-                return {"skipped": "the collection is empty"}
-            version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3)
-            tmp = col.index_dir / f".build-{spec.slug}-{version}"
-            tmp.mkdir()
-            if progress:
-                progress("train", 0, 1)
-            _write_progress(col, spec, "train", 0, sum(s.n_tiles for s in segments))
-            trained_on = _train(spec, col.dim, segments, tmp)
-            final = col.index_dir / f"{spec.slug}-{version}"
-            os.rename(tmp, final)
-            fsync_dir(col.index_dir)
-            meta = {
-                "factory": spec.factory,
-                "dim": col.dim,
-                "kind": spec.kind,
-                "nlist": spec.nlist,
-                "version": version,
-                "trained_on": trained_on,
-                "trained_with_tiles": sum(s.n_tiles for s in segments),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            current = AnnIndex(spec, final, version, meta)
-            trained = True
-        todo = [s for s in segments if not current.sidecar(s.segment_id).exists()]
-        total = sum(s.n_tiles for s in todo)
-        done = 0
-        for seg in todo:
-            _write_progress(col, spec, "index", done, total)
-            if progress:
-                progress("index", done, total)
-            _index_segment(spec, current.dir, seg, current.centroids)
-            done += seg.n_tiles
+        try:
+            return _build(col, spec, progress, rebuild)
+        except OSError as exc:  # full disk: no partial version, searches keep the previous one
+            for stale in col.index_dir.glob(f".build-{spec.slug}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            what = f"building the {spec.factory} index of collection {col.name!r}"
+            raise io_failure(what, exc) from exc
+
+
+def _build(
+    col: Collection, spec: IndexSpec, progress: Progress | None, rebuild: bool
+) -> dict[str, Any]:
+    """:func:`update_index`'s work, under the builder lock."""
+    for stale in col.index_dir.glob(f".build-{spec.slug}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    segments = col.segments()
+    current = None if rebuild else AnnIndex.load(col)
+    trained = False
+    if current is None:
+        if not segments:
+            return {"skipped": "the collection is empty"}
+        version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3)
+        tmp = col.index_dir / f".build-{spec.slug}-{version}"
+        tmp.mkdir()
+        if progress:
+            progress("train", 0, 1)
+        _write_progress(col, spec, "train", 0, sum(s.n_tiles for s in segments))
+        trained_on = _train(spec, col.dim, segments, tmp)
+        final = col.index_dir / f"{spec.slug}-{version}"
+        os.rename(tmp, final)
+        fsync_dir(col.index_dir)
+        meta = {
+            "factory": spec.factory,
+            "dim": col.dim,
+            "kind": spec.kind,
+            "nlist": spec.nlist,
+            "version": version,
+            "trained_on": trained_on,
+            "trained_with_tiles": sum(s.n_tiles for s in segments),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        current = AnnIndex(spec, final, version, meta)
+        trained = True
+    todo = [s for s in segments if not current.sidecar(s.segment_id).exists()]
+    total = sum(s.n_tiles for s in todo)
+    done = 0
+    for seg in todo:
+        _write_progress(col, spec, "index", done, total)
         if progress:
             progress("index", done, total)
-        if trained:  # swap the pointer only once every segment is indexed
-            write_json_atomic(col.index_dir / f"{spec.slug}.json", current.meta)
-            for old in col.index_dir.glob(f"{spec.slug}-*"):
-                if old.is_dir() and old != current.dir:
-                    shutil.rmtree(old, ignore_errors=True)
-        _write_progress(col, spec, "done", done, total)
-        return {
-            "factory": spec.factory,
-            "version": current.version,
-            "trained": trained,
-            "segments_indexed": len(todo),
-            "tiles_indexed": total,
-        }
+        _index_segment(spec, current.dir, seg, current.centroids)
+        done += seg.n_tiles
+    if progress:
+        progress("index", done, total)
+    if trained:  # swap the pointer only once every segment is indexed
+        write_json_atomic(col.index_dir / f"{spec.slug}.json", current.meta)
+        for old in col.index_dir.glob(f"{spec.slug}-*"):
+            if old.is_dir() and old != current.dir:
+                shutil.rmtree(old, ignore_errors=True)
+    _write_progress(col, spec, "done", done, total)
+    return {
+        "factory": spec.factory,
+        "version": current.version,
+        "trained": trained,
+        "segments_indexed": len(todo),
+        "tiles_indexed": total,
+    }
 
 
 def write_assignment(col: Collection, segment_id: str, assign: np.ndarray) -> None:

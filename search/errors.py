@@ -45,3 +45,31 @@ class CohortNotFoundError(StoreError):
 
 class CatalogLockedError(StoreError):
     """Another process owns the catalog (a running server); talk to it through the client."""
+
+
+class StoreIOError(StoreError):
+    """Reading or writing the store failed (disk full, read-only, I/O error). Nothing
+    half-written is visible; ``details`` says what the operation committed before it failed."""
+
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
+
+
+class DiskFullError(StoreIOError):
+    """The filesystem holding the store ran out of space (ENOSPC / EDQUOT)."""
+
+
+def io_failure(what: str, exc: OSError, details: dict[str, object] | None = None) -> StoreIOError:
+    """A :class:`StoreIOError` (or :class:`DiskFullError`) for ``exc`` raised while doing
+    ``what``; names the file by its last two path parts, never the home's location."""
+    import errno
+    import os
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    name = exc.filename if isinstance(exc.filename, str) else None
+    where = f" (file {os.path.join(*name.split(os.sep)[-2:])})" if name else ""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cls = DiskFullError if full else StoreIOError
+    hint = "; free space and run it again" if full else ""
+    return cls(f"{what} failed: {reason}{where}{hint}", details)
