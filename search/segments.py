@@ -100,11 +100,15 @@ def fsync_dir(path: Path) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON next to ``path``, fsync, then rename over it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves neither a partial file nor the temporary one
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

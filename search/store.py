@@ -302,8 +302,16 @@ class Store:
         }
         info.update(extra or {})
         info_path = path / "collection.json"
-        if not info_path.exists():  # another process may have just created it
-            write_json_atomic(info_path, info)
+        # Creation is exclusive: of two processes creating the collection at once (say with
+        # different encoders) exactly one writes collection.json; the other opens that one
+        # and is refused by the fingerprint check below.
+        fd = os.open(path / "create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not info_path.exists():
+                write_json_atomic(info_path, info)
+        finally:
+            os.close(fd)
         col = Collection(path)
         col.check_fingerprint(fingerprint)
         return col
