@@ -41,6 +41,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (st.EncoderMismatchError, ErrorInfo(409, "ENCODER_MISMATCH")),
     (st.CollectionExistsError, ErrorInfo(409, "COLLECTION_CONFLICT")),
     (st.CatalogLockedError, ErrorInfo(409, "CATALOG_LOCKED")),
+    (st.CatalogDamagedError, ErrorInfo(500, "CATALOG_DAMAGED")),
     (st.FilterError, ErrorInfo(422, "INVALID_FILTER")),
     (st.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
     (st.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),

@@ -8,6 +8,15 @@ tries to open it gets :class:`CatalogLockedError`, which tells the user to go th
 server (``--url`` / ``LAMINA_URL``).
 
 Within the owning process the catalog is thread-safe: one connection, one lock.
+
+Durability. A new catalog is created whole under a temporary name (tables created,
+checkpointed, fsynced) and renamed into place, so a full disk never leaves a truncated,
+unopenable ``catalog.duckdb``. Writes then go through DuckDB's write-ahead log: a transaction
+that cannot be written (no space) is rolled back and reported as :class:`DiskFullError`; the
+catalog keeps its previous content. A catalog file too short to hold any data (an interrupted
+creation by an older version) with no write-ahead log is set aside as
+``catalog.duckdb.broken-<time>`` and replaced by an empty one; any other unreadable catalog is
+reported (:class:`CatalogDamagedError`), never silently replaced.
 """
 
 from __future__ import annotations
@@ -27,9 +36,17 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from search.errors import CatalogLockedError, CohortNotFoundError, StoreError
+from search.errors import (
+    CatalogDamagedError,
+    CatalogLockedError,
+    CohortNotFoundError,
+    DiskFullError,
+    StoreError,
+    StoreIOError,
+)
 
 CATALOG_FILE = "catalog.duckdb"
+EMPTY_MAX_BYTES = 3 * 4096  # DuckDB's headers: a file this short holds no data
 
 metadata = sa.MetaData()
 
@@ -104,18 +121,15 @@ class Catalog:
         self.path = self.home / CATALOG_FILE
         self.home.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._engine = sa.create_engine(f"duckdb:///{self.path}", poolclass=sa.pool.StaticPool)
+        self._conn: sa.Connection | None = None
+        _create_if_missing(self.path)
         try:
-            self._conn: sa.Connection | None = self._engine.connect()
-        except sa.exc.DBAPIError as exc:
-            self._engine.dispose()
-            if _is_lock_error(exc):
-                raise CatalogLockedError(
-                    f"the catalog {self.path} is held by another process (a running "
-                    "`lamina serve`, or another command). Talk to the server with "
-                    "--url http://HOST:PORT or LAMINA_URL instead of opening the store."
-                ) from None
-            raise StoreError(f"cannot open catalog {self.path}: {exc.orig}") from None
+            self._engine, self._conn = _connect(self.path)
+        except CatalogDamagedError:
+            if not _set_aside_if_empty(self.path):
+                raise
+            _create_if_missing(self.path)
+            self._engine, self._conn = _connect(self.path)
         with self._tx() as conn:
             metadata.create_all(conn)
 
@@ -146,8 +160,11 @@ class Catalog:
                 raise StoreError(f"catalog {self.path} is closed")
             if self._conn.in_transaction():
                 self._conn.rollback()
-            with self._conn.begin():
-                yield self._conn
+            try:
+                with self._conn.begin():
+                    yield self._conn
+            except sa.exc.DBAPIError as exc:
+                raise _write_error(self.path, exc) from None
 
     # -- cohorts ----------------------------------------------------------------------------
     def add_cohort(
@@ -282,6 +299,99 @@ class Catalog:
             d["args"] = json.loads(d["args"])
             out.append(d)
         return out
+
+
+def _connect(path: Path) -> tuple[sa.Engine, sa.Connection]:
+    """An engine and its one connection on ``path``; lock and damage become clear errors."""
+    engine = sa.create_engine(f"duckdb:///{path}", poolclass=sa.pool.StaticPool)
+    try:
+        return engine, engine.connect()
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        if _is_lock_error(exc):
+            raise CatalogLockedError(
+                f"the catalog {path} is held by another process (a running "
+                "`lamina serve`, or another command). Talk to the server with "
+                "--url http://HOST:PORT or LAMINA_URL instead of opening the store."
+            ) from None
+        text = str(exc.orig)
+        if "No space left" in text:
+            raise DiskFullError(f"opening the catalog {path} failed: {text}") from None
+        raise CatalogDamagedError(
+            f"the catalog {path} cannot be opened ({text}). Cohorts and export records are "
+            f"kept there; the collections are not affected. Move the file aside to start an "
+            "empty catalog."
+        ) from None
+
+
+def _create_if_missing(path: Path) -> None:
+    """Create an empty catalog at ``path`` atomically: tables made in a temporary file that is
+    checkpointed, fsynced and renamed into place (under an flock, so two processes creating it
+    at once make one). A failure (full disk) leaves no file at ``path``."""
+    if path.exists():
+        return
+    import fcntl
+
+    fd = os.open(path.with_name(f".{path.name}.create.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if path.exists():
+            return
+        engine = sa.create_engine(f"duckdb:///{tmp}", poolclass=sa.pool.StaticPool)
+        try:
+            with engine.begin() as conn:
+                metadata.create_all(conn)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("CHECKPOINT")
+        finally:
+            engine.dispose()
+        for name in (tmp, tmp.with_name(tmp.name + ".wal")):
+            if name.exists():
+                wfd = os.open(name, os.O_RDONLY)
+                try:
+                    os.fsync(wfd)
+                finally:
+                    os.close(wfd)
+        if tmp.with_name(tmp.name + ".wal").exists():  # the checkpoint emptied it
+            tmp.with_name(tmp.name + ".wal").unlink()
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except sa.exc.DBAPIError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _set_aside_if_empty(path: Path) -> bool:
+    """Rename an unopenable catalog that cannot hold any data (shorter than DuckDB's headers,
+    no write-ahead log) to ``<name>.broken-<time>``; True if done."""
+    wal = path.with_name(path.name + ".wal")
+    try:
+        if path.stat().st_size > EMPTY_MAX_BYTES or (wal.exists() and wal.stat().st_size > 0):
+            return False
+        os.replace(path, path.with_name(f"{path.name}.broken-{int(time.time())}"))
+        wal.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def _write_error(path: Path, exc: sa.exc.DBAPIError) -> StoreError:
+    """A catalog write that failed: the transaction was rolled back, nothing was saved."""
+    text = str(exc.orig)
+    what = f"writing the catalog {path.name} failed; nothing was saved ({text.splitlines()[0]})"
+    if "No space left" in text:
+        return DiskFullError(what + "; free space and run it again")
+    if "IO Error" in text or "Could not write" in text:
+        return StoreIOError(what)
+    return StoreError(what)
 
 
 def _duck(conn: sa.Connection) -> Any:

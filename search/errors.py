@@ -47,6 +47,10 @@ class CatalogLockedError(StoreError):
     """Another process owns the catalog (a running server); talk to it through the client."""
 
 
+class CatalogDamagedError(StoreError):
+    """The catalog file cannot be opened (names the file, the reason and what to do)."""
+
+
 class StoreIOError(StoreError):
     """Reading or writing the store failed (disk full, read-only, I/O error). Nothing
     half-written is visible; ``details`` says what the operation committed before it failed."""
