@@ -355,19 +355,24 @@ def write_labeled_set(ls: LabeledSet, path: str | os.PathLike[str], fmt: str | N
     path = Path(path)
     fmt = fmt or format_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "parquet":
-        pq.write_table(ls.to_table(), tmp, compression="zstd")
-    elif fmt == "csv":
-        pacsv.write_csv(_csv_table(ls), tmp)
-        sidecar = csv_sidecar(path)
-        sidecar.write_text(json.dumps(ls.meta, indent=2, sort_keys=True) + "\n")
-    elif fmt == "npz":
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **_npz_arrays(ls))  # type: ignore[arg-type]
-    else:
-        raise InvalidQueryError(f"format must be one of {FORMATS}, got {fmt!r}")
-    os.replace(tmp, path)
+    # one temporary name per writer (two exports to one path never share it)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}.tmp")
+    try:
+        if fmt == "parquet":
+            pq.write_table(ls.to_table(), tmp, compression="zstd")
+        elif fmt == "csv":
+            pacsv.write_csv(_csv_table(ls), tmp)
+            sidecar = csv_sidecar(path)
+            sidecar.write_text(json.dumps(ls.meta, indent=2, sort_keys=True) + "\n")
+        elif fmt == "npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **_npz_arrays(ls))  # type: ignore[arg-type]
+        else:
+            raise InvalidQueryError(f"format must be one of {FORMATS}, got {fmt!r}")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no partial export behind
+        tmp.unlink(missing_ok=True)
+        raise
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
