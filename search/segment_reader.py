@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search.filters import Condition, condition_mask, conditions_key
+from search.integrity import DamagedSegmentError, Problem, check_segment
 from search.segments import VECTOR_DTYPES, SegmentInfo
 
 MASK_CACHE_SIZE = 64
@@ -227,13 +228,28 @@ _READERS_LOCK = threading.Lock()
 
 
 def reader_for(info: SegmentInfo) -> SegmentReader:
-    """The process-wide reader of a committed segment (built once; segments never change)."""
+    """The process-wide reader of a committed segment (built once; segments never change).
+
+    The segment is checked first (``search.integrity.check_segment``: sizes, footers, and
+    checksums of segments up to the open-time hash budget); a damaged one raises
+    :class:`~search.integrity.DamagedSegmentError` and gets no reader."""
     key = str(info.path)
     with _READERS_LOCK:
         hit = _READERS.get(key)
     if hit is not None:
         return hit
-    reader = SegmentReader(info)
+    problems = check_segment(info)
+    if problems:
+        raise DamagedSegmentError(problems)
+    try:
+        reader = SegmentReader(info)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        if isinstance(exc, FileNotFoundError) and not info.path.exists():
+            raise  # retired by a compaction meanwhile: the caller lists again
+        name = f"segments/{info.path.name}"
+        raise DamagedSegmentError(
+            [Problem(info.path.name, name, f"cannot be read ({type(exc).__name__})")]
+        ) from None
     with _READERS_LOCK:
         return _READERS.setdefault(key, reader)
 

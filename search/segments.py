@@ -29,13 +29,16 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from search.integrity import Hasher, digest_bytes, file_entry, meta_checksum
 
 TMP_PREFIX = ".tmp-"
 RETIRED_PREFIX = ".retired-"
@@ -124,10 +127,14 @@ class SegmentInfo:
     created_at: str
     dtype: str = "float32"
     replaces: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """``segment.json`` as read (checksums, tile id range); see ``search.integrity``."""
 
     @classmethod
     def load(cls, path: Path) -> SegmentInfo:
         meta = json.loads((path / "segment.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("segment.json is not a JSON object")
         return cls(
             segment_id=meta["segment_id"],
             path=path,
@@ -139,7 +146,19 @@ class SegmentInfo:
             created_at=meta.get("created_at", ""),
             dtype=meta.get("vector_dtype", "float32"),
             replaces=tuple(meta.get("replaces", ())),
+            meta=meta,
         )
+
+    @property
+    def tile_id_range(self) -> tuple[int, int] | None:
+        """(min, max) tile id recorded at commit (None: an older segment, read the ids)."""
+        r = (self.meta or {}).get("tile_ids")
+        return (int(r[0]), int(r[1])) if isinstance(r, list) and len(r) == 2 else None
+
+    def file_digest(self, name: str) -> str | None:
+        """The recorded checksum of one of the segment's files (None: not recorded)."""
+        entry = ((self.meta or {}).get("files") or {}).get(name) or {}
+        return entry.get("xxh3_64")
 
     @property
     def tiles_path(self) -> Path:
@@ -186,22 +205,31 @@ def list_segments(segments_dir: Path) -> list[SegmentInfo]:
     on every request to notice new commits). Segments replaced by a committed compaction are
     left out, so a snapshot never holds a tile twice.
     """
+    return list_segments_checked(segments_dir)[0]
+
+
+def list_segments_checked(segments_dir: Path) -> tuple[list[SegmentInfo], dict[str, str]]:
+    """:func:`list_segments`, plus ``{directory: reason}`` for directories under ``segments/``
+    that are not loadable segments (``segment.json`` missing or unreadable): damaged segments,
+    reported and never served."""
     if not segments_dir.is_dir():
-        return []
+        return [], {}
     for _ in range(5):
-        out = _listing(segments_dir)
-        if out is not None:
+        listed = _listing(segments_dir)
+        if listed is not None:
             break
     else:  # a compaction retired segments under five listings in a row: list once more
-        out = _listing(segments_dir) or []
+        listed = _listing(segments_dir) or ([], {})
+    out, broken = listed
     replaced = {r for s in out for r in s.replaces}
-    return [s for s in out if s.segment_id not in replaced] if replaced else out
+    return ([s for s in out if s.segment_id not in replaced] if replaced else out), broken
 
 
-def _listing(segments_dir: Path) -> list[SegmentInfo] | None:
+def _listing(segments_dir: Path) -> tuple[list[SegmentInfo], dict[str, str]] | None:
     """One listing; None if a listed segment vanished meanwhile (retired by a compaction whose
     merged segment is already committed), so the caller lists again and sees the merge."""
     out = []
+    broken: dict[str, str] = {}
     for entry in sorted(os.listdir(segments_dir)):
         if entry.startswith("."):
             continue
@@ -213,10 +241,56 @@ def _listing(segments_dir: Path) -> list[SegmentInfo] | None:
             except FileNotFoundError:
                 if not path.exists():
                     return None
-                continue  # a directory without segment.json is not a segment
+                if path.is_dir():
+                    broken[entry] = "segment.json is missing"
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                broken[entry] = f"segment.json is unreadable ({type(exc).__name__})"
+                continue
             _INFO_CACHE[path] = info
         out.append(info)
+    return out, broken
+
+
+_MAX_ID_CACHE: dict[Path, int] = {}
+
+
+def _max_tile_id(path: Path, info: SegmentInfo | None) -> int:
+    """Largest tile id of a segment directory (-1 if none or unreadable): recorded in
+    ``segment.json``, else read once from ``tiles.parquet``."""
+    if info is not None and info.tile_id_range is not None:
+        return info.tile_id_range[1]
+    hit = _MAX_ID_CACHE.get(path)
+    if hit is not None:
+        return hit
+    try:
+        ids = pq.read_table(path / "tiles.parquet", columns=["tile_id"]).column("tile_id")
+        top = pc.max(ids).as_py()
+        out = -1 if top is None else int(top)
+    except Exception:  # noqa: BLE001 - a damaged file: its ids are unknown
+        return -1
+    _MAX_ID_CACHE[path] = out
     return out
+
+
+def next_free_tile_id(segments_dir: Path) -> int:
+    """1 + the largest tile id of every committed segment directory, damaged ones included
+    (replaced and retired ones hold no id that a visible segment does not)."""
+    if not segments_dir.is_dir():
+        return 0
+    top = -1
+    for entry in os.listdir(segments_dir):
+        if entry.startswith("."):
+            continue
+        path = segments_dir / entry
+        info = _INFO_CACHE.get(path)
+        if info is None:
+            try:
+                info = _INFO_CACHE[path] = SegmentInfo.load(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                info = None
+        top = max(top, _max_tile_id(path, info))
+    return top + 1
 
 
 def retire(segments_dir: Path, segment_ids: Iterable[str]) -> None:
@@ -385,6 +459,9 @@ class SegmentWriter:
         self._lock_fd = os.open(self.tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._vec = open(self.tmp / VECTOR_DTYPES[dtype][1], "wb")  # noqa: SIM115 - closed in commit/abort
+        self._vec_hash = Hasher()  # the vectors' checksum, computed as they are written
+        self._min_id: int | None = None
+        self._max_id: int | None = None
         self._tiles: list[dict[str, Any]] = []
         self._sources: list[dict[str, Any]] = []
         self._tile_parts: list[pa.Table] = []  # committed order: parts, then pending row dicts
@@ -425,7 +502,9 @@ class SegmentWriter:
             row["row"] = base_row + i
             self._tiles.append(row)
         self._n_tiles += len(tiles)
-        self._vec.write(vectors.astype(VECTOR_DTYPES[self.dtype][0], copy=False).tobytes())
+        self._write_vectors(vectors.astype(VECTOR_DTYPES[self.dtype][0], copy=False).tobytes())
+        if ids:
+            self._note_ids(min(ids), max(ids))
         src = dict(source)
         src["n_tiles"] = len(tiles)
         src["segment_id"] = self.segment_id
@@ -465,13 +544,28 @@ class SegmentWriter:
             block = np.asarray(vectors[lo : lo + block_rows])
             if not np.all(np.isfinite(block)):
                 raise ValueError(f"vectors {lo}..{lo + len(block)} are not all finite")
-            self._vec.write(np.ascontiguousarray(block, dtype=code).tobytes())
+            self._write_vectors(np.ascontiguousarray(block, dtype=code).tobytes())
+        if n:
+            ids = tiles.column("tile_id")
+            self._note_ids(int(pc.min(ids).as_py()), int(pc.max(ids).as_py()))
         self._flush_rows()
         self._tile_parts.append(_renumber(tiles, self.segment_id, self._n_tiles))
         self._source_parts.append(_renumber(sources, self.segment_id, self._n_sources))
         self._source_vectors.append(np.asarray(source_vectors, dtype="<f4").reshape(m, self.dim))
         self._n_tiles += n
         self._n_sources += m
+
+    def _write_vectors(self, data: bytes) -> None:
+        self._vec.write(data)
+        self._vec_hash.update(data)
+
+    def _note_ids(self, lo: int, hi: int) -> None:
+        self._min_id = lo if self._min_id is None else min(self._min_id, lo)
+        self._max_id = hi if self._max_id is None else max(self._max_id, hi)
+
+    def vectors_digest(self) -> str:
+        """Checksum of the vectors written so far (the final one once every row is added)."""
+        return self._vec_hash.hexdigest()
 
     def _flush_rows(self) -> None:
         """Turn pending row dicts into table parts (keeps arrival order across both paths)."""
@@ -497,8 +591,18 @@ class SegmentWriter:
         sources = _concat(self._source_parts, SOURCE_CORE_COLUMNS)
         pq.write_table(tiles, self.tmp / "tiles.parquet")
         pq.write_table(sources, self.tmp / "sources.parquet")
+        source_vectors = np.concatenate(self._source_vectors).astype("<f4").tobytes()
         with open(self.tmp / "source_vectors.f32", "wb") as f:
-            f.write(np.concatenate(self._source_vectors).astype("<f4").tobytes())
+            f.write(source_vectors)
+        vec_name = VECTOR_DTYPES[self.dtype][1]
+        files = {
+            "tiles.parquet": file_entry(self.tmp / "tiles.parquet"),
+            "sources.parquet": file_entry(self.tmp / "sources.parquet"),
+            "source_vectors.f32": file_entry(
+                self.tmp / "source_vectors.f32", digest_bytes(source_vectors)
+            ),
+            vec_name: file_entry(self.tmp / vec_name, self.vectors_digest()),
+        }
         meta = {
             "segment_id": self.segment_id,
             "n_tiles": self._n_tiles,
@@ -510,7 +614,10 @@ class SegmentWriter:
             "vector_dtype": self.dtype,
             "replaces": list(self.replaces),
             "format": 1,
+            "files": files,
+            "tile_ids": None if self._min_id is None else [self._min_id, self._max_id],
         }
+        meta["checksum"] = meta_checksum(meta)
         with open(self.tmp / "segment.json", "w") as f:
             json.dump(meta, f, indent=2)
         for name in ("tiles.parquet", "sources.parquet", "source_vectors.f32", "segment.json"):
@@ -553,10 +660,20 @@ def _renumber(table: pa.Table, segment_id: str, base_row: int) -> pa.Table:
 
 
 def committed_source_ids(segments: Iterable[SegmentInfo]) -> dict[str, list[str]]:
-    """source_id (content hash) -> the source paths committed with it, over the segments."""
+    """source_id (content hash) -> the source paths committed with it, over the segments.
+
+    Damaged segments (failing the cheap checks of ``search.integrity``) are left out: their
+    sources count as not indexed, so indexing them again re-commits them."""
+    from search.integrity import check_segment
+
     out: dict[str, list[str]] = {}
     for seg in segments:
-        t = pq.read_table(seg.sources_path, columns=["source_id", "source"])
+        if check_segment(seg, hash_limit=0):
+            continue
+        try:
+            t = pq.read_table(seg.sources_path, columns=["source_id", "source"])
+        except Exception:  # noqa: BLE001 - unreadable past its footer: damaged, not indexed
+            continue
         for sid, src in zip(
             t.column("source_id").to_pylist(), t.column("source").to_pylist(), strict=True
         ):

@@ -82,6 +82,8 @@ class SearchResult:
     groups: list[Group] | None = None
     query: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    missing_segments: list[str] = field(default_factory=list)
+    """Damaged (quarantined) segments of the snapshot: the answer covers the others only."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +99,12 @@ class SearchResult:
             out["query"] = self.query
         if self.plan:
             out["plan"] = self.plan
+        if self.missing_segments:
+            out["missing_segments"] = self.missing_segments
+            out["warning"] = (
+                f"{len(self.missing_segments)} damaged segment(s) are quarantined and not "
+                "searched; `lamina verify` lists them, `lamina repair` re-indexes their sources"
+            )
         return out
 
 
@@ -336,6 +344,7 @@ class SearchService:
                         encoder=col.fingerprint,
                         hits=self._hits(view, r.scores, r.positions),
                         plan=plan.to_dict(),
+                        missing_segments=view.missing_segments,
                     )
                 )
             return out
@@ -351,6 +360,7 @@ class SearchService:
                     hits=hits,
                     groups=groups,
                     plan=grouped_plan,
+                    missing_segments=view.missing_segments,
                 )
             )
         return out

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from search.segments import (
     SegmentWriter,
     committed_source_ids,
     list_segments,
+    list_segments_checked,
+    next_free_tile_id,
     remove_stale,
     write_json_atomic,
 )
@@ -54,6 +57,8 @@ def snapshot_id_of(segment_ids: list[str]) -> str:
 class Snapshot:
     id: str
     segments: tuple[SegmentInfo, ...]
+    damaged: tuple[tuple[str, str], ...] = ()
+    """(directory, reason) of entries under ``segments/`` that are not loadable segments."""
 
     @property
     def n_tiles(self) -> int:
@@ -105,8 +110,23 @@ class Collection:
         return list_segments(self.segments_dir)
 
     def snapshot(self) -> Snapshot:
-        segs = tuple(self.segments())
-        return Snapshot(id=snapshot_id_of([s.segment_id for s in segs]), segments=segs)
+        listed, broken = list_segments_checked(self.segments_dir)
+        segs = tuple(listed)
+        ids = [s.segment_id for s in segs] + [f"!{d}" for d in sorted(broken)]
+        return Snapshot(
+            id=snapshot_id_of(ids), segments=segs, damaged=tuple(sorted(broken.items()))
+        )
+
+    @property
+    def uuid(self) -> str:
+        """Identity of this collection (recorded at creation): a collection deleted and created
+        again under the same name has another one. Collections created before it was recorded
+        get a stable one derived from their name and creation time."""
+        recorded = self.info.get("uuid")
+        if recorded:
+            return str(recorded)
+        seed = f"{self.name}\n{self.info.get('created_at', '')}".encode()
+        return "legacy-" + hashlib.sha256(seed).hexdigest()[:16]
 
     def check_fingerprint(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
@@ -159,10 +179,18 @@ class Collection:
             os.close(fd)
 
     def allocate_tile_ids(self, n: int) -> range:
-        """Reserve ``n`` consecutive tile ids (safe across processes; gaps after crashes are fine)."""
+        """Reserve ``n`` consecutive tile ids (safe across processes; gaps after crashes are fine).
+
+        The first id is ``max(counter, 1 + the largest id of any committed segment)``, read
+        under the ids lock, so a lost, stale or garbage ``next_tile_id`` never reuses an id (a
+        garbage counter is rewritten)."""
         counter = self.path / "next_tile_id"
         with self._ids_lock():
-            start = int(counter.read_text()) if counter.exists() else 0
+            try:
+                start = int(counter.read_text().strip() or "-1")
+            except (OSError, ValueError):
+                start = -1  # missing or garbage: derived from the segments alone
+            start = max(start, next_free_tile_id(self.segments_dir))
             tmp = counter.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(str(start + n))
             os.replace(tmp, counter)
@@ -299,6 +327,7 @@ class Store:
             "index_factory": "Flat",
             "vector_dtype": vector_dtype,
             "patient_column": "patient_id",
+            "uuid": uuid.uuid4().hex,
         }
         info.update(extra or {})
         info_path = path / "collection.json"

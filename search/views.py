@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from search.ann import AnnIndex
 from search.errors import SourceNotFoundError, TileNotFoundError
 from search.filters import Condition, conditions_key
+from search.integrity import DamagedSegmentError, Problem, duplicate_tile_ids
 from search.segment_reader import SegmentReader, reader_for, sql_type_name, unify_types
 from search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
 from search.store import Collection, Snapshot
@@ -70,7 +71,10 @@ class CollectionView:
         self.snapshot = snapshot
         self.dim = collection.dim
         self.ann = ann
-        self.readers: list[SegmentReader] = [reader_for(s) for s in snapshot.segments]
+        self.quarantined: list[Problem] = [
+            Problem(d, f"segments/{d}", reason) for d, reason in snapshot.damaged
+        ]
+        self.readers: list[SegmentReader] = self._open(snapshot)
         sizes = [r.n for r in self.readers]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         types: dict[str, list[str]] = {}
@@ -87,6 +91,36 @@ class CollectionView:
         self._lock = threading.Lock()
         self._sql_lock = threading.Lock()
         self._source_codes: tuple[np.ndarray, list[str]] | None = None
+
+    def _open(self, snapshot: Snapshot) -> list[SegmentReader]:
+        """Readers of the snapshot's healthy segments; damaged segments and segments repeating
+        another's tile ids (the later one) are quarantined into ``self.quarantined``."""
+        readers = []
+        for s in snapshot.segments:
+            try:
+                readers.append(reader_for(s))
+            except DamagedSegmentError as exc:
+                self.quarantined.extend(exc.problems)
+        spans = [(r.info.path.name, r.min_id, r.max_id, r.tile_ids) for r in readers if r.n]
+        dropped: set[str] = set()
+        for later, earlier, tile_id in duplicate_tile_ids(spans):
+            if earlier in dropped or later in dropped:
+                continue
+            dropped.add(later)
+            self.quarantined.append(
+                Problem(
+                    later,
+                    f"segments/{later}/tiles.parquet",
+                    f"tile id {tile_id} is also in segment {earlier} (duplicate tile ids)",
+                    "duplicate",
+                )
+            )
+        return [r for r in readers if r.info.path.name not in dropped]
+
+    @property
+    def missing_segments(self) -> list[str]:
+        """Segments of the snapshot that are not answering (quarantined), sorted."""
+        return sorted({p.segment_id for p in self.quarantined})
 
     def cache(self, name: str, limit: int = 32) -> dict[Any, Any]:
         """A small per-view cache (cleared when full) for derived per-filter structures."""
@@ -119,9 +153,11 @@ class CollectionView:
                 found = rows >= 0
                 out[np.flatnonzero(inside)[found]] = rows[found] + self.offsets[i]
         if np.any(out < 0):
+            missing = self.missing_segments
             raise TileNotFoundError(
                 f"tile {int(ids[out < 0][0])} is not in collection {self.collection.name!r} "
-                f"(snapshot {self.snapshot.id})"
+                f"(snapshot {self.snapshot.id}"
+                + (f"; damaged segments not answering: {', '.join(missing)})" if missing else ")")
             )
         return out
 
