@@ -1,12 +1,13 @@
 """The Flask application factory: HTTP API under /api/v1 and the web page at /.
 
-``create_app(config)``: defaults, then ``LAMINA_*`` environment variables, then ``config``.
+``create_app(config)``: defaults, then ``LAMINA_*`` environment variables, then ``config``;
+``API_TOKEN`` is the raw string of ``LAMINA_API_TOKEN`` (never JSON-decoded) unless ``config``
+gives one, and a placeholder value stops the app (:func:`api.auth.check_token_value`).
 Per-app state lives in ``app.extensions["lamina"]`` (a :class:`LaminaState`); nothing global.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -25,6 +26,10 @@ log = logging.getLogger("lamina.api")
 DEFAULTS: dict[str, Any] = {
     "HOME": None,  # None -> $LAMINA_HOME or ./lamina-data
     "API_TOKEN": None,
+    "SOURCE_PATHS": "relative",  # relative | name | hash | none, or per scope (api/exposure.py)
+    "AUDIT": "on",
+    "AUDIT_MAX_BYTES": 10 * 1024 * 1024,
+    "AUDIT_BACKUPS": 5,
     "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
     "DEVICE": "auto",  # auto -> CUDA when present
@@ -58,10 +63,21 @@ class LaminaState:
     """What one app instance owns: the store, the search service, the catalog (lazily)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
+        from api.audit import AuditLog, audit_enabled
+        from api.auth import Authenticator
+        from api.exposure import Exposure
         from search import SearchService, Store
 
         self.config = config
         self.home = Path(config.get("HOME") or os.environ.get("LAMINA_HOME") or "lamina-data")
+        self.auth = Authenticator(self.home, config.get("API_TOKEN"))
+        self.exposure = Exposure(self.home, config.get("SOURCE_PATHS"))
+        self.audit = AuditLog(
+            self.home,
+            enabled=audit_enabled(config.get("AUDIT")),
+            max_bytes=int(config.get("AUDIT_MAX_BYTES") or 10 * 1024 * 1024),
+            backups=int(config.get("AUDIT_BACKUPS") or 5),
+        )
         self.store = Store(self.home)
         # background: new snapshots are prepared, and ANN indexes built, off the request path
         self.service = SearchService(self.store, background=True)
@@ -96,8 +112,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("LAMINA")
     if config:
         app.config.from_mapping(config)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    from api import auth, exposure
+
+    if config and "API_TOKEN" in config:
+        token = config["API_TOKEN"]
+        app.config["API_TOKEN"] = (
+            None if token is None else auth.check_token_value(token, "API_TOKEN")
+        )
+    else:
+        app.config["API_TOKEN"] = auth.env_token()
     app.extensions["lamina"] = LaminaState(app.config)
+    exposure.install(app)
 
     from api.routes import cohorts, collections, imports, search
 
@@ -106,28 +131,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
     app.register_blueprint(imports.bp, url_prefix=API_PREFIX)
 
-    @app.before_request
-    def _auth() -> Response | None:
-        token = app.config.get("API_TOKEN")
-        if not token or not request.path.startswith(API_PREFIX + "/"):
-            return None
-        if request.path == f"{API_PREFIX}/health":
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), str(token).encode()
-        ):
-            return None
-        resp = error_response(401, "UNAUTHORIZED", "missing or wrong bearer token")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="lamina"'
-        return resp
+    auth.install(app)
 
     @app.get("/")
     def index_page() -> str:
-        return render_template(
-            "index.html", api_prefix=API_PREFIX, auth=bool(app.config.get("API_TOKEN"))
-        )
+        return render_template("index.html", api_prefix=API_PREFIX, auth=state().auth.enabled)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

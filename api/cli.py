@@ -24,6 +24,7 @@ from api.errors import DOMAIN_ERRORS, error_body
 class CliContext:
     home: Path
     url: str | None
+    token: str | None = None
 
     def store(self) -> Any:
         from search import Store
@@ -101,12 +102,17 @@ class _Unexpected(Exception):
     help="Store location (default: $LAMINA_HOME or ./lamina-data).",
 )
 @click.option("--url", default=None, help="Talk to a running server (default: $LAMINA_URL).")
+@click.option(
+    "--token",
+    default=None,
+    help="API token sent with --url (default: $LAMINA_TOKEN, then ~/.config/lamina/config.toml).",
+)
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, url: str | None) -> None:
+def cli(ctx: click.Context, home: Path | None, url: str | None, token: str | None) -> None:
     """Lamina: embedding search for pathology slides and dermatology photos."""
     home = home or Path(os.environ.get("LAMINA_HOME") or "lamina-data")
-    ctx.obj = CliContext(home=home, url=url or os.environ.get("LAMINA_URL") or None)
+    ctx.obj = CliContext(home=home, url=url or os.environ.get("LAMINA_URL") or None, token=token)
 
 
 def _register() -> None:
@@ -117,8 +123,10 @@ def _register() -> None:
     from api.commands import index as index_cmd
     from api.commands import search as search_cmd
     from api.commands import status as status_cmd
+    from api.commands import tokens as tokens_cmd
 
-    for module in (encoders_cmd, index_cmd, imports_cmd, status_cmd, search_cmd, *extra_commands()):
+    modules = (encoders_cmd, index_cmd, imports_cmd, status_cmd, search_cmd, tokens_cmd)
+    for module in (*modules, *extra_commands()):
         module.register(cli)
     collection_cmd.register(cli)
 

@@ -4,287 +4,78 @@ Importing this module imports neither Flask, torch, faiss, duckdb nor numpy, so 
 remote server from a laptop stays cheap::
 
     from api.client import Client
-    c = Client("http://127.0.0.1:8000", token=None)
+    c = Client("http://127.0.0.1:8000")  # token: argument, $LAMINA_TOKEN or the config file
     res = c.search_image("derm", "lesion.jpg", k=10, filter={"label": {"in": ["MEL"]}})
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import mimetypes
-import secrets
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# transport(method, url, headers, body, timeout) -> (status, headers, body bytes)
-Transport = Callable[
-    [str, str, dict[str, str], bytes | None, float], tuple[int, dict[str, str], bytes]
+from api.client_http import (
+    ConfigError,
+    Conflict,
+    EncoderMismatch,
+    Forbidden,
+    InvalidRequest,
+    LaminaError,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    Transport,
+    Unauthorized,
+    _error_class,
+    _file,
+    _multipart,
+    _q,
+    resolve_token,
+    urllib_transport,
+)
+from api.client_types import (
+    BatchResult,
+    CohortInfo,
+    Document,
+    ExportInfo,
+    Group,
+    Hit,
+    ProbeReport,
+    SearchResult,
+)
+
+__all__ = [
+    "BatchResult",
+    "Client",
+    "CohortInfo",
+    "ConfigError",
+    "Conflict",
+    "Document",
+    "EncoderMismatch",
+    "ExportInfo",
+    "Forbidden",
+    "Group",
+    "Hit",
+    "InvalidRequest",
+    "LaminaError",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProbeReport",
+    "SearchResult",
+    "ServerError",
+    "Transport",
+    "Unauthorized",
+    "resolve_token",
+    "urllib_transport",
 ]
 
 
-class LaminaError(Exception):
-    """An error answer of the server (or a failure to reach it: status 0, code UNREACHABLE)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class InvalidRequest(LaminaError):
-    """400/415/422: the request is malformed (bad filter, bad k, unreadable image...)."""
-
-
-class Unauthorized(LaminaError):
-    """401: missing or wrong token."""
-
-
-class NotFound(LaminaError):
-    """404: no such collection, tile, source, cohort..."""
-
-
-class Conflict(LaminaError):
-    """409."""
-
-
-class EncoderMismatch(Conflict):
-    """409 ENCODER_MISMATCH: the query was embedded with another encoder."""
-
-
-class PayloadTooLarge(LaminaError):
-    """413: upload over the server's size or pixel limit."""
-
-
-class ServerError(LaminaError):
-    """5xx, or the server could not be reached."""
-
-
-def _error_class(status: int, code: str) -> type[LaminaError]:
-    if code == "ENCODER_MISMATCH":
-        return EncoderMismatch
-    by_status: dict[int, type[LaminaError]] = {
-        401: Unauthorized,
-        404: NotFound,
-        409: Conflict,
-        413: PayloadTooLarge,
-    }
-    if status in by_status:
-        return by_status[status]
-    if 400 <= status < 500:
-        return InvalidRequest
-    return ServerError
-
-
-@dataclass
-class Hit:
-    tile_id: int
-    score: float
-    source_id: str
-    source: str
-    x: int
-    y: int
-    size_px: int
-    mpp: float | None
-    metadata: dict[str, Any]
-    kind: str = "photo"
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Hit:
-        return cls(
-            tile_id=int(d["tile_id"]),
-            score=float(d.get("score", 0.0)),
-            source_id=str(d["source_id"]),
-            source=str(d["source"]),
-            x=int(d["x"]),
-            y=int(d["y"]),
-            size_px=int(d["size_px"]),
-            mpp=d.get("mpp"),
-            metadata=dict(d.get("metadata") or {}),
-            kind=str(d.get("kind", "photo")),
-            raw=copy.deepcopy(dict(d)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.raw)
-
-
-@dataclass
-class Group:
-    key: str
-    value: Any
-    score: float
-    n_hits: int
-    hits: list[Hit]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.raw)
-
-
-@dataclass
-class SearchResult:
-    collection: str
-    snapshot: str
-    encoder: str
-    hits: list[Hit]
-    groups: list[Group] | None = None
-    plan: dict[str, Any] = field(default_factory=dict, compare=False)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SearchResult:
-        groups = None
-        if d.get("groups") is not None:
-            groups = [
-                Group(
-                    key=g["key"],
-                    value=g["value"],
-                    score=float(g["score"]),
-                    n_hits=int(g["n_hits"]),
-                    hits=[Hit.from_dict(h) for h in g["hits"]],
-                    raw=copy.deepcopy(g),
-                )
-                for g in d["groups"]
-            ]
-        return cls(
-            collection=d["collection"],
-            snapshot=d["snapshot"],
-            encoder=d["encoder"],
-            hits=[Hit.from_dict(h) for h in d["hits"]],
-            groups=groups,
-            plan=copy.deepcopy(dict(d.get("plan") or {})),
-            raw=copy.deepcopy(dict(d)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The server's JSON answer, exactly."""
-        return copy.deepcopy(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-
-@dataclass
-class BatchResult:
-    """Answers of one batch, in query order, all computed on ``snapshot``."""
-
-    collection: str
-    snapshot: str
-    encoder: str
-    results: list[SearchResult]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BatchResult:
-        return cls(
-            collection=d["collection"],
-            snapshot=d["snapshot"],
-            encoder=d["encoder"],
-            results=[SearchResult.from_dict(r) for r in d["results"]],
-            raw=copy.deepcopy(dict(d)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-
-@dataclass
-class Document:
-    """A typed wrapper around one JSON answer (``.data`` is the part named by the endpoint)."""
-
-    data: dict[str, Any]
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.raw)
-
-
-@dataclass
-class CohortInfo(Document):
-    @property
-    def name(self) -> str:
-        return str(self.data.get("name"))
-
-    @property
-    def n_tiles(self) -> int:
-        return int(self.data.get("n_tiles") or 0)
-
-
-@dataclass
-class ProbeReport(Document):
-    pass
-
-
-@dataclass
-class ExportInfo:
-    path: Path
-    snapshot: str | None
-    encoder: str | None
-    n_bytes: int
-
-
-def urllib_transport(
-    method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
-) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-given URL
-            return resp.status, dict(resp.headers.items()), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers.items()), exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ServerError(0, "UNREACHABLE", f"cannot reach {url}: {exc}") from None
-
-
-def _multipart(
-    fields: Mapping[str, Any], files: Sequence[tuple[str, str, bytes]]
-) -> tuple[bytes, str]:
-    boundary = "lamina-" + secrets.token_hex(12)
-    out = bytearray()
-    for name, value in fields.items():
-        if value is None:
-            continue
-        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n'
-        ).encode()
-    for name, filename, data in files:
-        ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{safe}"\r\nContent-Type: {ctype}\r\n\r\n'
-        ).encode()
-        out += data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
-
-
-def _file(path_or_bytes: str | Path | bytes, default_name: str = "image") -> tuple[str, bytes]:
-    if isinstance(path_or_bytes, bytes | bytearray):
-        return default_name, bytes(path_or_bytes)
-    p = Path(path_or_bytes)
-    return p.name, p.read_bytes()
-
-
 class Client:
-    """A Lamina server at ``url`` (e.g. ``http://127.0.0.1:8000``)."""
+    """A Lamina server at ``url`` (e.g. ``http://127.0.0.1:8000``).
+
+    ``token`` None looks one up (:func:`api.client_http.resolve_token`: ``$LAMINA_TOKEN``, then
+    the 0600 config file); ``token=""`` sends none."""
 
     def __init__(
         self,
@@ -295,7 +86,7 @@ class Client:
     ) -> None:
         self.url = url.rstrip("/")
         self.base = self.url + "/api/v1"
-        self.token = token
+        self.token = resolve_token(self.url, token) if token is None else (token or None)
         self.transport: Transport = transport or urllib_transport
         self.timeout = timeout
 
@@ -651,9 +442,3 @@ class Client:
         return self._json(
             "POST", f"/collections/{_q(collection)}/import", body=body, content_type=ctype
         )
-
-
-def _q(segment: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(segment), safe="")

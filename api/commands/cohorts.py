@@ -127,7 +127,7 @@ def register(cli: click.Group) -> None:
             from search.filters import conditions_to_json, parse_filters
 
             spec = conditions_to_json(parse_filters(filters)) if filters else None
-            res = Client(ctx.url).create_cohort(
+            res = Client(ctx.url, token=ctx.token).create_cohort(
                 name,
                 collection,
                 filter=spec,
@@ -175,7 +175,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            doc = as_doc(Client(ctx.url).cohorts())
+            doc = as_doc(Client(ctx.url, token=ctx.token).cohorts())
             cohorts = doc.get("cohorts", doc) if isinstance(doc, dict) else doc
         else:
             from search.catalog import Catalog
@@ -218,7 +218,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            doc = as_doc(Client(ctx.url).cohort(name))
+            doc = as_doc(Client(ctx.url, token=ctx.token).cohort(name))
             cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
         else:
             from search import SearchService
@@ -248,7 +248,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            Client(ctx.url).delete_cohort(name)
+            Client(ctx.url, token=ctx.token).delete_cohort(name)
         else:
             from search.catalog import Catalog
 

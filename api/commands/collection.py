@@ -217,7 +217,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            remote = Client(ctx.url).collection(name)
+            remote = Client(ctx.url, token=ctx.token).collection(name)
             if as_json:
                 emit_json({"ok": True, "collection": remote})
             else:

@@ -63,7 +63,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            res = Client(ctx.url).export(
+            res = Client(ctx.url, token=ctx.token).export(
                 collection,
                 cohort=cohort,
                 label_column=label_column,

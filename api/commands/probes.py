@@ -91,7 +91,7 @@ def register(cli: click.Group) -> None:
             from api.client import Client
 
             doc = as_doc(
-                Client(ctx.url).probe(
+                Client(ctx.url, token=ctx.token).probe(
                     collection,
                     label_column,
                     cohort=cohort,

@@ -162,7 +162,7 @@ def register(cli: click.Group) -> None:
             exclude_same,
             search_params(nprobe, ef_search, refine, strategy),
         )
-        doc = _remote(ctx.url, query) if ctx.url else _local(ctx, query)
+        doc = _remote(ctx.url, query, ctx.token) if ctx.url else _local(ctx, query)
         if as_json:
             emit_json(doc)
             return
@@ -208,11 +208,11 @@ def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
     return service.search(q.collection, vec, q.k, **kwargs).to_dict()
 
 
-def _remote(url: str, q: Query) -> dict[str, Any]:
+def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
     from api.client import Client
     from search.filters import conditions_to_json, parse_filters
 
-    client = Client(url)
+    client = Client(url, token=token)
     spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None
     common: dict[str, Any] = {
         "k": q.k,

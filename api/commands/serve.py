@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
+import sys
+from typing import NoReturn
 
 import click
 
@@ -19,6 +20,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _refuse(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("serve")
     @click.option("--host", default="127.0.0.1", show_default=True)
@@ -31,24 +37,39 @@ def register(cli: click.Group) -> None:
         help="Request threads.",
     )
     @click.option(
-        "--insecure", is_flag=True, help="Allow a non-loopback host without LAMINA_API_TOKEN."
+        "--insecure",
+        is_flag=True,
+        help="Allow a non-loopback host without tokens (LAMINA_API_TOKEN or `lamina token add`).",
     )
     @click.pass_obj
     def serve_command(ctx: CliContext, host: str, port: int, workers: int, insecure: bool) -> None:
-        """Serve the HTTP API (/api/v1) and the web page (/)."""
-        token = os.environ.get("LAMINA_API_TOKEN") or None
-        if not is_loopback(host) and not token and not insecure:
-            raise click.UsageError(
-                f"refusing to serve on {host} without LAMINA_API_TOKEN; set a token "
-                "(clients send 'Authorization: Bearer <token>') or pass --insecure"
+        """Serve the HTTP API (/api/v1) and the web page (/).
+
+        With LAMINA_API_TOKEN set or tokens made by `lamina token add`, every route but
+        /health needs `Authorization: Bearer <token>` of a sufficient scope."""
+        from api.auth import AuthConfigError, Authenticator, env_token
+        from api.exposure import ExposureConfigError
+
+        try:
+            enabled = Authenticator(ctx.home, env_token()).enabled
+        except AuthConfigError as exc:
+            _refuse(str(exc))
+        if not is_loopback(host) and not enabled and not insecure:
+            _refuse(
+                f"refusing to serve on {host} without a token; set LAMINA_API_TOKEN or create "
+                "one with `lamina token add NAME --scope read` (clients send "
+                "'Authorization: Bearer <token>'), or pass --insecure"
             )
         import waitress
 
         from api.app import create_app
 
-        app = create_app({"HOME": str(ctx.home)})
+        try:
+            app = create_app({"HOME": str(ctx.home)})
+        except (AuthConfigError, ExposureConfigError) as exc:
+            _refuse(str(exc))
         limit = int(app.config["MAX_CONTENT_LENGTH"] or 0)
-        auth = "token required" if token else "no token"
+        auth = "token required" if enabled else "no token"
         click.echo(
             f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",
             err=True,

@@ -18,7 +18,7 @@ def register(cli: click.Group) -> None:
         if ctx.url:
             from api.client import Client
 
-            client = Client(ctx.url)
+            client = Client(ctx.url, token=ctx.token)
             cols = [client.collection(collection)] if collection else client.collections()
             where = ctx.url
         else:

@@ -38,7 +38,7 @@ def health() -> Response:
         ids.extend(f"{name}/{s}" for s in segs)
         per[name] = snapshot_id_of(segs)
     doc: dict[str, Any] = {"ok": True, "version": _version(), "snapshot": snapshot_id_of(ids)}
-    if not state().config.get("API_TOKEN"):  # health needs no token: say less when one is set
+    if not state().auth.enabled:  # health needs no token: say less when tokens are in use
         doc["snapshots"] = per
     return jsonify(doc)
 
@@ -89,7 +89,7 @@ def resolve_collection(name: str | None) -> str:
     if not names:
         raise ApiError("there are no collections", 404, "COLLECTION_NOT_FOUND")
     raise ApiError(
-        "tile ids are per collection: add ?collection=NAME (one of " + ", ".join(names) + ")",
+        "tile ids are per collection: add ?collection=NAME",
         400,
         "COLLECTION_REQUIRED",
     )

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-4f9a2c7e"
 
 
 @pytest.fixture()
 def secured(derm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     from api.app import create_app
 
-    monkeypatch.setenv("LAMINA_API_TOKEN", TOKEN)  # read through from_prefixed_env
+    monkeypatch.setenv("LAMINA_API_TOKEN", TOKEN)  # read raw, never JSON-decoded
     app = create_app({"HOME": str(derm_home)})
     assert app.config["API_TOKEN"] == TOKEN
     return app.test_client()

@@ -29,6 +29,11 @@ def _untimed(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def exposed(app: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """What the server shows of an in-process answer (source paths made root-relative)."""
+    return app.extensions["lamina"].exposure.expose(doc)  # type: ignore[no-any-return]
+
+
 def test_client_import_is_light() -> None:
     code = (
         "import sys, api.client; heavy = [m for m in ('flask', 'torch', 'faiss', 'duckdb', "
@@ -63,7 +68,7 @@ def test_congruence_service_vs_http(app: Any, live_url: str) -> None:
             group_by=q.get("group_by"),
             exclude_same=q.get("exclude_same"),
         )
-        assert _untimed(remote.to_dict()) == _untimed(local.to_dict()), q
+        assert _untimed(remote.to_dict()) == _untimed(exposed(app, local.to_dict())), q
         assert [h.tile_id for h in remote.hits] == [h.tile_id for h in local.hits]
 
 
@@ -81,7 +86,7 @@ def test_congruence_vector_and_image(app: Any, live_url: str, derm_images: list[
     data = derm_images[5].read_bytes()
     local = svc.search("derm", image_vector(col, data, device="cpu"), 6)
     remote = client.search_image("derm", derm_images[5], k=6)
-    assert _untimed(remote.to_dict()) == _untimed(local.to_dict())
+    assert _untimed(remote.to_dict()) == _untimed(exposed(app, local.to_dict()))
 
 
 def test_typed_results_and_errors(flask_transport: Any) -> None:
