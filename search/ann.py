@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import secrets
@@ -43,7 +44,8 @@ import numpy as np
 
 from search.errors import InvalidIndexFactoryError, StoreError, io_failure
 from search.index_spec import IndexSpec, parse_factory
-from search.segments import SegmentInfo, fsync_dir, write_json_atomic
+from search.integrity import HASH, check_segment, digest_bytes, file_entry
+from search.segments import VECTOR_DTYPES, SegmentInfo, fsync_dir, write_json_atomic
 from search.store import Collection
 
 _ASSIGN_CHUNK = 65_536
@@ -112,11 +114,18 @@ class AnnIndex:
         self.meta = meta
         self.centroids: np.ndarray | None = None
         self.template: Any = None
+        trained = meta.get("trained") or {}
+        self.trained_digest: str | None = trained.get(HASH)
+        if self.trained_digest is not None:  # recorded: the trained file must match it
+            data = (directory / str(trained.get("file"))).read_bytes()
+            if len(data) != trained.get("size") or digest_bytes(data) != self.trained_digest:
+                raise ValueError(f"{trained.get('file')} does not match its checksum")
         if spec.kind == "ivf":
             self.centroids = np.load(directory / "centroids.npy")
             self.quantizer = faiss.IndexFlatIP(self.centroids.shape[1])
             self.quantizer.add(self.centroids)
         self._segments: dict[str, SegmentANN | None] = {}
+        self._bad: dict[str, tuple[int, int]] = {}  # sidecars that failed: (mtime_ns, size)
         self._lock = threading.Lock()
 
     @classmethod
@@ -145,15 +154,71 @@ class AnnIndex:
                 return self._segments[segment_id]
         path = self.sidecar(segment_id)
         try:
+            st = path.stat()
+            if self._bad.get(segment_id) == (st.st_mtime_ns, st.st_size):
+                return None  # failed its check before and has not changed since
+            data = path.read_bytes()
+            if self.part_problem(segment_id, data) is not None:
+                self._bad[segment_id] = (st.st_mtime_ns, st.st_size)
+                return None
             if self.spec.kind == "ivf":
-                part = SegmentANN(np.load(path).astype(np.int32), None, self.spec.nlist)
+                assign = np.load(io.BytesIO(data)).astype(np.int32)
+                part = SegmentANN(assign, None, self.spec.nlist)
             else:
-                part = SegmentANN(None, faiss.read_index(str(path)), self.spec.nlist)
+                index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                part = SegmentANN(None, index, self.spec.nlist)
         except (OSError, ValueError, RuntimeError):
             return None
         with self._lock:
             self._segments[segment_id] = part
         return part
+
+    def part_problem(self, segment_id: str, data: bytes | None = None) -> str | None:
+        """Why this segment's sidecar must not be trusted, or None (sound, or written before
+        checksums: unverified). Its ``.sum`` record must match its bytes, the trained file
+        (centroids / template) of this version, and the vectors the segment records now."""
+        path = self.sidecar(segment_id)
+        try:
+            data = path.read_bytes() if data is None else data
+        except FileNotFoundError:
+            return "not indexed"
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
+        try:
+            rec = json.loads(path.with_suffix(".sum").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "its checksum record is unreadable"
+        if not isinstance(rec, dict):
+            return "its checksum record is unreadable"
+        if rec.get("size") != len(data) or rec.get(HASH) != digest_bytes(data):
+            return "content does not match its checksum"
+        built = rec.get("built_from") or {}
+        if built.get("trained") != self.trained_digest:
+            return "built with another trained index (centroids)"
+        if built.get("vectors") != self._vectors_digest(segment_id):
+            return "built from other vectors than the segment holds"
+        return None
+
+    def _vectors_digest(self, segment_id: str) -> str | None:
+        try:
+            info = SegmentInfo.load(self.dir.parent.parent / "segments" / segment_id)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return info.file_digest(VECTOR_DTYPES[info.dtype][1])
+
+    def write_part(self, segment_id: str, data: bytes, vectors_digest: str | None) -> None:
+        """Write a segment's sidecar with its checksum record (the record first: a sidecar
+        never exists without it, except one written before checksums existed)."""
+        path = self.sidecar(segment_id)
+        record = {
+            "size": len(data),
+            HASH: digest_bytes(data),
+            "built_from": {"vectors": vectors_digest, "trained": self.trained_digest},
+        }
+        write_json_atomic(path.with_suffix(".sum"), record)
+        _write_atomic(path, lambda p: p.write_bytes(data))
 
     def memory_bytes(self) -> int:
         with self._lock:
@@ -200,14 +265,6 @@ def _sample(segments: Sequence[SegmentInfo], size: int, seed: int = 1234) -> np.
         if len(rows):
             parts.append(np.asarray(seg.vectors()[rows], dtype=np.float32))
     return np.ascontiguousarray(np.concatenate(parts))
-
-
-def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        with open(path, "wb") as f:
-            np.save(f, array)
-
-    return write
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -287,9 +344,15 @@ def _train(spec: IndexSpec, dim: int, segments: Sequence[SegmentInfo], out_dir: 
     return trained_on
 
 
-def _index_segment(
-    spec: IndexSpec, directory: Path, seg: SegmentInfo, centroids: np.ndarray | None
-) -> None:
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _index_segment(ann: AnnIndex, seg: SegmentInfo) -> None:
+    spec, directory, centroids = ann.spec, ann.dir, ann.centroids
+    digest = seg.file_digest(VECTOR_DTYPES[seg.dtype][1])
     vectors = seg.vectors()
     if spec.kind == "ivf":
         assert centroids is not None
@@ -299,14 +362,12 @@ def _index_segment(
         for lo in range(0, seg.n_tiles, _ASSIGN_CHUNK):
             chunk = np.ascontiguousarray(vectors[lo : lo + _ASSIGN_CHUNK], dtype=np.float32)
             assign[lo : lo + len(chunk)] = quantizer.search(chunk, 1)[1][:, 0]
-        _write_atomic(directory / f"seg-{seg.segment_id}.npy", _save_npy(assign))
+        ann.write_part(seg.segment_id, _npy_bytes(assign), digest)
         return
     index = faiss.read_index(str(directory / "trained.faiss"))
     for lo in range(0, seg.n_tiles, _ASSIGN_CHUNK):
         index.add(np.ascontiguousarray(vectors[lo : lo + _ASSIGN_CHUNK], dtype=np.float32))
-    _write_atomic(
-        directory / f"seg-{seg.segment_id}.faiss", lambda p: faiss.write_index(index, str(p))
-    )
+    ann.write_part(seg.segment_id, faiss.serialize_index(index).tobytes(), digest)
 
 
 def update_index(
@@ -336,7 +397,7 @@ def _build(
     """:func:`update_index`'s work, under the builder lock."""
     for stale in col.index_dir.glob(f".build-{spec.slug}-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    segments = col.segments()
+    segments = [s for s in col.segments() if not check_segment(s, hash_limit=0)]
     current = None if rebuild else AnnIndex.load(col)
     trained = False
     if current is None:
@@ -362,16 +423,18 @@ def _build(
             "trained_with_tiles": sum(s.n_tiles for s in segments),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        name = "centroids.npy" if spec.kind == "ivf" else "trained.faiss"
+        meta["trained"] = {"file": name, **file_entry(final / name)}
         current = AnnIndex(spec, final, version, meta)
         trained = True
-    todo = [s for s in segments if not current.sidecar(s.segment_id).exists()]
+    todo = [s for s in segments if current.part_problem(s.segment_id) is not None]
     total = sum(s.n_tiles for s in todo)
     done = 0
     for seg in todo:
         _write_progress(col, spec, "index", done, total)
         if progress:
             progress("index", done, total)
-        _index_segment(spec, current.dir, seg, current.centroids)
+        _index_segment(current, seg)
         done += seg.n_tiles
     if progress:
         progress("index", done, total)
@@ -390,16 +453,23 @@ def _build(
     }
 
 
-def write_assignment(col: Collection, segment_id: str, assign: np.ndarray) -> None:
-    """Write an IVF list assignment for a segment about to be committed (clustering)."""
+def write_assignment(
+    col: Collection, segment_id: str, assign: np.ndarray, vectors_digest: str | None = None
+) -> None:
+    """Write an IVF list assignment for a segment about to be committed (clustering), with
+    the checksum of the vectors it will hold."""
     current = AnnIndex.load(col)
     if current is None or current.spec.kind != "ivf":
         raise StoreError("the collection has no IVF index to write an assignment for")
-    _write_atomic(current.sidecar(segment_id), _save_npy(assign.astype(np.int32)))
+    current.write_part(segment_id, _npy_bytes(assign.astype(np.int32)), vectors_digest)
 
 
 def copy_sidecars(
-    col: Collection, sources: Sequence[SegmentInfo], target_id: str, n_tiles: int
+    col: Collection,
+    sources: Sequence[SegmentInfo],
+    target_id: str,
+    n_tiles: int,
+    vectors_digest: str | None = None,
 ) -> bool:
     """Give a compacted segment the concatenated IVF assignments of the segments it merges
     (rows keep their order), so compaction never forces re-assignment. False if not possible."""
@@ -409,11 +479,11 @@ def copy_sidecars(
     parts = []
     for seg in sources:
         path = current.sidecar(seg.segment_id)
-        if not path.exists():
-            return False
+        if not path.exists() or current.part_problem(seg.segment_id) is not None:
+            return False  # not indexed or not trusted: the merged segment is indexed afresh
         parts.append(np.load(path))
     assign = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
     if len(assign) != n_tiles:
         raise StoreError("compacted segment and its sources disagree on the number of tiles")
-    _write_atomic(current.sidecar(target_id), _save_npy(assign))
+    current.write_part(target_id, _npy_bytes(assign), vectors_digest)
     return True

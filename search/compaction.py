@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search.ann import AnnIndex, copy_sidecars, write_assignment
+from search.integrity import check_segment
 from search.segments import (
     TMP_PREFIX,
     VECTOR_DTYPES,
@@ -194,7 +195,7 @@ def merge(
                 if progress is not None:
                     progress("merge", done, total)
         writer.replaces = tuple(s.segment_id for s in group)
-        copy_sidecars(col, group, writer.segment_id, writer.n_tiles)
+        copy_sidecars(col, group, writer.segment_id, writer.n_tiles, writer.vectors_digest())
         info = writer.commit()
     except BaseException:
         writer.abort()
@@ -215,8 +216,8 @@ def finish_interrupted(col: Collection) -> dict[str, list[str]]:
             if not entry.startswith("."):
                 try:
                     present[entry] = SegmentInfo.load(segments_dir / entry)
-                except FileNotFoundError:
-                    continue
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # not a loadable segment (damaged: reported by verify)
     leftovers = sorted({r for s in present.values() for r in s.replaces} & set(present))
     if leftovers:
         retire(segments_dir, leftovers)
@@ -263,7 +264,8 @@ def compact(
         with _locked(col, wait, on_wait):
             cleaned = finish_interrupted(col)
             before = col.segments()
-            groups = plan_groups(before, target_rows, min_segments)
+            healthy = [s for s in before if not check_segment(s, hash_limit=0)]
+            groups = plan_groups(healthy, target_rows, min_segments)
             merged = []
             for group in groups:
                 t1 = time.perf_counter()
@@ -336,7 +338,7 @@ def cluster(
     try:
         with _locked(col, wait, None):
             for seg in col.segments():
-                if seg.n_tiles < min_rows:
+                if seg.n_tiles < min_rows or check_segment(seg, hash_limit=0):
                     continue
                 part = ann.segment(seg.segment_id)
                 if part is None or part.assign is None or part.contiguous:
@@ -381,7 +383,7 @@ def _cluster_one(
             if progress is not None:
                 progress("cluster", lo + len(rows), seg.n_tiles)
         writer.replaces = (seg.segment_id,)
-        write_assignment(col, writer.segment_id, assign[order])
+        write_assignment(col, writer.segment_id, assign[order], writer.vectors_digest())
         info = writer.commit()
     except BaseException:
         writer.abort()
