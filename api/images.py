@@ -1,4 +1,9 @@
-"""Images the API serves or receives: tile PNGs, source thumbnails, upload size checks.
+"""Images the API serves or receives: tile PNGs, source thumbnails, upload decode budgets.
+
+Uploads are judged from their header before decoding (:func:`check_upload_pixels`): an
+absolute pixel cap and a cap on declared pixels per byte sent. Uploads are then decoded in
+full exactly as the ingest decodes photos (no JPEG ``draft`` downscaling), so an image
+searched for finds its own stored vector.
 
 Pixels are re-read through ``indexer.tile_images`` (photos, photo tiles and slide tiles alike;
 slide thumbnails from the pyramid, never label or macro images). Only paths of indexed sources
@@ -19,10 +24,20 @@ from api.errors import ApiError
 
 TILE_MAX_PX = 512
 THUMB_MAX_PX = 512
+FREE_PIXELS = 4_000_000  # any readable image up to this size may be decoded (12 MB of RGB)
+MAX_PIXELS_PER_BYTE = 1_000  # above FREE_PIXELS: declared pixels per byte of the upload
 
 
-def check_upload_pixels(data: bytes, max_pixels: int) -> None:
-    """Refuse images whose header declares more than ``max_pixels`` (before any decoding)."""
+def check_upload_pixels(
+    data: bytes, max_pixels: int, max_pixels_per_byte: int = MAX_PIXELS_PER_BYTE
+) -> tuple[int, int]:
+    """Refuse an upload from its header alone, before any pixel is decoded; -> (width, height).
+
+    Two budgets: the declared pixels may not exceed ``max_pixels``, and above
+    ``FREE_PIXELS`` they may not exceed ``max_pixels_per_byte`` per byte of the file (a
+    631-byte JPEG declaring 7000x7000 is 77,655 pixels per byte; real photos are under 100,
+    flat synthetic PNGs under 1,000), so what a request can make the server decode grows
+    with what it sent."""
     if not data:
         raise ApiError("empty upload (0 bytes)", 422, "UNREADABLE_IMAGE")
     try:
@@ -38,10 +53,22 @@ def check_upload_pixels(data: bytes, max_pixels: int) -> None:
         raise ApiError(
             "not an image that can be read (JPEG, PNG, TIFF, ...)", 422, "UNREADABLE_IMAGE"
         ) from None
-    if w * h > max_pixels:
+    if w <= 0 or h <= 0:
+        raise ApiError(f"image declares {w}x{h} pixels", 422, "UNREADABLE_IMAGE")
+    pixels = w * h
+    if pixels > max_pixels:
         raise ApiError(
             f"image is {w}x{h} pixels; the limit is {max_pixels:,}", 413, "IMAGE_TOO_LARGE"
         )
+    if pixels > FREE_PIXELS and pixels > len(data) * max_pixels_per_byte:
+        raise ApiError(
+            f"image declares {w}x{h} pixels in {len(data):,} bytes "
+            f"({pixels // len(data):,} pixels per byte; above {FREE_PIXELS:,} pixels the limit "
+            f"is {max_pixels_per_byte:,}): refused before decoding",
+            413,
+            "IMAGE_TOO_LARGE",
+        )
+    return w, h
 
 
 def png_bytes(rgb: np.ndarray, max_px: int) -> bytes:

@@ -75,6 +75,14 @@ def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return codes, rank
 
 
+def check_columns(view: CollectionView, label_column: str, split_by: str | None) -> None:
+    """InvalidQueryError unless the label (and split-by) columns exist in the collection."""
+    for col, what in ((label_column, "label column"), (split_by, "split-by column")):
+        if col is not None and col not in view.schema:
+            known = ", ".join(view.metadata_columns)
+            raise InvalidQueryError(f"unknown {what} {col!r}; metadata columns: {known}")
+
+
 def assign_split(
     groups: Sequence[Any] | pa.Array,
     labels: Sequence[Any] | pa.Array,
@@ -88,6 +96,8 @@ def assign_split(
     one generator) at the cost of a few sorts."""
     if not 0.0 <= float(test_fraction) < 1.0:
         raise InvalidQueryError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not 0 <= int(seed) < 2**32:
+        raise InvalidQueryError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     gi, g_rank = _encode(_text_array(groups))
     li, l_rank = _encode(_text_array(labels))
     if len(gi) != len(li):
@@ -230,10 +240,7 @@ def build_labeled_set(
     Columnar: the columns are taken per segment from the readers' Arrow tables at the rows'
     positions, the rows ordered by tile id with one argsort, the vectors gathered per segment.
     ``params`` are the search parameters of the neighbour search (see the module docstring)."""
-    for col, what in ((label_column, "label column"), (split_by, "split-by column")):
-        if col is not None and col not in view.schema:
-            known = ", ".join(view.metadata_columns)
-            raise InvalidQueryError(f"unknown {what} {col!r}; metadata columns: {known}")
+    check_columns(view, label_column, split_by)
     if neighbors is not None and not 1 <= int(neighbors) <= 1000:
         raise InvalidQueryError(f"neighbors must be between 1 and 1000, got {neighbors!r}")
     pcol = patient_column(view)

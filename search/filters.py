@@ -9,6 +9,7 @@ JSON: ``{"label": {"in": ["MEL", "BCC"]}, "age": {"gte": 50}, "site": {"ne": "A"
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ NUMERIC_TYPES = (
     "UBIGINT",
     "REAL",
 )
+
+FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+INT64_MAX = 2**63 - 1
+MAX_JSON_CONDITIONS = 64
+MAX_IN_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ def parse_expr(expr: str) -> Condition:
         raise FilterError(f"filter {expr!r} has no value")
     op = _EXPR_OP[sym]
     values = tuple(_split_values(raw)) if op in ("in", "nin") else (raw,)
+    if len(values) > MAX_IN_VALUES:
+        raise FilterError(
+            f"filter on {col!r} lists {len(values)} values; the limit is {MAX_IN_VALUES}"
+        )
     return Condition(col, op, values)
 
 
@@ -83,6 +93,8 @@ def parse_json(spec: Mapping[str, Any]) -> list[Condition]:
     """Parse the JSON filter form (``{"col": {"op": value}}`` or ``{"col": value}``)."""
     if not isinstance(spec, Mapping):
         raise FilterError("filter must be a JSON object mapping column names to conditions")
+    if len(spec) > MAX_JSON_CONDITIONS:
+        raise FilterError(f"filter has {len(spec)} columns; the limit is {MAX_JSON_CONDITIONS}")
     out: list[Condition] = []
     for col, cond in spec.items():
         if not isinstance(col, str) or not col:
@@ -99,6 +111,10 @@ def parse_json(spec: Mapping[str, Any]) -> list[Condition]:
             if op in ("in", "nin"):
                 if not isinstance(value, list | tuple):
                     raise FilterError(f"{col}.{op} needs a list of values")
+                if len(value) > MAX_IN_VALUES:
+                    raise FilterError(
+                        f"{col}.{op} lists {len(value)} values; the limit is {MAX_IN_VALUES}"
+                    )
                 vals = tuple(value)
             else:
                 if isinstance(value, list | tuple | Mapping):
@@ -121,26 +137,61 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _coerce_number(value: Any, base: str, cond: Condition) -> int | float:
+    """A filter value on a numeric column: a finite float, or an integer within int64 for an
+    integer column (columns compare as int64 or float64); anything else is a FilterError."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise FilterError(f"column {cond.column!r} is numeric; got {_short(value)}")
+    num: int | float
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 64:
+            raise FilterError(f"column {cond.column!r} is numeric; {_short(value)} is too long")
+        try:
+            num = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+        except ValueError:
+            raise FilterError(
+                f"column {cond.column!r} is numeric; {_short(value)} is not a number"
+            ) from None
+    else:
+        num = value
+    if isinstance(num, float):
+        if not math.isfinite(num):
+            raise FilterError(
+                f"column {cond.column!r} is numeric; {_short(value)} is not a finite number"
+            )
+        if num.is_integer() and base not in FLOAT_TYPES and abs(num) <= 2**63:
+            num = int(num)
+    elif base in FLOAT_TYPES:
+        try:
+            return float(num)
+        except OverflowError:
+            raise FilterError(
+                f"filter value {_short(num)} on column {cond.column!r} is outside the float range"
+            ) from None
+    if (
+        isinstance(num, int)
+        and not -INT64_MAX - 1 <= num <= INT64_MAX
+        or (isinstance(num, float) and base not in FLOAT_TYPES and abs(num) > 2**63)
+    ):
+        raise FilterError(
+            f"filter value {_short(value)} on column {cond.column!r} is outside the 64-bit "
+            "integer range"
+        )
+    return num
+
+
 def _coerce(value: Any, sql_type: str, cond: Condition) -> Any:
     base = sql_type.upper().split("(")[0]
     if value is None:
         return None
     if base in NUMERIC_TYPES:
-        if isinstance(value, bool):
-            raise FilterError(f"column {cond.column!r} is numeric; got {value!r}")
-        if isinstance(value, int | float):
-            return value
-        try:
-            num = float(str(value))
-        except ValueError:
-            raise FilterError(
-                f"column {cond.column!r} is numeric; {value!r} is not a number"
-            ) from None
-        return (
-            int(num)
-            if num.is_integer() and base not in ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
-            else num
-        )
+        return _coerce_number(value, base, cond)
     if base == "BOOLEAN":
         if isinstance(value, bool):
             return value

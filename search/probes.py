@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -163,8 +163,12 @@ def probe_labeled_set(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     n_bootstrap: int = N_BOOTSTRAP,
+    progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
-    """The probe report (the JSON of ``lamina probe``) for one labeled set."""
+    """The probe report (the JSON of ``lamina probe``) for one labeled set.
+
+    ``progress(fraction_done, message)`` is called before each training fraction and before
+    the retrieval metrics (a caller may raise there to stop)."""
     fractions = [float(f) for f in fractions]
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise InvalidQueryError(f"fractions must be in (0, 1], got {fractions!r}")
@@ -183,7 +187,9 @@ def probe_labeled_set(
     x = ls.embedding.astype(np.float64)
     y_test = y[test]
     rows = []
-    for f in fractions:
+    for i, f in enumerate(fractions):
+        if progress is not None:
+            progress(0.1 + 0.8 * i / len(fractions), f"training fraction {f:g}")
         chosen = select_groups(groups[train].tolist(), f, seed)
         sub = train[np.fromiter((g in chosen for g in groups[train]), bool, len(train))]
         proba, converged = fit_proba(x[sub], y[sub], x[test], len(classes), seed)
@@ -203,6 +209,8 @@ def probe_labeled_set(
             samples = np.concatenate(boots[key]) if boots[key] else np.zeros(0)
             row[key] = _interval(float(vals[0]), samples)
         rows.append(row)
+    if progress is not None:
+        progress(0.9, "retrieval metrics")
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     retrieval = retrieval_metrics(unit[train], y[train], ls.tile_id[train], unit[test], y_test)
     meta = ls.meta
@@ -248,6 +256,7 @@ def probe_collection(
     seed: int = 0,
     test_fraction: float = 0.2,
     n_bootstrap: int = N_BOOTSTRAP,
+    progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """Build the labeled set exactly as ``lamina export`` would, then probe it."""
     from search.exports import labeled_set_for
@@ -261,4 +270,4 @@ def probe_collection(
         test_fraction=test_fraction,
         seed=seed,
     )
-    return probe_labeled_set(ls, fractions, seed, n_bootstrap)
+    return probe_labeled_set(ls, fractions, seed, n_bootstrap, progress)

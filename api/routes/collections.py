@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.app import state
 from api.errors import ApiError
+from api.limits import guarded
 
 bp = Blueprint("collections", __name__)
 
@@ -132,6 +133,7 @@ def tile(tile_id: int) -> Response:
 
 
 @bp.get("/tiles/<int:tile_id>/image")
+@guarded
 def tile_image(tile_id: int) -> Response:
     from api.images import tile_png
 
@@ -141,6 +143,7 @@ def tile_image(tile_id: int) -> Response:
 
 
 @bp.get("/sources/<source_id>/thumbnail")
+@guarded
 def thumbnail(source_id: str) -> Response:
     from api.images import thumbnail_png
 

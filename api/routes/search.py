@@ -8,7 +8,6 @@ snapshot. Both take ``params`` (nprobe, ef_search, refine, strategy, exact_below
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -16,12 +15,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.app import state
 from api.errors import ApiError
+from api.limits import acquire_within_deadline, field_json, guarded, short
 
 bp = Blueprint("search", __name__)
 
 QUERY_KEYS = ("tile_id", "vector", "region", "source_id")
 MAX_FILTER_EXPRS = 64
 MAX_BATCH = 1_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _invalid(message: str) -> ApiError:
@@ -35,12 +36,12 @@ def _int(value: Any, name: str, default: int | None = None) -> int | None:
         raise _invalid(f"{name} must be an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 40:
         try:
             return int(value.strip())
         except ValueError:
             pass
-    raise _invalid(f"{name} must be an integer, got {value!r}")
+    raise _invalid(f"{name} must be an integer, got {short(value)}")
 
 
 def _opt_str(value: Any, name: str) -> str | None:
@@ -58,12 +59,7 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
         if not text:
             spec = None
         elif text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ApiError(
-                    f"filter is not valid JSON: {exc.msg}", 422, "INVALID_FILTER"
-                ) from None
+            spec = field_json(text, "filter", "INVALID_FILTER")
         else:  # EXPR lines, as typed in the web page
             exprs, spec = text, None
     if spec is not None and not isinstance(spec, dict):
@@ -84,12 +80,7 @@ def _params(value: Any) -> dict[str, Any] | None:
 
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise _invalid(f"params is not valid JSON: {exc.msg}") from None
-    return check_params(value) or None
+    return check_params(field_json(value, "params")) or None
 
 
 def _unit_vector(value: Any, dim: int, name: str = "vector") -> np.ndarray:
@@ -99,14 +90,27 @@ def _unit_vector(value: Any, dim: int, name: str = "vector") -> np.ndarray:
         raise _invalid(f"{name} must be a list of numbers")
     if len(value) != dim:
         raise _invalid(f"{name} has {len(value)} dimensions; the collection has {dim}")
-    v = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(v)):
-        raise _invalid(f"{name} contains NaN or infinity")
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        v = np.asarray([_to_float(x) for x in value], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v) | (np.abs(v) > FLOAT32_MAX))
+    if len(bad):
+        raise _invalid(
+            f"{name}[{int(bad[0])}] = {short(value[int(bad[0])])} is not a finite float32 number"
+        )
     scale = float(np.abs(v).max())
     if scale == 0:
         raise _invalid(f"{name} is all zeros")
     v = v / scale
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _to_float(x: float) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        return float("inf")
 
 
 def _region(view: Any, spec: Any) -> tuple[str, tuple[int, int, int, int]]:
@@ -164,7 +168,8 @@ def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
     st = state()
     max_pixels = int(st.config["MAX_IMAGE_PIXELS"])
     check_upload_pixels(data, max_pixels)
-    with st.embed_lock:
+    acquire_within_deadline(st.embed_lock)
+    try:
         return image_vector(
             collection,
             data,
@@ -172,18 +177,24 @@ def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
             max_pixels=max_pixels,
             device=str(st.config.get("DEVICE") or "auto"),
         )
+    finally:
+        st.embed_lock.release()
 
 
 def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -> np.ndarray:
     from api.queries import region_vector
 
     st = state()
-    with st.embed_lock:
+    acquire_within_deadline(st.embed_lock)
+    try:
         vec, _ = region_vector(collection, path, box, device=str(st.config.get("DEVICE") or "auto"))
+    finally:
+        st.embed_lock.release()
     return vec
 
 
 @bp.post("/collections/<name>/search")
+@guarded
 def search(name: str) -> Response:
     from search.slide_ranking import rank_slides
 
@@ -257,6 +268,7 @@ def search(name: str) -> Response:
 
 
 @bp.post("/collections/<name>/search/batch")
+@guarded
 def search_batch(name: str) -> Response:
     """Many queries, one snapshot: ``{"vectors": [[...], ...]}`` or ``{"tile_ids": [...]}``."""
     if not (request.mimetype == "application/json" or request.is_json):
