@@ -22,6 +22,7 @@ that has already opened a replaced segment keeps reading it (memory maps survive
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -634,7 +635,8 @@ class SegmentWriter:
         if self.closed:
             return
         if not self._vec.closed:
-            self._vec.close()
+            with contextlib.suppress(OSError):  # a full disk cannot flush what is thrown away
+                self._vec.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._release()
 
