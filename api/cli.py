@@ -49,6 +49,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fn(*args, **kwargs)
             except OSError as exc:  # disk full, permissions, I/O: a clear error, not a traceback
+                if os.environ.get("LAMINA_DEBUG"):
+                    raise
                 from search.errors import io_failure
 
                 raise io_failure(f"lamina {_command_name()}", exc) from exc
