@@ -160,7 +160,7 @@ class Exposure:
     # -- text --------------------------------------------------------------------------------
     def scrub_text(self, text: str) -> str:
         for form in self.home_forms:
-            text = text.replace(form, "the store")
+            text = text.replace(form + "/", "").replace(form, "the store")
         return text
 
     def scrub_message(self, text: str) -> str:

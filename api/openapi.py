@@ -9,6 +9,11 @@ _INT = {"type": "integer"}
 _NUM = {"type": "number"}
 _OBJ = {"type": "object"}
 _NSTR = {"type": ["string", "null"]}
+_SOURCE = {
+    "type": ["string", "null"],
+    "description": "the source's path relative to the folder it was indexed from (else its "
+    "file name), its file name, a keyed hash, or null: the server's LAMINA_SOURCE_PATHS",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -28,7 +33,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 _ERRORS = {
-    str(s): {"$ref": "#/components/responses/Error"} for s in (400, 401, 404, 409, 413, 415, 422)
+    str(s): {"$ref": "#/components/responses/Error"}
+    for s in (400, 401, 403, 404, 409, 413, 415, 422)
 }
 _PNG = {
     "description": "PNG image",
@@ -72,7 +78,7 @@ SCHEMAS: dict[str, Any] = {
             "tile_id": _INT,
             "score": _NUM,
             "source_id": _STR,
-            "source": _STR,
+            "source": _SOURCE,
             "x": _INT,
             "y": _INT,
             "size_px": _INT,
@@ -219,7 +225,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "tile_id": _INT,
             "source_id": _STR,
-            "source": _STR,
+            "source": _SOURCE,
             "kind": _STR,
             "x": _INT,
             "y": _INT,
@@ -250,7 +256,7 @@ SCHEMAS: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "properties": {"source_id": _STR, "source": _STR, "n": _INT},
+                            "properties": {"source_id": _STR, "source": _SOURCE, "n": _INT},
                         },
                     },
                     "per_patient": {
@@ -529,7 +535,9 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "needed when LAMINA_API_TOKEN is set",
+                    "description": "needed when LAMINA_API_TOKEN is set or tokens exist "
+                    "(lamina token add); 401 without a valid token, 403 when its scope "
+                    "(read, write, admin) does not cover the route",
                 }
             },
         },

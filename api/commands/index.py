@@ -168,6 +168,7 @@ def register(cli: click.Group) -> None:
 
         Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors.
         """
+        from api.exposure import record_roots
         from indexer import IngestOptions, Manifest
         from indexer.pipeline import Ingest, open_collection_for
 
@@ -195,6 +196,7 @@ def register(cli: click.Group) -> None:
             col.set_index_factory(index_factory)
         if nprobe is not None:
             col.set_index(params={"nprobe": nprobe})
+        record_roots(store.home, paths)  # answers show paths relative to these folders
         report = Ingest(col, encoder, options, table).run(list(paths))
         doc = report.to_dict()
         if col.index_factory != "Flat":

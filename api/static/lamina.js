@@ -78,7 +78,9 @@
       img.loading = "lazy";
       const meta = document.createElement("figcaption");
       meta.className = "meta";
-      const name = h.source.split("/").pop();
+      // source: root-relative path, file name or keyed hash per server setting; null when hidden
+      const shown = h.source || "source " + h.source_id.slice(0, 12);
+      const name = shown.split("/").pop();
       const labels = LABEL_KEYS.filter((k) => h.metadata && h.metadata[k] != null)
         .map((k) => k + "=" + h.metadata[k]).join(" · ");
       meta.innerHTML = '<div><span class="score"></span> <span class="muted">tile </span><span class="tid"></span></div>' +
@@ -86,7 +88,7 @@
       meta.querySelector(".score").textContent = (h.group ? h.group.score : h.score).toFixed(3);
       meta.querySelector(".tid").textContent = h.tile_id + (h.group ? " (" + h.group.n_hits + " hits)" : "");
       meta.querySelector(".name").textContent = name;
-      meta.querySelector(".name").title = h.source;
+      meta.querySelector(".name").title = shown;
       meta.querySelector(".labels").textContent = labels;
       card.append(img, meta);
       card.addEventListener("click", () => searchTile(h.tile_id));
