@@ -192,8 +192,12 @@ class Collection:
                 start = -1  # missing or garbage: derived from the segments alone
             start = max(start, next_free_tile_id(self.segments_dir))
             tmp = counter.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(str(start + n))
-            os.replace(tmp, counter)
+            try:
+                tmp.write_text(str(start + n))
+                os.replace(tmp, counter)
+            except BaseException:  # a full disk leaves the old counter and no temporary file
+                tmp.unlink(missing_ok=True)
+                raise
         return range(start, start + n)
 
     @property
