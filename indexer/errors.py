@@ -15,6 +15,10 @@ class UnreadableSourceError(IndexerError):
     """A file could not be read as an image or slide (the message names file and reason)."""
 
 
+class SourceChangedError(IndexerError):
+    """A source file's bytes changed since it was indexed: its stored tiles no longer show it."""
+
+
 class MissingMppError(IndexerError):
     """A slide has no microns-per-pixel in its properties, the manifest or --mpp-override."""
 

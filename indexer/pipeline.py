@@ -27,9 +27,9 @@ from indexer.errors import IndexerError, UnreadableSourceError
 from indexer.manifest import Manifest
 from indexer.photos import read_photo
 from indexer.sources import SourceFile, content_id, discover
-from search.compaction import maybe_compact
+from search.compaction import carry_over, maybe_compact
 from search.errors import StoreIOError, io_failure
-from search.segments import SegmentWriter
+from search.segments import SegmentWriter, file_stat, retire
 from search.store import Collection, Store
 
 COMMIT_SOURCES_ENV = "LAMINA_COMMIT_EVERY_SOURCES"
@@ -93,6 +93,8 @@ class RunReport:
     tiles: int = 0
     unchanged: int = 0
     duplicates: list[dict[str, str]] = field(default_factory=list)
+    replaced: list[dict[str, str]] = field(default_factory=list)
+    """Files whose bytes changed since they were indexed: re-indexed, old rows removed."""
     empty: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     unmatched_manifest: list[str] = field(default_factory=list)
@@ -283,6 +285,7 @@ class Ingest:
             self.report.failed.append({"file": path, "reason": reason})
         self._known = self.collection.committed_sources()
         self._known_paths = {p for paths in self._known.values() for p in paths}
+        self._stale: set[tuple[str, str]] = set()
         bar = _progress(len(files), self.options.progress, self.collection.name)
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
@@ -399,8 +402,12 @@ class Ingest:
                     ),
                 )
                 return
+        prepared.source.update(file_stat(prepared.file.path))
         writer.add_source(prepared.source, prepared.tiles, vectors)
         sid, path = prepared.source["source_id"], prepared.source["source"]
+        for old in {s for s, paths in self._known.items() if path in paths and s != sid}:
+            self._stale.add((old, path))  # the file's bytes changed: its old rows go
+            self.report.replaced.append({"file": path, "old_source_id": old})
         if self._known.get(sid):
             self.report.duplicates.append({"file": path, "same_as": self._known[sid][0]})
         self._known.setdefault(sid, []).append(path)
@@ -412,7 +419,11 @@ class Ingest:
             )
 
     def _commit(self, writer: SegmentWriter) -> None:
+        replaced = carry_over(self.collection, writer, self._stale) if self._stale else []
         info = writer.commit()
+        if replaced:  # the new segment hides them from its commit on
+            retire(self.collection.segments_dir, replaced)
+        self._stale = set()
         if info is not None:
             self.report.segments.append(info.segment_id)
             self._done = (self._done[0] + info.n_sources, self._done[1] + info.n_tiles)

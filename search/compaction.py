@@ -205,6 +205,48 @@ def merge(
     return info
 
 
+def _dropped(table: pa.Table, drop: set[tuple[str, str]]) -> np.ndarray:
+    ids, paths = table.column("source_id").to_pylist(), table.column("source").to_pylist()
+    return np.array([p in drop for p in zip(ids, paths, strict=True)], bool)
+
+
+def carry_over(col: Collection, writer: SegmentWriter, drop: set[tuple[str, str]]) -> list[str]:
+    """Add to ``writer`` every row of the segments holding a (source_id, source path) of
+    ``drop`` except those sources' rows, and make ``writer`` replace those segments (so its
+    commit removes the dropped rows atomically). Returns the replaced segment ids; the
+    caller retires them after the commit. Used when a file's bytes changed since indexing."""
+    hit = []
+    for seg in col.segments():
+        if check_segment(seg, hash_limit=0):
+            continue  # damaged: quarantined already (repair re-indexes it)
+        sources = _read(seg.sources_path, seg.n_sources)
+        keep_src = ~_dropped(sources, drop)
+        if keep_src.all():
+            continue
+        tiles = _tiles_in_row_order(seg)
+        keep = np.flatnonzero(~_dropped(tiles, drop))
+        code = np.dtype(VECTOR_DTYPES[seg.dtype][0])
+        source_vectors = np.array(seg.source_vectors(), dtype="<f4")[keep_src]
+        writer.add_block(
+            sources.filter(pa.array(keep_src)),
+            tiles.slice(0, 0),
+            np.zeros((0, col.dim), code),
+            source_vectors,
+        )
+        vectors = seg.vectors()
+        for lo in range(0, len(keep), BLOCK_ROWS):
+            rows = keep[lo : lo + BLOCK_ROWS]
+            writer.add_block(
+                sources.slice(0, 0),
+                tiles.take(pa.array(rows)),
+                np.asarray(vectors[rows]),
+                source_vectors[:0],
+            )
+        hit.append(seg.segment_id)
+    writer.replaces = tuple(writer.replaces) + tuple(hit)
+    return hit
+
+
 def finish_interrupted(col: Collection) -> dict[str, list[str]]:
     """Retire segments a committed compaction replaced but did not get to retire (chains of
     merges included), remove temporary directories of dead writers, and drop index sidecars of

@@ -51,6 +51,19 @@ class CatalogDamagedError(StoreError):
     """The catalog file cannot be opened (names the file, the reason and what to do)."""
 
 
+class DamagedStoreError(StoreError):
+    """Part of the store failed an integrity check (see ``search.integrity``)."""
+
+
+class CollectionDamagedError(DamagedStoreError):
+    """A collection's ``collection.json`` is unreadable or incomplete."""
+
+
+class StaleCohortError(StoreError):
+    """A cohort was made on a collection since deleted and created again under its name: its
+    tile ids would name other tiles."""
+
+
 class StoreIOError(StoreError):
     """Reading or writing the store failed (disk full, read-only, I/O error). Nothing
     half-written is visible; ``details`` says what the operation committed before it failed."""

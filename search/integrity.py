@@ -39,14 +39,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import xxhash
 
-from search.errors import StoreError
+from search.errors import DamagedStoreError
 
 HASH = "xxh3_64"
 OPEN_HASH_BYTES = int(float(os.environ.get("LAMINA_VERIFY_OPEN_MB", "256")) * (1 << 20))
 _BLOCK = 1 << 22
 
 
-class DamagedSegmentError(StoreError):
+class DamagedSegmentError(DamagedStoreError):
     """A committed segment failed an integrity check (it is quarantined, not served)."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -133,6 +133,9 @@ def check_segment(info: Any, *, deep: bool = False, hash_limit: int | None = Non
                 "duplicate",
             )
         )
+        return out
+    if not (info.path / "segment.json").is_file():
+        bad("segment.json", "file is missing")
         return out
     meta = info.meta or {}
     if "checksum" in meta and meta_checksum(meta) != meta["checksum"]:

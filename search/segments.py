@@ -40,6 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from search.integrity import Hasher, digest_bytes, file_entry, meta_checksum
+from search.tables import concat_tables as _concat
+from search.tables import rows_table as _table
 
 TMP_PREFIX = ".tmp-"
 RETIRED_PREFIX = ".retired-"
@@ -74,8 +76,16 @@ SOURCE_CORE_COLUMNS: dict[str, pa.DataType] = {
     "properties": pa.string(),
     "segment_id": pa.string(),
     "row": pa.int64(),
+    "file_size": pa.int64(),  # the source file when indexed (changed-file checks)
+    "file_mtime_ns": pa.int64(),
 }
 RESERVED_COLUMNS = frozenset(TILE_CORE_COLUMNS) | frozenset(SOURCE_CORE_COLUMNS)
+
+
+def file_stat(path: Path) -> dict[str, int]:
+    """``file_size`` and ``file_mtime_ns`` of a source file, recorded with its row."""
+    st = os.stat(path)
+    return {"file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
 
 
 def new_segment_id() -> str:
@@ -253,47 +263,6 @@ def _listing(segments_dir: Path) -> tuple[list[SegmentInfo], dict[str, str]] | N
     return out, broken
 
 
-_MAX_ID_CACHE: dict[Path, int] = {}
-
-
-def _max_tile_id(path: Path, info: SegmentInfo | None) -> int:
-    """Largest tile id of a segment directory (-1 if none or unreadable): recorded in
-    ``segment.json``, else read once from ``tiles.parquet``."""
-    if info is not None and info.tile_id_range is not None:
-        return info.tile_id_range[1]
-    hit = _MAX_ID_CACHE.get(path)
-    if hit is not None:
-        return hit
-    try:
-        ids = pq.read_table(path / "tiles.parquet", columns=["tile_id"]).column("tile_id")
-        top = pc.max(ids).as_py()
-        out = -1 if top is None else int(top)
-    except Exception:  # noqa: BLE001 - a damaged file: its ids are unknown
-        return -1
-    _MAX_ID_CACHE[path] = out
-    return out
-
-
-def next_free_tile_id(segments_dir: Path) -> int:
-    """1 + the largest tile id of every committed segment directory, damaged ones included
-    (replaced and retired ones hold no id that a visible segment does not)."""
-    if not segments_dir.is_dir():
-        return 0
-    top = -1
-    for entry in os.listdir(segments_dir):
-        if entry.startswith("."):
-            continue
-        path = segments_dir / entry
-        info = _INFO_CACHE.get(path)
-        if info is None:
-            try:
-                info = _INFO_CACHE[path] = SegmentInfo.load(path)
-            except (OSError, ValueError, KeyError, TypeError):
-                info = None
-        top = max(top, _max_tile_id(path, info))
-    return top + 1
-
-
 def retire(segments_dir: Path, segment_ids: Iterable[str]) -> None:
     """Hide replaced segments' directories; :func:`remove_stale` deletes them after the grace."""
     stamp = int(time.time())
@@ -341,91 +310,6 @@ def remove_stale(segments_dir: Path, grace_s: float | None = None) -> list[str]:
             if fd is not None:
                 os.close(fd)
     return removed
-
-
-def _table(rows: list[dict[str, Any]], core: dict[str, pa.DataType]) -> pa.Table:
-    """Build a table with typed core columns first and metadata columns (inferred) after."""
-    names = list(core)
-    extra: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in core and k not in extra:
-                extra.append(k)
-    arrays = [pa.array([r.get(n) for r in rows], type=core[n]) for n in names]
-    for n in extra:
-        values = [r.get(n) for r in rows]
-        try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            arrays.append(pa.array([None if v is None else str(v) for v in values], pa.string()))
-    return pa.Table.from_arrays(arrays, names=names + extra)
-
-
-def _common_type(types: list[pa.DataType]) -> pa.DataType:
-    """One type for a column typed differently in different parts (as views unify them):
-    integers -> int64, integers and floats -> float64, anything else -> string."""
-    known = [t for t in types if not pa.types.is_null(t)]
-    if not known:
-        return pa.null()
-    if all(t == known[0] for t in known):
-        return known[0]
-    if all(pa.types.is_integer(t) for t in known):
-        return pa.int64()
-    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in known):
-        return pa.float64()
-    return pa.string()
-
-
-def _concat(parts: list[pa.Table], core: dict[str, pa.DataType]) -> pa.Table:
-    """Concatenate tables (in order) whose metadata columns may differ: core columns typed as
-    ``core``, first, then every other column in order of appearance (absent -> null, types
-    unified by :func:`_common_type`).
-
-    Parts are conformed once per distinct schema (thousands of small parts usually share a few
-    schemas), then put back in their order with one ``take`` when schemas interleave.
-    """
-    groups: dict[pa.Schema, list[int]] = {}
-    for i, t in enumerate(parts):
-        groups.setdefault(t.schema, []).append(i)
-    names = list(core)
-    types: dict[str, list[pa.DataType]] = {}
-    for schema in groups:
-        for f in schema:
-            if f.name not in core and f.name not in types:
-                names.append(f.name)
-            types.setdefault(f.name, []).append(f.type)
-    target = {n: core.get(n) or _common_type(types[n]) for n in names}
-    starts = np.concatenate([[0], np.cumsum([t.num_rows for t in parts])]).astype(np.int64)
-    conformed, positions = [], []
-    for idx in groups.values():
-        conformed.append(_conform(pa.concat_tables([parts[i] for i in idx]), names, target))
-        positions.append(np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx]))
-    out = pa.concat_tables(conformed) if conformed else _conform(pa.table({}), names, target)
-    pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    if not np.array_equal(pos, np.arange(len(pos))):
-        out = out.take(pa.array(np.argsort(pos, kind="stable")))
-    return out.combine_chunks()
-
-
-def _conform(table: pa.Table, names: list[str], target: dict[str, pa.DataType]) -> pa.Table:
-    """``table`` with exactly the columns ``names``, typed as ``target`` (absent -> nulls)."""
-    arrays = []
-    for n in names:
-        typ = target[n]
-        if n not in table.column_names:
-            arrays.append(pa.nulls(table.num_rows, typ))
-            continue
-        col = table.column(n).combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        if col.type != typ:
-            col = (
-                pa.array([None if v is None else str(v) for v in col.to_pylist()], typ)
-                if pa.types.is_string(typ)
-                else col.cast(typ)
-            )
-        arrays.append(col)
-    return pa.Table.from_arrays(arrays, names=names)
 
 
 class SegmentWriter:

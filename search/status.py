@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from search.store import Collection
+from search.verify import quarantined_ids, scan_segments, source_changes
 
 SMAPS = "/proc/self/smaps"
 
@@ -87,14 +88,28 @@ def index_status(col: Collection) -> dict[str, Any]:
     return out
 
 
+STATUS_SOURCES = 10_000  # sources stat-ed by status (all of them: lamina verify)
+
+
+def _changed(healthy: list[Any]) -> dict[str, Any]:
+    out = source_changes(healthy, limit=STATUS_SOURCES)
+    out["files"] = out["files"][:20]
+    return out
+
+
 def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[str, Any]:
     """Status of one collection from its segments and run records (no index is built).
 
     ``view`` (a server's :class:`~search.views.CollectionView` of ``col``) adds what this
     process holds in memory for it."""
     snap = col.snapshot()
+    if view is not None:  # what this server answers on
+        healthy = [r.info for r in view.readers]
+        problems = list(view.quarantined)
+    else:
+        healthy, problems, _ = scan_segments(col)
     kinds: dict[str, int] = {}
-    for seg in snap.segments:
+    for seg in healthy:
         for kind in pq.read_table(seg.sources_path, columns=["kind"]).column("kind").to_pylist():
             kinds[kind] = kinds.get(kind, 0) + 1
     last_runs = col.runs(limit=runs)
@@ -114,11 +129,14 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
         "metric": col.info.get("metric", "inner_product"),
         "tile_px": col.info.get("tile_px"),
         "mpp": col.info.get("mpp"),
-        "sources": snap.n_sources,
+        "sources": sum(s.n_sources for s in healthy),
         "sources_by_kind": kinds,
-        "tiles": snap.n_tiles,
-        "vectors": snap.n_tiles,
-        "segments": len(snap.segments),
+        "tiles": sum(s.n_tiles for s in healthy),
+        "vectors": sum(s.n_tiles for s in healthy),
+        "segments": len(healthy),
+        "missing_segments": quarantined_ids(problems),
+        "damaged": [p.to_dict() for p in problems],
+        "changed_sources": _changed(healthy),
         "snapshot": snap.id,
         "index_type": col.info.get("index_factory", "Flat"),
         "last_runs": [

@@ -24,14 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import CollectionExistsError, CollectionNotFoundError, EncoderMismatchError
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from search import segments as segments_mod
+from search.errors import (
+    CollectionDamagedError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    EncoderMismatchError,
+)
 from search.segments import (
     SegmentInfo,
     SegmentWriter,
     committed_source_ids,
     list_segments,
     list_segments_checked,
-    next_free_tile_id,
     remove_stale,
     write_json_atomic,
 )
@@ -53,6 +61,47 @@ def snapshot_id_of(segment_ids: list[str]) -> str:
     return f"{len(segment_ids)}-{h}"
 
 
+_MAX_ID_CACHE: dict[Path, int] = {}
+
+
+def _max_tile_id(path: Path, info: SegmentInfo | None) -> int:
+    """Largest tile id of a segment directory (-1 if none or unreadable): recorded in
+    ``segment.json``, else read once from ``tiles.parquet``."""
+    if info is not None and info.tile_id_range is not None:
+        return info.tile_id_range[1]
+    hit = _MAX_ID_CACHE.get(path)
+    if hit is not None:
+        return hit
+    try:
+        ids = pq.read_table(path / "tiles.parquet", columns=["tile_id"]).column("tile_id")
+        top = pc.max(ids).as_py()
+        out = -1 if top is None else int(top)
+    except Exception:  # noqa: BLE001 - a damaged file: its ids are unknown
+        return -1
+    _MAX_ID_CACHE[path] = out
+    return out
+
+
+def next_free_tile_id(segments_dir: Path) -> int:
+    """1 + the largest tile id of every committed segment directory, damaged ones included
+    (replaced and retired ones hold no id that a visible segment does not)."""
+    if not segments_dir.is_dir():
+        return 0
+    top = -1
+    for entry in os.listdir(segments_dir):
+        if entry.startswith("."):
+            continue
+        path = segments_dir / entry
+        info = segments_mod._INFO_CACHE.get(path)
+        if info is None:
+            try:
+                info = segments_mod._INFO_CACHE[path] = SegmentInfo.load(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                info = None
+        top = max(top, _max_tile_id(path, info))
+    return top + 1
+
+
 @dataclass(frozen=True)
 class Snapshot:
     id: str
@@ -69,6 +118,17 @@ class Snapshot:
         return sum(s.n_sources for s in self.segments)
 
 
+_REQUIRED = ("encoder", "fingerprint", "embed_dim")
+
+
+def seal(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with its ``checksum`` (``lamina verify`` compares it with the content)."""
+    from search.integrity import meta_checksum
+
+    info["checksum"] = meta_checksum(info)
+    return info
+
+
 class Collection:
     """One vector space: one encoder fingerprint, one dimension, inner product on unit vectors."""
 
@@ -80,7 +140,17 @@ class Collection:
             raise CollectionNotFoundError(
                 f"collection {self.name!r} does not exist in {path.parent}"
             )
-        self.info: dict[str, Any] = json.loads(info_path.read_text())
+        try:
+            info = json.loads(info_path.read_text())
+            if not isinstance(info, dict) or any(k not in info for k in _REQUIRED):
+                raise ValueError("fields missing")
+            int(info["embed_dim"])
+        except (OSError, ValueError, TypeError) as exc:
+            raise CollectionDamagedError(
+                f"collection {self.name!r}: collection.json is damaged ({type(exc).__name__}: "
+                f"{exc}); `lamina verify {self.name}` checks the rest"
+            ) from None
+        self.info: dict[str, Any] = info
 
     @property
     def segments_dir(self) -> Path:
@@ -240,7 +310,7 @@ class Collection:
             merged = dict(info.get("index_params") or {})
             merged.update(check_params(params))
             info["index_params"] = {k: v for k, v in merged.items() if v is not None}
-        write_json_atomic(info_path, info)
+        write_json_atomic(info_path, seal(info))
         self.info = info
 
     def set_index_factory(self, factory: str) -> None:
@@ -342,7 +412,7 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not info_path.exists():
-                write_json_atomic(info_path, info)
+                write_json_atomic(info_path, seal(info))
         finally:
             os.close(fd)
         col = Collection(path)
