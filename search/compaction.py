@@ -302,13 +302,13 @@ def compact(
     for an ingest that holds it (``on_wait(holder)`` is called once when waiting).
     """
     t0 = time.perf_counter()
+    merged: list[dict[str, Any]] = []
     try:
         with _locked(col, wait, on_wait):
             cleaned = finish_interrupted(col)
             before = col.segments()
             healthy = [s for s in before if not check_segment(s, hash_limit=0)]
             groups = plan_groups(healthy, target_rows, min_segments)
-            merged = []
             for group in groups:
                 t1 = time.perf_counter()
                 info = merge(col, group, progress)
@@ -327,6 +327,11 @@ def compact(
             after = col.segments()
     except _Busy as busy:
         return {"skipped": f"an ingest ({busy}) holds the collection's ingest lock"}
+    except OSError as exc:  # full disk: the group being merged was aborted, its segments stay
+        from search.errors import io_failure
+
+        done = f"{len(merged)} merges committed before it" if merged else "nothing was merged"
+        raise io_failure(f"compaction of collection {col.name!r} ({done})", exc) from exc
     return {
         "collection": col.name,
         "segments_before": len(before),
