@@ -10,7 +10,7 @@ def extra_commands() -> list[ModuleType]:
     import importlib
 
     out = []
-    for name in ("serve", "cohorts", "exports", "probes", "compact"):
+    for name in ("serve", "cohorts", "exports", "probes", "compact", "integrity"):
         try:
             out.append(importlib.import_module(f"api.commands.{name}"))
         except ModuleNotFoundError as exc:
