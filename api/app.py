@@ -33,6 +33,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 50_000_000,
     "DEVICE": "auto",  # auto -> CUDA when present
+    "MAX_INFLIGHT": 6,  # searches/renders at once; more -> 429 (see api/limits.py)
+    "SEARCH_TIMEOUT_S": 30,
+    "JOB_WORKERS": 1,  # background jobs (see api/jobs.py)
+    "JOB_QUEUE": 16,
+    "JOB_KEEP_S": 3600,
     "JSON_SORT_KEYS": False,
 }
 
@@ -107,7 +112,10 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    from api.limits import BoundedRequest
+
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.request_class = BoundedRequest
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("LAMINA")
     if config:
@@ -124,12 +132,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["lamina"] = LaminaState(app.config)
     exposure.install(app)
 
-    from api.routes import cohorts, collections, imports, search
+    from api.routes import cohorts, collections, imports, jobs, search
 
     app.register_blueprint(collections.bp, url_prefix=API_PREFIX)
     app.register_blueprint(search.bp, url_prefix=API_PREFIX)
     app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
     app.register_blueprint(imports.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(jobs.bp, url_prefix=API_PREFIX)
 
     auth.install(app)
 

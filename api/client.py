@@ -34,6 +34,7 @@ from api.client_http import (
     resolve_token,
     urllib_transport,
 )
+from api.client_jobs import Progress, accepted_job, wait_for_job
 from api.client_types import (
     BatchResult,
     CohortInfo,
@@ -364,8 +365,12 @@ class Client:
         test_fraction: float = 0.2,
         seed: int = 0,
         out: str | Path = "export.parquet",
+        progress: Progress | None = None,
     ) -> ExportInfo:
-        """Write the labeled embedding set to ``out``; the format follows its suffix."""
+        """Write the labeled embedding set to ``out``; the format follows its suffix.
+
+        The server runs it as a background job: this waits for it (``progress(job)`` on each
+        change, see api/client_jobs.py), then downloads the file."""
         out = Path(out)
         fmt = out.suffix.lstrip(".").lower()
         if fmt not in ("parquet", "csv", "npz"):
@@ -380,9 +385,11 @@ class Client:
             "seed": seed,
             "format": fmt,
         }
-        _, headers, data = self._raw(
+        _, _, data = self._raw(
             "POST", "/exports", json_body={k: v for k, v in body.items() if v is not None}
         )
+        job = wait_for_job(self, accepted_job(data), progress)
+        _, headers, data = self._raw("GET", f"/jobs/{_q(job['id'])}/file")
         out.write_bytes(data)
         h = {k.lower(): v for k, v in headers.items()}
         return ExportInfo(
@@ -400,7 +407,10 @@ class Client:
         split_by: str | None = None,
         fractions: Sequence[float] | None = None,
         seed: int = 0,
+        progress: Progress | None = None,
+        test_fraction: float | None = None,
     ) -> ProbeReport:
+        """Run a probe as a server job and wait for its report (``progress(job)`` on change)."""
         body = {
             "collection": collection,
             "label_column": label_column,
@@ -408,10 +418,12 @@ class Client:
             "split_by": split_by,
             "fractions": list(fractions) if fractions else None,
             "seed": seed,
+            "test_fraction": test_fraction,
         }
-        doc = self._json(
+        _, _, data = self._raw(
             "POST", "/probes", json_body={k: v for k, v in body.items() if v is not None}
         )
+        doc = wait_for_job(self, accepted_job(data), progress)["result"]
         return ProbeReport(data=dict(doc["report"]), raw=doc)
 
     # -- imports: bring your own embeddings --------------------------------------------------
@@ -425,6 +437,7 @@ class Client:
         table_source_column: str | None = None,
         vector_column: str | None = None,
         patch_px_level0: int | None = None,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Upload precomputed embeddings (.h5, .parquet, .npz, .json) into ``collection``, bound
         to ``encoder_name`` (``external/<name>`` with ``dim``, or a registered key). Returns
@@ -439,6 +452,7 @@ class Client:
             "patch_px_level0": patch_px_level0,
         }
         body, ctype = _multipart(fields, [("file", *_file(p)) for p in paths])
-        return self._json(
+        _, _, data = self._raw(
             "POST", f"/collections/{_q(collection)}/import", body=body, content_type=ctype
         )
+        return dict(wait_for_job(self, accepted_job(data), progress)["result"])

@@ -34,7 +34,14 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 _ERRORS = {
     str(s): {"$ref": "#/components/responses/Error"}
-    for s in (400, 401, 403, 404, 409, 413, 415, 422)
+    for s in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
+_SEED = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 0}
+_ACCEPTED = {
+    "202": {
+        "description": "queued as a background job: poll GET /jobs/{id} (Location header)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobAnswer"}}},
+    }
 }
 _PNG = {
     "description": "PNG image",
@@ -296,7 +303,7 @@ SCHEMAS: dict[str, Any] = {
             "neighbors": _INT,
             "split_by": _STR,
             "test_fraction": {"type": "number", "default": 0.2},
-            "seed": {"type": "integer", "default": 0},
+            "seed": _SEED,
             "format": {"enum": ["parquet", "csv", "npz"]},
         },
     },
@@ -309,8 +316,33 @@ SCHEMAS: dict[str, Any] = {
             "cohort": _STR,
             "split_by": _STR,
             "fractions": {"type": "array", "items": _NUM},
-            "seed": _INT,
+            "seed": _SEED,
+            "test_fraction": {"type": "number", "default": 0.2},
         },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "kind", "status", "progress", "message"],
+        "properties": {
+            "id": _STR,
+            "kind": {"enum": ["probe", "export", "import"]},
+            "collection": _NSTR,
+            "status": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+            "progress": _NUM,
+            "message": _STR,
+            "result": {
+                "description": "when done: the probe report, export record or import report"
+            },
+            "error": {"description": "when failed: {status, code, error}"},
+            "download": {
+                "description": "when a done export: jobs/{id}/file (relative to /api/v1/)"
+            },
+        },
+    },
+    "JobAnswer": {
+        "type": "object",
+        "required": ["ok", "job"],
+        "properties": {"ok": {"const": True}, "job": _ref("Job")},
     },
 }
 
@@ -387,7 +419,7 @@ PATHS: dict[str, Any] = {
             "Import precomputed embeddings (.h5, .parquet, .npz, .json files) into a collection "
             "bound to the declared encoder; 422 IMPORT_FAILED with the run report when a file "
             "fails a check",
-            {"200": _json(_ok({"collection": _STR, "snapshot": _STR}, []))},
+            _ACCEPTED,
             parameters=[_name_param("c")],
             requestBody={
                 "required": True,
@@ -485,17 +517,9 @@ PATHS: dict[str, Any] = {
     },
     "/exports": {
         "post": _op(
-            "Labeled embedding set (train/test split without group leakage)",
-            {
-                "200": {
-                    "description": "the file; headers X-Lamina-Snapshot and X-Lamina-Encoder",
-                    "content": {
-                        "application/octet-stream": {
-                            "schema": {"type": "string", "format": "binary"}
-                        }
-                    },
-                }
-            },
+            "Labeled embedding set (train/test split without group leakage), as a job; the file "
+            "is then GET /jobs/{id}/file",
+            _ACCEPTED,
             requestBody={
                 "required": True,
                 "content": {"application/json": {"schema": _ref("ExportRequest")}},
@@ -504,12 +528,42 @@ PATHS: dict[str, Any] = {
     },
     "/probes": {
         "post": _op(
-            "Linear-probe metrics (AUROC, accuracy, balanced accuracy, 95% CI)",
-            {"200": _json(_ok({"report": _OBJ}))},
+            "Linear-probe metrics (AUROC, accuracy, balanced accuracy, 95% CI), as a job whose "
+            'result is {"report": ...}',
+            _ACCEPTED,
             requestBody={
                 "required": True,
                 "content": {"application/json": {"schema": _ref("ProbeRequest")}},
             },
+        )
+    },
+    "/jobs": {"get": _op("Job counts by status, workers and queue bound", {"200": _json(_OBJ)})},
+    "/jobs/{job_id}": {
+        "get": _op(
+            "A job's status, progress and result",
+            {"200": _json(_ref("JobAnswer"))},
+            parameters=[_name_param("job_id")],
+        ),
+        "delete": _op(
+            "Cancel a job (queued: never runs; running: stops at its next step)",
+            {"200": _json(_ref("JobAnswer"))},
+            parameters=[_name_param("job_id")],
+        ),
+    },
+    "/jobs/{job_id}/file": {
+        "get": _op(
+            "A done export's file; headers X-Lamina-Snapshot, X-Lamina-Encoder, X-Lamina-Meta",
+            {
+                "200": {
+                    "description": "the file",
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                }
+            },
+            parameters=[_name_param("job_id")],
         )
     },
     "/openapi.json": {"get": _op("This document", {"200": _json(_OBJ)})},

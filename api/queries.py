@@ -5,7 +5,9 @@ Shared by the CLI and the server. Encoders are loaded once per (key, weights) an
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,18 @@ def image_vector(
     """Embed an encoded image (JPEG/PNG/...) with the collection's encoder -> (dim,) vector."""
     rgb = decode_photo(data, name, max_pixels)
     return encoder_for(collection, device).embed([rgb])[0]
+
+
+def embed_examples(
+    collection: Collection, files: Sequence[tuple[str, bytes]]
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Embed example images with the collection's encoder; also describe them for the record
+    (file name and sha256, never the pixels)."""
+    vectors, described = [], []
+    for name, data in files:
+        vectors.append(image_vector(collection, data, name))
+        described.append({"name": Path(name).name, "sha256": hashlib.sha256(data).hexdigest()})
+    return vectors, described
 
 
 def region_vector(

@@ -7,13 +7,11 @@ Locally the command owns the catalog for its duration (``with Catalog(home)``); 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from api.cli import CliContext, emit_json, handle_errors
 
@@ -29,17 +27,10 @@ def as_doc(obj: Any) -> Any:
     return obj
 
 
-def embed_examples(
-    collection: Any, files: Sequence[tuple[str, bytes]]
-) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    """Embed example images with the collection's encoder; also describe them for the record."""
-    from api.queries import image_vector
+def _embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]) -> Any:
+    from api.queries import embed_examples
 
-    vectors, described = [], []
-    for name, data in files:
-        vectors.append(image_vector(collection, data, name))
-        described.append({"name": Path(name).name, "sha256": hashlib.sha256(data).hexdigest()})
-    return vectors, described
+    return embed_examples(collection, files)
 
 
 def _print_cohort(c: dict[str, Any]) -> None:
@@ -146,7 +137,7 @@ def register(cli: click.Group) -> None:
             service = SearchService(ctx.store())
             files = [(p, Path(p).read_bytes()) for p in near]
             vectors, described = (
-                embed_examples(service.collection(collection), files) if files else ([], [])
+                _embed_examples(service.collection(collection), files) if files else ([], [])
             )
             with Catalog(ctx.home) as catalog:
                 cohort = create_cohort(

@@ -34,7 +34,7 @@ def register(cli: click.Group) -> None:
         default=0.2,
         show_default=True,
     )
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
     @click.option(
         "--out",
         required=True,
@@ -62,6 +62,7 @@ def register(cli: click.Group) -> None:
         format_of(out)
         if ctx.url:
             from api.client import Client
+            from api.client_jobs import stderr_progress
 
             res = Client(ctx.url, token=ctx.token).export(
                 collection,
@@ -72,6 +73,7 @@ def register(cli: click.Group) -> None:
                 test_fraction=test_fraction,
                 seed=seed,
                 out=str(out),
+                progress=stderr_progress("export"),
             )
             doc = as_doc(res)
             doc = doc if isinstance(doc, dict) else {"ok": True, "result": doc}

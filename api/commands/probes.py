@@ -70,7 +70,7 @@ def register(cli: click.Group) -> None:
         default=0.2,
         show_default=True,
     )
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors
@@ -89,6 +89,7 @@ def register(cli: click.Group) -> None:
         fracs = parse_fractions(fractions)
         if ctx.url:
             from api.client import Client
+            from api.client_jobs import stderr_progress
 
             doc = as_doc(
                 Client(ctx.url, token=ctx.token).probe(
@@ -98,6 +99,8 @@ def register(cli: click.Group) -> None:
                     split_by=split_by,
                     fractions=fracs,
                     seed=seed,
+                    test_fraction=test_fraction,
+                    progress=stderr_progress("probe"),
                 )
             )
             report = doc.get("report", doc) if isinstance(doc, dict) else doc

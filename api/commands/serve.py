@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from typing import NoReturn
 
@@ -69,6 +70,8 @@ def register(cli: click.Group) -> None:
         except (AuthConfigError, ExposureConfigError) as exc:
             _refuse(str(exc))
         limit = int(app.config["MAX_CONTENT_LENGTH"] or 0)
+        if "LAMINA_MAX_INFLIGHT" not in os.environ:  # keep threads free for cheap routes and 429s
+            app.config["MAX_INFLIGHT"] = max(1, workers - 2)
         auth = "token required" if enabled else "no token"
         click.echo(
             f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",

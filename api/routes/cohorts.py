@@ -1,22 +1,33 @@
 """Cohorts, exports and probes over HTTP (blueprint ``bp``, mounted under /api/v1).
 
 POST /cohorts (JSON, or multipart with example images in ``near`` file fields), GET /cohorts,
-GET|DELETE /cohorts/<name>, POST /exports (returns the file), POST /probes (the report).
-The app owns the catalog for its life (``state().catalog()``). Domain errors propagate to
-the app's error handlers.
+GET|DELETE /cohorts/<name>; POST /exports and POST /probes are background jobs (202 and a job
+id, see api/jobs.py): the export's file is fetched from /jobs/<id>/file, the probe report is
+the job's result. Request fields are checked here, before queueing, so a bad request is a 4xx
+at once. The app owns the catalog for its life (``state().catalog()``). Domain errors
+propagate to the app's error handlers.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from api.app import state
 from api.errors import ApiError
+from api.jobs import Job
+from api.limits import (
+    INT64_MAX,
+    acquire_within_deadline,
+    field_json,
+    finite_float,
+    guarded,
+    int_in,
+    seed_of,
+    short,
+)
 
 bp = Blueprint("cohorts", __name__)
 
@@ -49,26 +60,12 @@ def _body() -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     return body, []
 
 
-def _int(value: Any, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise _invalid(f"{name} must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise _invalid(f"{name} must be an integer, got {value!r}") from None
+def _int(value: Any, name: str, lo: int = 0, hi: int = INT64_MAX) -> int | None:
+    return int_in(value, name, lo, hi)
 
 
 def _float(value: Any, name: str) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise _invalid(f"{name} must be a number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _invalid(f"{name} must be a number, got {value!r}") from None
+    return finite_float(value, name)
 
 
 def _str(value: Any, name: str, required: bool = False) -> str | None:
@@ -83,10 +80,7 @@ def _str(value: Any, name: str, required: bool = False) -> str | None:
 
 def _filter(value: Any) -> dict[str, Any] | None:
     if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else None
-        except json.JSONDecodeError as exc:
-            raise ApiError(f"filter is not valid JSON: {exc.msg}", 422, "INVALID_FILTER") from None
+        value = field_json(value, "filter", "INVALID_FILTER") if value.strip() else None
     if value is not None and not isinstance(value, dict):
         raise ApiError("filter must be a JSON object {column: {op: value}}", 422, "INVALID_FILTER")
     return value
@@ -99,31 +93,34 @@ def _tile_ids(value: Any) -> list[int]:
         value = [v for v in value.replace(",", " ").split() if v]
     if not isinstance(value, list):
         raise _invalid("near_tile_ids must be a list of integers")
+    if len(value) > MAX_EXAMPLES:
+        raise _invalid(f"at most {MAX_EXAMPLES} examples")
     out = []
-    for v in value:
+    for i, v in enumerate(value):
         if isinstance(v, str) and "," in v:
             out.extend(_tile_ids(v))
         else:
-            out.append(_int(v, "near_tile_ids") or 0)
+            out.append(_int(v, f"near_tile_ids[{i}]") or 0)
     return out
 
 
 def _embed(collection: Any, files: list[tuple[str, bytes]]) -> tuple[list[Any], list[Any]]:
-    from api.commands.cohorts import embed_examples
     from api.images import check_upload_pixels
+    from api.queries import embed_examples
 
     st = state()
     max_pixels = int(st.config.get("MAX_IMAGE_PIXELS") or 80_000_000)
     for _, data in files:
         check_upload_pixels(data, max_pixels)
-    lock = getattr(st, "embed_lock", None)
-    if lock is None:
+    acquire_within_deadline(st.embed_lock)
+    try:
         return embed_examples(collection, files)
-    with lock:
-        return embed_examples(collection, files)
+    finally:
+        st.embed_lock.release()
 
 
 @bp.post("/cohorts")
+@guarded
 def create_cohort() -> Response:
     from search.cohorts import create_cohort as create
 
@@ -132,7 +129,8 @@ def create_cohort() -> Response:
         raise _invalid(f"at most {MAX_EXAMPLES} examples")
     name = _str(fields.get("name"), "name", required=True) or ""
     collection = _str(fields.get("collection"), "collection", required=True) or ""
-    k, min_score = _int(fields.get("k"), "k"), _float(fields.get("min_score"), "min_score")
+    k = _int(fields.get("k"), "k", 1, INT64_MAX)
+    min_score = _float(fields.get("min_score"), "min_score")
     exprs = fields.get("filters") or []
     if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
         raise ApiError("filters must be a list of COL=V expressions", 422, "INVALID_FILTER")
@@ -182,7 +180,10 @@ def delete_cohort(name: str) -> Response:
 
 @bp.post("/exports")
 def create_export() -> Response:
-    from search.exports import FORMATS, export_labeled_set
+    """Queue an export; the job's file is the export (parquet, csv or npz)."""
+    from api.exposure import source_namer
+    from api.routes.jobs import submit
+    from search.exports import FORMATS, check_columns, export_labeled_set
 
     fields, _ = _body()
     fmt = _str(fields.get("format"), "format") or "parquet"
@@ -191,53 +192,75 @@ def create_export() -> Response:
     st = state()
     view = st.service.view(_str(fields.get("collection"), "collection", required=True) or "")
     test_fraction = _float(fields.get("test_fraction"), "test_fraction")
-    with tempfile.TemporaryDirectory(prefix="lamina-export-") as tmp:
-        out = Path(tmp) / f"export.{fmt}"
-        doc = export_labeled_set(
-            view,
-            st.catalog(),
-            out,
-            label_column=_str(fields.get("label_column"), "label_column", required=True) or "",
-            cohort=_str(fields.get("cohort"), "cohort"),
-            split_by=_str(fields.get("split_by"), "split_by"),
-            test_fraction=0.2 if test_fraction is None else test_fraction,
-            seed=_int(fields.get("seed"), "seed") or 0,
-            neighbors=_int(fields.get("neighbors"), "neighbors"),
-            fmt=fmt,
-            record_path=False,
-        )
-        data = out.read_bytes()
-    meta = doc["meta"]
-    resp = Response(data, mimetype=EXPORT_MIMETYPES[fmt])
-    resp.headers["Content-Disposition"] = f'attachment; filename="{view.collection.name}.{fmt}"'
-    resp.headers["X-Lamina-Snapshot"] = str(meta["snapshot"])
-    resp.headers["X-Lamina-Encoder"] = str(meta["encoder"])
-    resp.headers["X-Lamina-Meta"] = json.dumps(meta, sort_keys=True)
-    resp.headers["X-Lamina-Export-Id"] = str(doc["export"]["id"])
-    return resp
+    kwargs: dict[str, Any] = {
+        "label_column": _str(fields.get("label_column"), "label_column", required=True) or "",
+        "cohort": _str(fields.get("cohort"), "cohort"),
+        "split_by": _str(fields.get("split_by"), "split_by"),
+        "test_fraction": 0.2 if test_fraction is None else test_fraction,
+        "seed": seed_of(fields.get("seed")),
+        "neighbors": _int(fields.get("neighbors"), "neighbors", 1, 1000),
+        "fmt": fmt,
+        "record_path": False,
+        "source_name": source_namer(),  # the file shows sources as answers do
+    }
+    check_columns(view, kwargs["label_column"], kwargs["split_by"])
+    catalog = st.catalog()
+    name = view.collection.name
+
+    def run(job: Job) -> dict[str, Any]:
+        job.report(0.05, "building the labeled set")
+        out = job.workdir / f"export.{fmt}"
+        doc = export_labeled_set(view, catalog, out, **kwargs)
+        job.report(0.95, "written")
+        meta = doc["meta"]
+        job.file, job.file_type = out, EXPORT_MIMETYPES[fmt]
+        job.file_name = f"{name}.{fmt}"
+        job.file_headers = {
+            "X-Lamina-Snapshot": str(meta["snapshot"]),
+            "X-Lamina-Encoder": str(meta["encoder"]),
+            "X-Lamina-Meta": json.dumps(meta, sort_keys=True),
+            "X-Lamina-Export-Id": str(doc["export"]["id"]),
+        }
+        return {"export": doc["export"], "meta": meta, "n_bytes": out.stat().st_size}
+
+    return submit("export", run, name)
 
 
 @bp.post("/probes")
 def create_probe() -> Response:
+    """Queue a probe; the job's result is the report."""
+    from api.routes.jobs import submit
+    from search.exports import check_columns
     from search.probes import DEFAULT_FRACTIONS, probe_collection
 
     fields, _ = _body()
     fractions = fields.get("fractions") or list(DEFAULT_FRACTIONS)
     if isinstance(fractions, str):
         fractions = [f for f in fractions.split(",") if f.strip()]
-    if not isinstance(fractions, list):
-        raise _invalid("fractions must be a list of numbers in (0, 1]")
+    if not isinstance(fractions, list) or len(fractions) > 64:
+        raise _invalid("fractions must be a list of at most 64 numbers in (0, 1]")
+    fracs = [_float(f, f"fractions[{i}]") or 0.0 for i, f in enumerate(fractions)]
+    if any(not 0 < f <= 1 for f in fracs):
+        raise _invalid(f"fractions must be in (0, 1], got {short(fracs)}")
     st = state()
     cohort = _str(fields.get("cohort"), "cohort")
     test_fraction = _float(fields.get("test_fraction"), "test_fraction")
-    report = probe_collection(
-        st.service.view(_str(fields.get("collection"), "collection", required=True) or ""),
-        st.catalog() if cohort else None,
-        _str(fields.get("label_column"), "label_column", required=True) or "",
-        cohort=cohort,
-        split_by=_str(fields.get("split_by"), "split_by"),
-        fractions=[_float(f, "fractions") or 0.0 for f in fractions],
-        seed=_int(fields.get("seed"), "seed") or 0,
-        test_fraction=0.2 if test_fraction is None else test_fraction,
-    )
-    return jsonify({"ok": True, "report": report})
+    view = st.service.view(_str(fields.get("collection"), "collection", required=True) or "")
+    label_column = _str(fields.get("label_column"), "label_column", required=True) or ""
+    split_by = _str(fields.get("split_by"), "split_by")
+    check_columns(view, label_column, split_by)
+    kwargs: dict[str, Any] = {
+        "cohort": cohort,
+        "split_by": split_by,
+        "fractions": fracs,
+        "seed": seed_of(fields.get("seed")),
+        "test_fraction": 0.2 if test_fraction is None else test_fraction,
+    }
+    catalog = st.catalog() if cohort else None
+
+    def run(job: Job) -> dict[str, Any]:
+        job.report(0.02, "building the labeled set")
+        report = probe_collection(view, catalog, label_column, progress=job.report, **kwargs)
+        return {"report": report}
+
+    return submit("probe", run, view.collection.name)

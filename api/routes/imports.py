@@ -2,24 +2,27 @@
 
 multipart/form-data with one or more ``file`` fields (.h5, .parquet, .npz or .json, see
 indexer/import_readers.py) and the fields ``encoder_name`` (required), ``dim``,
-``table_source_column``, ``vector_column`` and ``patch_px_level0``. Answers the run report
-(200 when every file imported, 422 ``IMPORT_FAILED`` with the report when some did not).
-No embedding happens here: files are parsed, checked and committed under the collection's ingest
-lock, exactly as ``lamina import`` does. Slides are never looked up from a request (a client
+``table_source_column``, ``vector_column`` and ``patch_px_level0``. The files are saved and
+the import runs as a background job (202 and a job id, see api/jobs.py); the job's result is
+the run report, or, when some file failed, the error 422 ``IMPORT_FAILED`` with the report as
+the result. No embedding happens here: files are parsed, checked and committed under the
+collection's ingest lock, exactly as ``lamina import`` does. Slides are never looked up from a request (a client
 cannot name server paths); import with the CLI to join slides. Uploads are limited by
 MAX_CONTENT_LENGTH.
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from api.app import state
 from api.errors import ApiError
+from api.jobs import Job
+from api.limits import int_in
 
 bp = Blueprint("imports", __name__)
 
@@ -27,12 +30,7 @@ MAX_FILES = 256
 
 
 def _int(value: Any, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApiError(f"{name} must be an integer, got {value!r}", 422, "INVALID_IMPORT") from None
+    return int_in(value, name, 1, 1 << 20, code="INVALID_IMPORT")
 
 
 @bp.post("/collections/<name>/import")
@@ -57,7 +55,11 @@ def import_files(name: str) -> Response:
         patch_px_level0=_int(request.form.get("patch_px_level0"), "patch_px_level0"),
         progress=False,
     )
-    with tempfile.TemporaryDirectory(prefix="lamina-import-") as tmp:
+    from api.routes.jobs import queue, submit
+
+    prepared = queue().workdir()
+    tmp = prepared[1]
+    try:
         paths = []
         for i, up in enumerate(uploads):
             base = Path(up.filename or f"upload-{i}").name
@@ -67,18 +69,29 @@ def import_files(name: str) -> Response:
                     415,
                     "UNSUPPORTED_FORMAT",
                 )
-            folder = Path(tmp) / str(i)
+            folder = tmp / str(i)
             folder.mkdir()
             up.save(folder / base)
             paths.append(folder / base)
-        col = open_import_collection(state().store, name, declared)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    store = state().store
+
+    def run(job: Job) -> dict[str, Any]:
+        job.report(0.05, f"importing {len(paths)} file(s)")
+        col = open_import_collection(store, name, declared)
         report = Import(col, declared, options).run(paths)
-    doc = report.to_dict()
-    for f in doc["failed"]:  # name the uploaded file, not the temporary copy
-        f["file"] = Path(f["file"]).name
-    if report.ok:
-        return jsonify(doc)
-    resp = jsonify({**doc, "ok": False, "status": 422, "code": "IMPORT_FAILED",
-                    "error": "; ".join(f"{f['file']}: {f['reason']}" for f in doc["failed"])})  # fmt: skip
-    resp.status_code = 422
-    return resp
+        doc = report.to_dict()
+        for f in doc["failed"]:  # name the uploaded file, not the temporary copy
+            f["file"] = Path(f["file"]).name
+        if not report.ok:
+            job.result = doc
+            raise ApiError(
+                "; ".join(f"{f['file']}: {f['reason']}" for f in doc["failed"]),
+                422,
+                "IMPORT_FAILED",
+            )
+        return doc
+
+    return submit("import", run, name, prepared)

@@ -62,6 +62,20 @@ def test_cohort_routes(own_app: Any, derm_images: list[Path]) -> None:
     assert r.status_code == 422
 
 
+def finished_job(c: Any, r: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the job a 202 answer names until it ends; -> the final job document."""
+    import time
+
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()["job"]
+    assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    deadline = time.monotonic() + timeout
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = c.get(f"/api/v1/jobs/{job['id']}").get_json()["job"]
+    return job
+
+
 def test_export_and_probe_routes(own_app: Any) -> None:
     c = own_app.test_client()
     r = c.post(
@@ -76,6 +90,10 @@ def test_export_and_probe_routes(own_app: Any) -> None:
             "format": "parquet",
         },
     )
+    job = finished_job(c, r)
+    assert job["status"] == "done" and job["progress"] == 1.0, job
+    assert job["download"] == f"jobs/{job['id']}/file"
+    r = c.get("/api/v1/" + job["download"])
     assert r.status_code == 200
     table = pq.read_table(io.BytesIO(r.get_data()))
     meta = json.loads(table.schema.metadata[b"lamina"])
@@ -90,11 +108,15 @@ def test_export_and_probe_routes(own_app: Any) -> None:
             "fractions": [0.5, 1],
         },
     )
-    assert r.status_code == 200, r.get_json()
-    report = r.get_json()["report"]
+    job = finished_job(c, r)
+    assert job["status"] == "done", job
+    report = job["result"]["report"]
     assert [f["fraction"] for f in report["fractions"]] == [0.5, 1.0]
     r = c.post("/api/v1/probes", json={"collection": "derm", "label_column": "nope"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "nope" in r.get_json()["error"]
+    r = c.post("/api/v1/probes", json={"collection": "derm", "label_column": "diagnostic",
+                                       "seed": -1})  # fmt: skip
+    assert r.status_code == 422 and "seed" in r.get_json()["error"]
 
 
 def test_cli_through_server(
