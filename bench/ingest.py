@@ -70,7 +70,7 @@ def synthetic_slide(folder: Path) -> Path:
     for _ in range(2):
         prev = Image.fromarray(levels[-1])
         levels.append(np.asarray(prev.reduce(4)))
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(3).hex()}.tmp")  # one per writer
     with tifffile.TiffWriter(tmp) as tw:
         for i, level in enumerate(levels):
             ppcm = 1e4 / (0.5 * 4**i)
