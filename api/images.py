@@ -101,8 +101,9 @@ def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) ->
 
 def thumbnail_png(source: dict[str, Any], max_pixels: int, max_px: int = THUMB_MAX_PX) -> bytes:
     """A thumbnail of a source: the photo itself, or the slide's pyramid (never label/macro)."""
-    from indexer.tile_images import source_thumbnail
+    from indexer.tile_images import check_unchanged, source_thumbnail
 
     path = _source_path(source)
+    check_unchanged(source)
     rgb = source_thumbnail(path, kind=str(source.get("kind") or "photo"), max_px=max_px)
     return png_bytes(rgb, max_px)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.errors import UnreadableSourceError
+from indexer.errors import SourceChangedError, UnreadableSourceError
 from indexer.photos import read_photo
 from indexer.slides import Slide
-from indexer.sources import classify
+from indexer.sources import classify, content_id
 from indexer.tiling import TileSpec
 
 DEFAULT_THUMBNAIL_PX = 512
@@ -37,16 +37,43 @@ def _source_path(row: Mapping[str, Any]) -> Path:
     return path
 
 
+def check_unchanged(row: Mapping[str, Any], data: bytes | None = None) -> None:
+    """Refuse a source whose bytes changed since it was indexed (its stored vectors describe
+    other pixels). ``row`` carries the source's ``source_id`` (sha256 of its bytes) and the
+    ``file_size`` / ``file_mtime_ns`` recorded at indexing; ``data``, the bytes just read, are
+    compared by hash (photos). Rows without a recorded size (imported vectors, older stores)
+    are not checked."""
+    from search.verify import source_state
+
+    if row.get("file_size") is None:
+        return
+    if data is not None:
+        changed = content_id(data) != row.get("source_id")
+    else:
+        changed = source_state(dict(row)) is not None
+    if changed:
+        sid = str(row.get("source_id") or "")[:12]
+        raise SourceChangedError(
+            f"source {sid} changed on disk since it was indexed: its stored vectors describe "
+            "other pixels, so its image is not served; index the file again to replace it"
+        )
+
+
 def tile_image(row: Mapping[str, Any]) -> np.ndarray:
     """uint8 (h, w, 3) image of a stored tile row: a slide tile at ``tile_px``, a whole photo, or
-    a tile of a photo at the photo's pixels."""
+    a tile of a photo at the photo's pixels. With the source's recorded ``file_size`` /
+    ``file_mtime_ns`` in ``row``, a source changed since indexing is refused
+    (:func:`check_unchanged`)."""
     path = _source_path(row)
     kind = str(row.get("kind") or "photo")
-    if kind == "photo":
-        return read_photo(path)[1]
-    if kind == "photo-tile":
+    if kind in ("photo", "photo-tile"):
+        data, rgb = read_photo(path)
+        check_unchanged(row, data)
+        if kind == "photo":
+            return rgb
         x, y, size = int(row["x"]), int(row["y"]), int(row["size_px"])
-        return np.ascontiguousarray(read_photo(path)[1][y : y + size, x : x + size])
+        return np.ascontiguousarray(rgb[y : y + size, x : x + size])
+    check_unchanged(row)
     try:
         spec = TileSpec(
             x=int(row["x"]), y=int(row["y"]), level=int(row["level"]), size_px=int(row["size_px"])

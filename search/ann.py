@@ -44,7 +44,7 @@ import numpy as np
 
 from search.errors import InvalidIndexFactoryError, StoreError, io_failure
 from search.index_spec import IndexSpec, parse_factory
-from search.integrity import HASH, check_segment, digest_bytes, file_entry
+from search.integrity import HASH, check_segment, digest_bytes, file_entry, meta_checksum
 from search.segments import VECTOR_DTYPES, SegmentInfo, fsync_dir, write_json_atomic
 from search.store import Collection
 
@@ -138,6 +138,8 @@ class AnnIndex:
             meta = json.loads((col.index_dir / f"{spec.slug}.json").read_text())
             if meta.get("factory") != spec.factory or meta.get("dim") != col.dim:
                 return None
+            if "checksum" in meta and meta_checksum(meta) != meta["checksum"]:
+                return None  # a damaged pointer: search exactly until rebuilt
             directory = col.index_dir / f"{spec.slug}-{meta['version']}"
             return cls(spec, directory, str(meta["version"]), meta)
         except (OSError, ValueError, KeyError):
@@ -186,8 +188,8 @@ class AnnIndex:
             return f"unreadable ({exc.strerror or exc})"
         try:
             rec = json.loads(path.with_suffix(".sum").read_text())
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # only sidecars of versions built before checksums lack it
+            return None if self.trained_digest is None else "its checksum record is missing"
         except (OSError, ValueError):
             return "its checksum record is unreadable"
         if not isinstance(rec, dict):
@@ -425,6 +427,7 @@ def _build(
         }
         name = "centroids.npy" if spec.kind == "ivf" else "trained.faiss"
         meta["trained"] = {"file": name, **file_entry(final / name)}
+        meta["checksum"] = meta_checksum(meta)
         current = AnnIndex(spec, final, version, meta)
         trained = True
     todo = [s for s in segments if current.part_problem(s.segment_id) is not None]

@@ -170,3 +170,16 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
             str(r.info.vectors_path) for r in view.readers
         )
     return out
+
+
+def status_of(store: Any, name: str, *, strict: bool = False) -> dict[str, Any]:
+    """:func:`collection_status` of ``name``; a collection whose ``collection.json`` is damaged
+    gives ``{"name", "error"}`` (raised instead when ``strict``: it was asked for by name)."""
+    from search.errors import CollectionDamagedError
+
+    try:
+        return collection_status(store.collection(name))
+    except CollectionDamagedError as exc:
+        if strict:
+            raise
+        return {"name": name, "error": str(exc)}

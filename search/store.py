@@ -329,7 +329,7 @@ class Collection:
         for p in files[-limit:]:
             try:
                 out.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):  # a damaged run record is skipped
                 continue
         return out
 
@@ -344,6 +344,16 @@ class Store:
     def collections_dir(self) -> Path:
         return self.home / "collections"
 
+    def damaged_names(self) -> list[str]:
+        """Collection directories with segments but no ``collection.json`` (damaged)."""
+        if not self.collections_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.collections_dir.iterdir()
+            if (p / "segments").is_dir() and not (p / "collection.json").is_file()
+        )
+
     def names(self) -> list[str]:
         if not self.collections_dir.is_dir():
             return []
@@ -355,6 +365,11 @@ class Store:
         if not NAME_RE.match(name):
             raise CollectionNotFoundError(f"invalid collection name {name!r}")
         path = self.collections_dir / name
+        if not (path / "collection.json").is_file() and (path / "segments").is_dir():
+            raise CollectionDamagedError(
+                f"collection {name!r}: collection.json is missing (its segments are there); "
+                f"`lamina verify {name}` reports what else is damaged"
+            )
         if not (path / "collection.json").is_file():
             known = ", ".join(self.names()) or "none"
             raise CollectionNotFoundError(
@@ -384,6 +399,11 @@ class Store:
             col = Collection(path)
             col.check_fingerprint(fingerprint)
             return col
+        if (path / "segments").is_dir():
+            raise CollectionDamagedError(
+                f"collection {name!r}: collection.json is missing but its segments are there; "
+                "restore collection.json (or move the directory away) before indexing into it"
+            )
         if vector_dtype not in ("float32", "float16"):
             raise CollectionExistsError(
                 f"vector dtype must be float32 or float16, not {vector_dtype!r}"

@@ -203,7 +203,11 @@ def _collection_problems(col: Collection, healthy: Sequence[SegmentInfo]) -> lis
     return out
 
 
-def _index_problems(col: Collection, healthy: Sequence[SegmentInfo]) -> list[Problem]:
+def _index_problems(
+    col: Collection, healthy: Sequence[SegmentInfo], notes: dict[str, Any]
+) -> list[Problem]:
+    """Problems of the ANN index; ``notes`` gets what is merely not built yet (searched
+    exactly meanwhile: ``not_built`` or ``unindexed`` segments)."""
     from search.ann import AnnIndex
     from search.index_spec import index_slug
 
@@ -212,13 +216,18 @@ def _index_problems(col: Collection, healthy: Sequence[SegmentInfo]) -> list[Pro
     slug = index_slug(col.index_factory)
     pointer = col.index_dir / f"{slug}.json"
     if not pointer.exists():
-        return []  # not built yet: searches scan exactly
+        notes["not_built"] = True  # searches scan exactly until it is built
+        return []
     rel = f"index/{slug}.json"
     try:
         meta = json.loads(pointer.read_text())
         directory = col.index_dir / f"{slug}-{meta['version']}"
+        if "checksum" in meta and meta_checksum(meta) != meta["checksum"]:
+            raise ValueError("checksum")
     except (OSError, ValueError, KeyError, TypeError):
-        return [Problem("", rel, "unreadable (searches scan exactly until rebuilt)", "index")]
+        return [
+            Problem("", rel, "unreadable or damaged (searches scan exactly until rebuilt)", "index")
+        ]
     ann = AnnIndex.load(col)
     if ann is None:
         return [
@@ -233,7 +242,9 @@ def _index_problems(col: Collection, healthy: Sequence[SegmentInfo]) -> list[Pro
     out = []
     for seg in healthy:
         problem = ann.part_problem(seg.segment_id)
-        if problem is not None and problem != "not indexed":
+        if problem == "not indexed":
+            notes.setdefault("unindexed", []).append(seg.path.name)
+        elif problem is not None:
             name = ann.sidecar(seg.segment_id).name
             out.append(
                 Problem(
@@ -253,13 +264,15 @@ def verify(
     source) was found."""
     healthy, problems, unverified_ids = scan_segments(col, deep=deep)
     problems += _collection_problems(col, healthy)
-    problems += _index_problems(col, healthy)
+    notes: dict[str, Any] = {"factory": col.index_factory}
+    problems += _index_problems(col, healthy, notes)
     doc: dict[str, Any] = {
         "collection": col.name,
         "deep": deep,
         "segments": len(healthy) + len(quarantined_ids(problems)),
         "healthy_segments": len(healthy),
         "unverified_segments": unverified_ids,
+        "index": notes,
         "problems": [p.to_dict() for p in problems],
     }
     if sources:

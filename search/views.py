@@ -204,10 +204,15 @@ class CollectionView:
     def tile(self, tile_id: int) -> dict[str, Any]:
         return self.rows_at(self.positions_of([int(tile_id)]))[0]
 
-    def source(self, source_id: str) -> dict[str, Any]:
+    def source(self, source_id: str, path: str | None = None) -> dict[str, Any]:
+        """The source row of ``source_id`` (the one at ``path`` when the same bytes were
+        indexed from several files)."""
         for r in self.readers:
             t = r.sources
-            hit = t.filter(pc.equal(t.column("source_id"), source_id))
+            cond = pc.equal(t.column("source_id"), source_id)
+            if path is not None:
+                cond = pc.and_(cond, pc.equal(t.column("source"), path))
+            hit = t.filter(cond)
             if hit.num_rows:
                 return hit.slice(0, 1).to_pylist()[0]
         raise SourceNotFoundError(

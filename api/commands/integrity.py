@@ -71,7 +71,7 @@ def register(cli: click.Group) -> None:
         anything is damaged or changed."""
         _local(ctx, "verify")
         store = ctx.store()
-        names = [collection] if collection else store.names()
+        names = [collection] if collection else store.names() + store.damaged_names()
         docs = [_verify_one(store, n, deep) for n in names]
         ok = all(d["ok"] for d in docs)
         if as_json:

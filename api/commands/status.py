@@ -22,11 +22,11 @@ def register(cli: click.Group) -> None:
             cols = [client.collection(collection)] if collection else client.collections()
             where = ctx.url
         else:
-            from search.status import collection_status
+            from search.status import status_of
 
             store = ctx.store()
             names = [collection] if collection else store.names()
-            cols = [collection_status(store.collection(n)) for n in names]
+            cols = [status_of(store, n, strict=bool(collection)) for n in names]
             where = str(store.home)
         if as_json:
             emit_json({"ok": True, "home": where, "collections": cols})
@@ -34,6 +34,9 @@ def register(cli: click.Group) -> None:
         if not cols:
             click.echo(f"no collections in {where}")
         for c in cols:
+            if "error" in c:
+                click.echo(f"{c['name']}: DAMAGED: {c['error']}")
+                continue
             kinds = (
                 ", ".join(f"{v} {k}s" for k, v in sorted(c["sources_by_kind"].items())) or "empty"
             )
@@ -49,3 +52,10 @@ def register(cli: click.Group) -> None:
                 )
             for f in c["failures"][-10:]:
                 click.echo(f"  failed: {f['file']}: {f['reason']}")
+            for p in c.get("damaged", []):
+                click.echo(f"  DAMAGED (quarantined): {p['file']}: {p['reason']}")
+            changed = c.get("changed_sources") or {}
+            for f in changed.get("files", []):
+                click.echo(f"  source {f['state']} since indexing: {f['source']}")
+            if c.get("damaged") or changed.get("files"):
+                click.echo("  `lamina verify` checks everything; `lamina repair` re-indexes")

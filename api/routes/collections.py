@@ -53,12 +53,17 @@ def encoders() -> Response:
 
 @bp.get("/collections")
 def collections() -> Response:
+    from search.errors import CollectionDamagedError
     from search.status import collection_status
 
     st = state()
     cols = []
     for n in st.store.names():
-        view = st.service.view(n)  # the snapshot this server answers on
+        try:
+            view = st.service.view(n)  # the snapshot this server answers on
+        except CollectionDamagedError as exc:  # listed, not fatal to the listing
+            cols.append({"name": n, "error": str(exc)})
+            continue
         doc = collection_status(view.collection, runs=1, view=view)
         doc["snapshot"] = view.snapshot.id
         cols.append(doc)
@@ -137,7 +142,9 @@ def tile(tile_id: int) -> Response:
 def tile_image(tile_id: int) -> Response:
     from api.images import tile_png
 
-    _, _, row = _tile_row(tile_id)
+    _, view, row = _tile_row(tile_id)
+    source = view.source(str(row["source_id"]), path=str(row["source"]))
+    row.update({k: source.get(k) for k in ("file_size", "file_mtime_ns")})  # changed-file check
     png = tile_png(row, int(state().config["MAX_IMAGE_PIXELS"]))
     return Response(png, mimetype="image/png", headers=_PNG_HEADERS)
 
