@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from search.catalog import Catalog, now_utc
-from search.errors import FilterError, InvalidQueryError
+from search.errors import FilterError, InvalidQueryError, StaleCohortError
 from search.filters import Condition, conditions_to_json, parse_filters
 from search.service import SearchService
 from search.store import NAME_RE
@@ -307,6 +307,7 @@ def create_cohort(
         "near_tile_ids": [int(t) for t in near_tile_ids],
         "k": k,
         "min_score": min_score,
+        "collection_uuid": view.collection.uuid,
     }
     record = {
         "name": name,
@@ -331,19 +332,36 @@ def show_cohort(
     """The cohort record plus its counts per slide, patient and label column."""
     record = catalog.cohort(name, version)
     view = service.view(record["collection"])
+    check_identity(record, view.collection.uuid)
     ids, _ = catalog.members(name, record["version"])
     record["counts"] = cohort_counts(view, ids, label_column)
     return record
 
 
+def check_identity(record: Mapping[str, Any], collection_uuid: str) -> None:
+    """Refuse a cohort made on an earlier collection of the same name (deleted and created
+    again): its tile ids would name other tiles. Cohorts made before collections recorded
+    their identity are not checked."""
+    made_on = (record.get("definition") or {}).get("collection_uuid")
+    if made_on and made_on != collection_uuid:
+        raise StaleCohortError(
+            f"cohort {record['name']!r} was made on an earlier collection named "
+            f"{record['collection']!r}, since deleted and created again: its tile ids would "
+            "name other tiles; create the cohort again on the current collection"
+        )
+
+
 def cohort_tile_ids(
-    catalog: Catalog, name: str, collection: str
+    catalog: Catalog, name: str, collection: str, collection_uuid: str | None = None
 ) -> tuple[list[int], dict[str, Any]]:
-    """Members of the latest version of ``name``, checked to belong to ``collection``."""
+    """Members of the latest version of ``name``, checked to belong to ``collection`` (and,
+    given its ``collection_uuid``, to this very collection, not an earlier one of its name)."""
     record = catalog.cohort(name)
     if record["collection"] != collection:
         raise InvalidQueryError(
             f"cohort {name!r} belongs to collection {record['collection']!r}, not {collection!r}"
         )
+    if collection_uuid is not None:
+        check_identity(record, collection_uuid)
     ids, _ = catalog.members(name, record["version"])
     return ids, record
