@@ -227,3 +227,15 @@ def install(app: Any) -> None:
     provider = ExposingJSONProvider(app)
     provider.sort_keys = False
     app.json = provider
+
+
+def source_namer() -> Any:
+    """``public_path`` bound to the current request's caller: for files the server writes
+    (exports) with a source column. Call inside a request; the result works in any thread."""
+    from functools import partial
+
+    from flask import current_app, g
+
+    exposure: Exposure = current_app.extensions["lamina"].exposure
+    principal = g.get("principal")
+    return partial(exposure.public_path, scope=principal.scope if principal else "read")

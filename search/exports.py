@@ -31,7 +31,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,12 +234,14 @@ def build_labeled_set(
     neighbors: int | None = None,
     cohort: dict[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
+    source_name: Callable[[str], str | None] | None = None,
 ) -> LabeledSet:
     """Rows of the collection (or of ``tile_ids``) with a non-null label, split train/test.
 
     Columnar: the columns are taken per segment from the readers' Arrow tables at the rows'
     positions, the rows ordered by tile id with one argsort, the vectors gathered per segment.
-    ``params`` are the search parameters of the neighbour search (see the module docstring)."""
+    ``params`` are the search parameters of the neighbour search (see the module docstring).
+    ``source_name`` maps each stored source path to what the file shows (a server's policy)."""
     check_columns(view, label_column, split_by)
     if neighbors is not None and not 1 <= int(neighbors) <= 1000:
         raise InvalidQueryError(f"neighbors must be between 1 and 1000, got {neighbors!r}")
@@ -265,8 +267,12 @@ def build_labeled_set(
     tile_names = pc.binary_join_element_wise("tile:", pa.array(ids).cast(pa.string()), "")
     groups = pc.if_else(grp.is_valid(), grp, tile_names) if len(ids) else grp
     is_test = assign_split(groups, label, test_fraction, seed)
+    sources = column_text(view, "source", pos).take(by_id).to_pylist()
+    if source_name is not None:
+        shown = {src: source_name(src) for src in set(sources) if src is not None}
+        sources = [None if src is None else shown[src] for src in sources]
     text: dict[str, list[str | None]] = {
-        "source": column_text(view, "source", pos).take(by_id).to_pylist(),
+        "source": sources,
         "source_id": column_text(view, "source_id", pos).take(by_id).to_pylist(),
         "patient": column_text(view, pcol, pos).take(by_id).to_pylist(),
         "label": label.to_pylist(),
@@ -465,6 +471,7 @@ def labeled_set_for(
     test_fraction: float = 0.2,
     seed: int = 0,
     neighbors: int | None = None,
+    source_name: Callable[[str], str | None] | None = None,
 ) -> LabeledSet:
     """The labeled set of a collection, or of a cohort's members: what exports and probes use."""
     from search.cohorts import cohort_tile_ids
@@ -481,6 +488,7 @@ def labeled_set_for(
         seed=seed,
         neighbors=neighbors,
         cohort=record,
+        source_name=source_name,
     )
 
 
@@ -497,6 +505,7 @@ def export_labeled_set(
     neighbors: int | None = None,
     fmt: str | None = None,
     record_path: bool = True,
+    source_name: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
     """Build, write and record (in the catalog, when given) one export; returns its record.
 
@@ -517,6 +526,7 @@ def export_labeled_set(
         test_fraction=test_fraction,
         seed=seed,
         neighbors=neighbors,
+        source_name=source_name,
     )
     digest = write_labeled_set(ls, out, fmt)
     args = {

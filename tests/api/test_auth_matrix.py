@@ -578,3 +578,42 @@ def test_source_paths_per_scope(world: dict[str, Any]) -> None:
 
     with pytest.raises(ExposureConfigError, match="LAMINA_SOURCE_PATHS"):
         _app(world, SOURCE_PATHS="full")
+
+
+def _export_bytes(c: Any, headers: dict[str, str], body: dict[str, Any]) -> bytes:
+    """The export file: answered directly, or made by a background job and then fetched."""
+    r = c.post("/api/v1/exports", json=body, headers=headers)
+    assert r.status_code in (200, 202), r.get_data(as_text=True)
+    if r.status_code == 200:
+        return bytes(r.get_data())
+    job = r.get_json()["job"]["id"]
+    deadline = time.monotonic() + 60
+    while c.get(f"/api/v1/jobs/{job}", headers=headers).get_json()["job"]["status"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, "export job did not finish in 60 s"
+        time.sleep(0.05)
+    r = c.get(f"/api/v1/jobs/{job}/file", headers=headers)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return bytes(r.get_data())
+
+
+def test_export_file_shows_sources_as_answers_do(world: dict[str, Any]) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    c = _app(world, SOURCE_PATHS="write:hash").test_client()
+    data = _export_bytes(
+        c, bearer(world["tokens"]["write"]), {"collection": "syn", "label_column": "label"}
+    )
+    sources = set(pq.read_table(io.BytesIO(data)).column("source").to_pylist())
+    assert len(sources) == 4 and all(re.fullmatch(r"h-[0-9a-f]{24}", s) for s in sources)
+    assert str(world["study"]).encode() not in data
+    c = _app(world).test_client()
+    data = _export_bytes(
+        c, bearer(world["tokens"]["admin"]), {"collection": "syn", "label_column": "label"}
+    )
+    sources = set(pq.read_table(io.BytesIO(data)).column("source").to_pylist())
+    assert sources == {f"sub/TCGA-{s:02d}.svs" for s in range(4)}
