@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class AuditLog:
         self.max_bytes = max(int(max_bytes), 1024)
         self.backups = max(int(backups), 1)
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None  # the flock file, opened once per process
 
     def record(self, **fields: Any) -> None:
         """Append one line (fields outside :data:`FIELDS` are dropped; ``time`` is added)."""
@@ -72,10 +74,12 @@ class AuditLog:
 
     def _append(self, line: bytes) -> None:
         with self._lock:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            if self._lock_fd is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+                weakref.finalize(self, os.close, self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
                 try:
                     size = self.path.stat().st_size
                 except FileNotFoundError:
@@ -90,7 +94,7 @@ class AuditLog:
                 finally:
                     os.close(fd)
             finally:
-                os.close(lock_fd)  # releases the flock
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _rotate(self) -> None:
         oldest = self.dir / f"{self.path.name}.{self.backups}"

@@ -33,8 +33,8 @@ from typing import Any
 MODES = ("relative", "name", "hash", "none")
 PATH_KEYS = frozenset({"source", "file", "path", "source_path", "slide"})
 MESSAGE_KEYS = frozenset({"error", "reason", "message"})
-_ABS_IN_TEXT = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"(),;]+/)+([^\s/'\"(),;]*)")
-_NAME_LISTS = re.compile(r"\s*\((?:collections|cohorts|one of|known|available)\b[^)]*\)")
+_ABS_IN_TEXT = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"(),;]+/)+([^\s/'\"(),;]*)")
+_NAME_LISTS = re.compile(r"\s*\((?:collections|cohorts): [^)]*\)")
 
 
 class ExposureConfigError(ValueError):
