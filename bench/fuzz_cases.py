@@ -257,7 +257,9 @@ def hostile_requests(
         depth = d(st.sampled_from([1, 31, 32, 33, 64, 1000, 5000]))
         where = d(st.integers(0, 3))
         if where == 0:
-            raw = f'{{"tile_id": {tile_id}, "filter": {{"age": {{"in": {nested(depth)}}}}}}}'.encode()
+            raw = (
+                f'{{"tile_id": {tile_id}, "filter": {{"age": {{"in": {nested(depth)}}}}}}}'.encode()
+            )
             return Req("POST", search, raw=raw, family="deep_body")
         if where == 1:
             return Req("POST", search, form={"tile_id": str(tile_id),
