@@ -285,3 +285,15 @@ def verify(
 def quarantined_ids(problems: Sequence[Problem]) -> list[str]:
     """Segments (directories) a list of problems takes out of service."""
     return sorted({p.segment_id for p in problems if p.kind in ("segment", "duplicate")})
+
+
+def verify_named(store: Any, name: str, *, deep: bool = False) -> dict[str, Any]:
+    """:func:`verify` of collection ``name``; a damaged ``collection.json`` is one problem."""
+    from search.errors import CollectionDamagedError
+
+    try:
+        col = store.collection(name)
+    except CollectionDamagedError as exc:
+        problem = Problem("", "collection.json", str(exc), "collection").to_dict()
+        return {"collection": name, "ok": False, "problems": [problem]}
+    return verify(col, deep=deep)

@@ -24,18 +24,6 @@ def _local(ctx: CliContext, what: str) -> None:
         raise ApiError(f"{what} reads the store's files: run it where the store is, without --url")
 
 
-def _verify_one(store: Any, name: str, deep: bool) -> dict[str, Any]:
-    from search.errors import CollectionDamagedError
-    from search.verify import verify
-
-    try:
-        col = store.collection(name)
-    except CollectionDamagedError as exc:
-        problem = {"segment_id": "", "file": "collection.json", "reason": str(exc)}
-        return {"collection": name, "ok": False, "problems": [problem | {"kind": "collection"}]}
-    return verify(col, deep=deep)
-
-
 def _print(doc: dict[str, Any]) -> None:
     src = doc.get("sources") or {}
     state = "ok" if doc["ok"] else "DAMAGED"
@@ -69,10 +57,12 @@ def register(cli: click.Group) -> None:
     def verify_command(ctx: CliContext, collection: str | None, deep: bool, as_json: bool) -> None:
         """Check segments, ANN index files, the tile id counter and source files; exit 1 when
         anything is damaged or changed."""
+        from search.verify import verify_named
+
         _local(ctx, "verify")
         store = ctx.store()
         names = [collection] if collection else store.names() + store.damaged_names()
-        docs = [_verify_one(store, n, deep) for n in names]
+        docs = [verify_named(store, n, deep=deep) for n in names]
         ok = all(d["ok"] for d in docs)
         if as_json:
             emit_json({"ok": ok, "collections": docs})
