@@ -151,6 +151,13 @@ SCHEMAS: dict[str, Any] = {
             "groups": {"type": "array", "items": _ref("Group")},
             "query": _OBJ,
             "plan": _ref("Plan"),
+            "missing_segments": {
+                "type": "array",
+                "items": _STR,
+                "description": "Damaged segments (quarantined) the answer does not cover; "
+                "absent when every segment answered.",
+            },
+            "warning": _STR,
         },
         ["collection", "snapshot", "encoder", "hits"],
     ),
