@@ -145,6 +145,7 @@ class SegmentReader:
         self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
         self._sources: pa.Table | None = None
         self._lock = threading.Lock()
+        self.signature: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def sources(self) -> pa.Table:
@@ -223,6 +224,19 @@ class SegmentReader:
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
 
+def _signature(info: SegmentInfo) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime_ns) of the segment's files: a cached reader is reused only while
+    they are unchanged (segments are immutable; a change is damage, checked again)."""
+    out = []
+    for path in (info.vectors_path, info.tiles_path, info.sources_path, info.path / "segment.json"):
+        try:
+            st = path.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, -1, 0))
+    return tuple(out)
+
+
 _READERS: dict[str, SegmentReader] = {}
 _READERS_LOCK = threading.Lock()
 
@@ -234,8 +248,12 @@ def reader_for(info: SegmentInfo) -> SegmentReader:
     checksums of segments up to the open-time hash budget); a damaged one raises
     :class:`~search.integrity.DamagedSegmentError` and gets no reader."""
     key = str(info.path)
+    sig = _signature(info)
     with _READERS_LOCK:
         hit = _READERS.get(key)
+        if hit is not None and hit.signature != sig:  # its files were replaced or truncated
+            del _READERS[key]
+            hit = None
     if hit is not None:
         return hit
     problems = check_segment(info)
@@ -243,6 +261,7 @@ def reader_for(info: SegmentInfo) -> SegmentReader:
         raise DamagedSegmentError(problems)
     try:
         reader = SegmentReader(info)
+        reader.signature = sig
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         if isinstance(exc, FileNotFoundError) and not info.path.exists():
             raise  # retired by a compaction meanwhile: the caller lists again

@@ -58,8 +58,8 @@ def base(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path) -> Base:
     from search.ann import update_index
 
     root = tmp_path_factory.mktemp("damage")
-    src = root / "src"
-    src.mkdir()
+    src = root / "src" / "images"  # the manifest names files as images/<name>
+    src.mkdir(parents=True)
     for p in sorted((derm_dir / "images").glob("*.jpg"))[:N_PHOTOS]:
         shutil.copy(p, src / p.name)
     home = root / "home"
