@@ -85,7 +85,10 @@ def stderr_progress(label: str) -> Progress:
 
     def show(job: dict[str, Any]) -> None:
         pct = round(100 * float(job.get("progress") or 0))
-        print(f"{label}: {job.get('status')} {pct}% {job.get('message') or ''}".rstrip(),
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{label}: {job.get('status')} {pct}% {job.get('message') or ''}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
 
     return show

@@ -147,8 +147,9 @@ class JobQueue:
             self._expire()
             job = self._jobs.get(job_id)
         if job is None:
-            raise ApiError(f"no job {job_id[:64]!r} (finished jobs are kept for a while)", 404,
-                           "JOB_NOT_FOUND")  # fmt: skip
+            raise ApiError(
+                f"no job {job_id[:64]!r} (finished jobs are kept for a while)", 404, "JOB_NOT_FOUND"
+            )
         return job
 
     def cancel(self, job_id: str) -> Job:

@@ -24,14 +24,49 @@ from typing import Any
 from hypothesis import strategies as st
 
 EDGE_INTS = [
-    0, -1, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, -(2**32), 2**53 + 1, 2**63 - 1, 2**63,
-    -(2**63), -(2**63) - 1, 2**64, 2**127, 2**128 + 1, -(2**200), 10**40, 10**120,
-]  # fmt: skip
+    0,
+    -1,
+    1,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    -(2**32),
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**64,
+    2**127,
+    2**128 + 1,
+    -(2**200),
+    10**40,
+    10**120,
+]
 EDGE_FLOATS = [0.0, -0.0, 1e-320, 5e-324, 1e308, -1e308, 1.7976931348623157e308, 3.5e38, 0.5, -2.5]
 EDGE_TEXTS = [
-    "nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-1e308", "-1e309", "9" * 60, "9" * 5000,
-    "0x10", " 12 ", "1_000", "", "1e-400", "+7", "--1", "1.5e3", "١٢", "null",
-]  # fmt: skip
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e309",
+    "-1e308",
+    "-1e309",
+    "9" * 60,
+    "9" * 5000,
+    "0x10",
+    " 12 ",
+    "1_000",
+    "",
+    "1e-400",
+    "+7",
+    "--1",
+    "1.5e3",
+    "١٢",
+    "null",
+]
 NUMERIC_COLUMNS = ("age", "diameter_1", "fitspatrick", "diagnostic", "biopsed", "nope")
 
 
@@ -180,8 +215,12 @@ def hostile_requests(
         op = d(st.sampled_from(["gt", "gte", "lt", "lte", "eq", "ne", "in", "nin"]))
         val = d(st.one_of(numbers(), number_texts()))
         cond = {op: [val, d(numbers())] if op in ("in", "nin") else val}
-        return Req("POST", search, {"tile_id": tile_id, "k": 3, "filter": {col: cond}},
-                   family="filter_json")  # fmt: skip
+        return Req(
+            "POST",
+            search,
+            {"tile_id": tile_id, "k": 3, "filter": {col: cond}},
+            family="filter_json",
+        )
 
     @st.composite
     def filter_expr(d: Any) -> Req:
@@ -190,8 +229,9 @@ def hostile_requests(
         expr = f"{col}{sym}{d(number_texts())}"
         if d(st.booleans()):
             return Req("POST", search, {"tile_id": tile_id, "filters": [expr]}, family="expr")
-        return Req("POST", search, form={"tile_id": str(tile_id), "filters": expr},
-                   family="expr_form")  # fmt: skip
+        return Req(
+            "POST", search, form={"tile_id": str(tile_id), "filters": expr}, family="expr_form"
+        )
 
     @st.composite
     def vector(d: Any) -> Req:
@@ -216,30 +256,45 @@ def hostile_requests(
         if slot == 2:
             return Req("POST", f"{search}/batch", {"tile_ids": [tile_id, v]}, family="tile_ids")
         if slot == 3:
-            return Req("POST", search, {"tile_id": tile_id, "level": "slide", "top_m": v},
-                       family="top_m")  # fmt: skip
+            return Req(
+                "POST", search, {"tile_id": tile_id, "level": "slide", "top_m": v}, family="top_m"
+            )
         if slot == 4:
-            return Req("POST", search, {"tile_id": tile_id, "params": {"nprobe": v}},
-                       family="params")  # fmt: skip
+            return Req(
+                "POST", search, {"tile_id": tile_id, "params": {"nprobe": v}}, family="params"
+            )
         if slot == 5:
             box = {"slide": "x", "x": v, "y": 0, "w": v, "h": 10}
             return Req("POST", search, {"region": box}, family="region")
         if slot == 6:
-            return Req("POST", "/cohorts", {"name": "fz", "collection": c, "near_tile_ids": [v],
-                                            "k": 5}, family="near_tile_ids")  # fmt: skip
+            return Req(
+                "POST",
+                "/cohorts",
+                {"name": "fz", "collection": c, "near_tile_ids": [v], "k": 5},
+                family="near_tile_ids",
+            )
         if slot == 7:
-            return Req("POST", "/cohorts", {"name": "fz", "collection": c, "k": v,
-                                            "near_tile_ids": [tile_id]}, family="cohort_k")  # fmt: skip
+            return Req(
+                "POST",
+                "/cohorts",
+                {"name": "fz", "collection": c, "k": v, "near_tile_ids": [tile_id]},
+                family="cohort_k",
+            )
         if slot == 8:
-            return Req("POST", "/cohorts", {"name": "fz", "collection": c, "min_score": v,
-                                            "near_tile_ids": [tile_id]}, family="min_score")  # fmt: skip
+            return Req(
+                "POST",
+                "/cohorts",
+                {"name": "fz", "collection": c, "min_score": v, "near_tile_ids": [tile_id]},
+                family="min_score",
+            )
         if slot == 9:
             body = {"collection": c, "label_column": "diagnostic", "seed": v}
             return Req("POST", d(st.sampled_from(["/exports", "/probes"])), body, family="seed")
         if slot == 10:
             body = {"collection": c, "label_column": "diagnostic", "test_fraction": v}
-            return Req("POST", d(st.sampled_from(["/exports", "/probes"])), body,
-                       family="test_fraction")  # fmt: skip
+            return Req(
+                "POST", d(st.sampled_from(["/exports", "/probes"])), body, family="test_fraction"
+            )
         if slot == 11:
             body = {"collection": c, "label_column": "diagnostic", "fractions": [v]}
             return Req("POST", "/probes", body, family="fractions")
@@ -262,12 +317,19 @@ def hostile_requests(
             )
             return Req("POST", search, raw=raw, family="deep_body")
         if where == 1:
-            return Req("POST", search, form={"tile_id": str(tile_id),
-                                             "filter": f'{{"age": {nested(depth)}}}'},
-                       family="deep_filter_field")  # fmt: skip
+            return Req(
+                "POST",
+                search,
+                form={"tile_id": str(tile_id), "filter": f'{{"age": {nested(depth)}}}'},
+                family="deep_filter_field",
+            )
         if where == 2:
-            return Req("POST", search, form={"tile_id": str(tile_id), "params": nested(depth)},
-                       family="deep_params_field")  # fmt: skip
+            return Req(
+                "POST",
+                search,
+                form={"tile_id": str(tile_id), "params": nested(depth)},
+                family="deep_params_field",
+            )
         raw = f'{{"name": "fz", "collection": "{c}", "filter": {nested(depth)}}}'.encode()
         return Req("POST", "/cohorts", raw=raw, family="deep_cohort")
 
@@ -276,10 +338,16 @@ def hostile_requests(
         name, data = d(image_mutations(pool))
         fname = d(st.sampled_from(["q.jpg", "q.png", "q", "../../etc/passwd", "q.tif"]))
         if d(st.integers(0, 3)) == 0:
-            return Req("POST", "/cohorts", form={"name": "fz", "collection": c, "k": "5"},
-                       files=[("near", fname, data)], family=f"image_cohort:{name}")  # fmt: skip
-        return Req("POST", search, form={"k": "3"}, files=[("image", fname, data)],
-                   family=f"image:{name}")  # fmt: skip
+            return Req(
+                "POST",
+                "/cohorts",
+                form={"name": "fz", "collection": c, "k": "5"},
+                files=[("near", fname, data)],
+                family=f"image_cohort:{name}",
+            )
+        return Req(
+            "POST", search, form={"k": "3"}, files=[("image", fname, data)], family=f"image:{name}"
+        )
 
     return st.one_of(filter_json(), filter_expr(), vector(), scalar_slot(), deep(), image())
 
@@ -297,8 +365,9 @@ def to_flask(client: Any, req: Req, prefix: str = "/api/v1") -> tuple[int, dict[
     elif req.raw is not None:
         r = client.open(path, method=req.method, data=req.raw, content_type="application/json")
     elif req.json_body is not None:
-        r = client.open(path, method=req.method, data=_dumps(req.json_body),
-                        content_type="application/json")  # fmt: skip
+        r = client.open(
+            path, method=req.method, data=_dumps(req.json_body), content_type="application/json"
+        )
     else:
         r = client.open(path, method=req.method)
     return r.status_code, dict(r.headers.items()), r.get_data()

@@ -57,8 +57,9 @@ def submit(
 @bp.get("/jobs")
 def list_jobs() -> Response:
     q = queue()
-    return jsonify({"ok": True, "counts": q.counts(), "workers": q.workers,
-                    "max_queued": q.max_queued})  # fmt: skip
+    return jsonify(
+        {"ok": True, "counts": q.counts(), "workers": q.workers, "max_queued": q.max_queued}
+    )
 
 
 @bp.get("/jobs/<job_id>")

@@ -114,8 +114,9 @@ def test_export_and_probe_routes(own_app: Any) -> None:
     assert [f["fraction"] for f in report["fractions"]] == [0.5, 1.0]
     r = c.post("/api/v1/probes", json={"collection": "derm", "label_column": "nope"})
     assert r.status_code == 422 and "nope" in r.get_json()["error"]
-    r = c.post("/api/v1/probes", json={"collection": "derm", "label_column": "diagnostic",
-                                       "seed": -1})  # fmt: skip
+    r = c.post(
+        "/api/v1/probes", json={"collection": "derm", "label_column": "diagnostic", "seed": -1}
+    )
     assert r.status_code == 422 and "seed" in r.get_json()["error"]
 
 

@@ -77,8 +77,10 @@ def test_vectors_ids_k_and_seeds(app: Any, client: Any) -> None:
     assert r.status_code == 422 and "at most 64" in r.get_json()["error"]
     for route in ("exports", "probes"):
         for seed in (-1, 2**32, "x"):
-            r = client.post(f"{API}/{route}", json={"collection": "derm",
-                                                     "label_column": "diagnostic", "seed": seed})  # fmt: skip
+            r = client.post(
+                f"{API}/{route}",
+                json={"collection": "derm", "label_column": "diagnostic", "seed": seed},
+            )
             assert r.status_code == 422 and "seed" in r.get_json()["error"], (route, seed)
 
 
@@ -111,12 +113,15 @@ def test_decompression_bomb_is_refused_before_decoding(client: Any) -> None:
     assert pixels.shape == (7000, 7000, 3)
     del pixels
     t0, rss0 = time.process_time(), _rss_mb()
-    r = client.post(SEARCH, data={"image": (io.BytesIO(bomb), "bomb.jpg")},
-                    content_type="multipart/form-data")  # fmt: skip
+    r = client.post(
+        SEARCH, data={"image": (io.BytesIO(bomb), "bomb.jpg")}, content_type="multipart/form-data"
+    )
     after_cpu, after_mb = time.process_time() - t0, _rss_mb() - rss0
     assert r.status_code == 413 and "pixels per byte" in r.get_json()["error"], r.get_json()
-    print(f"bomb: decode {before_cpu:.2f}s +{before_mb:.0f} MB -> refused {after_cpu:.3f}s "
-          f"+{after_mb:.0f} MB")  # fmt: skip
+    print(
+        f"bomb: decode {before_cpu:.2f}s +{before_mb:.0f} MB -> refused {after_cpu:.3f}s "
+        f"+{after_mb:.0f} MB"
+    )
     assert after_cpu < 0.1 and after_mb < 20
 
 
@@ -134,8 +139,9 @@ def test_real_photos_pass_the_budget(client: Any, derm_images: list[Path]) -> No
 def test_excess_searches_are_shed_with_429(derm_home: Path) -> None:
     from api.app import create_app
 
-    app = create_app({"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None,
-                      "MAX_INFLIGHT": 1})  # fmt: skip
+    app = create_app(
+        {"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None, "MAX_INFLIGHT": 1}
+    )
     c = app.test_client()
     assert c.post(SEARCH, json={"tile_id": 3, "k": 2}).status_code == 200
     gate = app.extensions["lamina_gate"]
@@ -152,14 +158,18 @@ def test_excess_searches_are_shed_with_429(derm_home: Path) -> None:
 def test_waits_past_the_deadline_answer_503(derm_home: Path, derm_images: list[Path]) -> None:
     from api.app import create_app
 
-    app = create_app({"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None,
-                      "SEARCH_TIMEOUT_S": 0.3})  # fmt: skip
+    app = create_app(
+        {"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None, "SEARCH_TIMEOUT_S": 0.3}
+    )
     c = app.test_client()
     lock = app.extensions["lamina"].embed_lock
     with lock:  # another request embedding for longer than this one's budget
         t0 = time.monotonic()
-        r = c.post(SEARCH, data={"image": (io.BytesIO(derm_images[0].read_bytes()), "q.jpg")},
-                   content_type="multipart/form-data")  # fmt: skip
+        r = c.post(
+            SEARCH,
+            data={"image": (io.BytesIO(derm_images[0].read_bytes()), "q.jpg")},
+            content_type="multipart/form-data",
+        )
         waited = time.monotonic() - t0
     assert r.status_code == 503 and r.get_json()["code"] == "DEADLINE_EXCEEDED"
     assert 0.25 < waited < 5

@@ -66,8 +66,12 @@ def test_a_failed_job_carries_the_error_body() -> None:
 
     job = q.submit("probe", bad)
     assert _until(lambda: job.status == "failed")
-    assert job.error == {"ok": False, "status": 422, "code": "INVALID_QUERY",
-                         "error": "a probe needs at least two classes"}  # fmt: skip
+    assert job.error == {
+        "ok": False,
+        "status": 422,
+        "code": "INVALID_QUERY",
+        "error": "a probe needs at least two classes",
+    }
     q.close()
 
 
@@ -88,8 +92,12 @@ def test_probe_cancelled_while_running_and_export_through_client(
     from api.client import Client, LaminaError
 
     c = jobs_app.test_client()
-    body = {"collection": "derm", "label_column": "diagnostic", "split_by": "patient_id",
-            "fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1]}  # fmt: skip
+    body = {
+        "collection": "derm",
+        "label_column": "diagnostic",
+        "split_by": "patient_id",
+        "fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1],
+    }
     r = c.post("/api/v1/probes", json=body)
     assert r.status_code == 202
     job_id = r.get_json()["job"]["id"]
@@ -107,8 +115,9 @@ def test_probe_cancelled_while_running_and_export_through_client(
 
     seen: list[dict[str, Any]] = []
     client = Client("http://in-process", transport=flask_transport_cls(jobs_app))
-    info = client.export("derm", label_column="diagnostic", out=tmp_path / "e.csv",
-                         progress=seen.append)  # fmt: skip
+    info = client.export(
+        "derm", label_column="diagnostic", out=tmp_path / "e.csv", progress=seen.append
+    )
     assert info.snapshot and info.n_bytes > 1000 and (tmp_path / "e.csv").stat().st_size > 1000
     assert seen[-1]["status"] == "done" and seen[-1]["download"].endswith("/file")
     with pytest.raises(LaminaError) as exc:

@@ -106,7 +106,16 @@ def test_hostile_requests(fuzz_app: Any, derm_images: list[Path]) -> None:
     elapsed = time.monotonic() - started
     print(f"{sum(statuses.values())} hostile requests in {elapsed:.1f}s: {dict(statuses)}")
     # every family was exercised, and the edge cases were refused, not just answered
-    for family in ("filter_json", "expr", "vector", "deep_body", "deep_filter_field", "image",
-                   "seed", "near_tile_ids", "k"):  # fmt: skip
+    for family in (
+        "filter_json",
+        "expr",
+        "vector",
+        "deep_body",
+        "deep_filter_field",
+        "image",
+        "seed",
+        "near_tile_ids",
+        "k",
+    ):
         assert families[family] > 0, families
     assert statuses[422] + statuses[400] + statuses[413] > sum(statuses.values()) // 3
