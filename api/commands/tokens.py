@@ -43,7 +43,12 @@ def register(cli: click.Group) -> None:
     def add_command(ctx: CliContext, name: str, scope: str, as_json: bool) -> None:
         """Create token NAME and print its secret (shown once; only its hash is stored)."""
         from api.auth import TokenStore
+        from api.errors import ApiError
 
+        if not ctx.home.is_dir():
+            raise ApiError(
+                f"no store at {ctx.home}: give --home or set LAMINA_HOME", 404, "NO_STORE"
+            )
         secret = TokenStore(ctx.home).add(name, scope)
         _audit(ctx, "token add", name)
         if as_json:
