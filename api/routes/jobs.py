@@ -51,7 +51,17 @@ def submit(
     collection: str | None = None,
     prepared: tuple[str, Path] | None = None,
 ) -> Response:
-    return accepted(queue().submit(kind, run, collection, prepared))
+    try:
+        job = queue().submit(kind, run, collection, prepared)
+    except ApiError as exc:
+        if exc.code != "JOB_QUEUE_FULL":
+            raise
+        from api.app import error_response
+
+        resp = error_response(exc.status, exc.code, str(exc))
+        resp.headers["Retry-After"] = "5"
+        return resp
+    return accepted(job)
 
 
 @bp.get("/jobs")
