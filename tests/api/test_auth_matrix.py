@@ -377,6 +377,18 @@ def test_cli_sends_token_to_a_protected_server(
                   env={"LAMINA_CONFIG": str(config)})  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.output)["cohort"]["n_tiles"] == 2
 
+    out = tmp_path / "set.parquet"
+    export = ["--url", server, "export", "--collection", "syn", "--label-column", "label"]
+    res = _lamina([*export, "--out", str(out), "--json"], env={"LAMINA_CONFIG": str(config)})
+    assert res.exit_code == 0 and out.is_file(), res.output
+    import pyarrow.parquet as pq
+
+    assert set(pq.read_table(out).column("source").to_pylist()) == {
+        f"sub/TCGA-{s:02d}.svs" for s in range(4)
+    }
+    res = _lamina(["--token", tok["read"], *export, "--out", str(tmp_path / "r.parquet")])
+    assert res.exit_code == 2 and "FORBIDDEN" in res.output, res.output
+
     os.chmod(config, 0o644)  # a config file others can read is refused, not used
     res = _lamina(search, env={"LAMINA_CONFIG": str(config)})
     assert res.exit_code == 2 and "chmod 600" in res.output and "error:" in res.output
@@ -523,6 +535,15 @@ def test_no_answer_shows_server_paths_or_other_collections(world: dict[str, Any]
                 bad.append((method, path, r.status_code, _leaks(text, world)[:3]))
             if r.status_code == 202:
                 jobs.append(r.get_json()["job"]["id"])
+    import io
+
+    bad_upload = {"encoder_name": "external/x", "dim": "16", "file": (io.BytesIO(b"junk"), "e.h5")}
+    r = c.post("/api/v1/collections/impx/import", data=bad_upload, headers=auth)
+    assert r.status_code in (202, 422), r.get_data(as_text=True)
+    if _leaks(r.get_data(as_text=True), world):
+        bad.append(("POST", "import", r.status_code, _leaks(r.get_data(as_text=True), world)))
+    if r.status_code == 202:
+        jobs.append(r.get_json()["job"]["id"])
     for job in jobs:  # finished jobs' answers, results included
         deadline = time.monotonic() + 30
         while True:
