@@ -314,11 +314,11 @@ def _connect(path: Path) -> tuple[sa.Engine, sa.Connection]:
                 "`lamina serve`, or another command). Talk to the server with "
                 "--url http://HOST:PORT or LAMINA_URL instead of opening the store."
             ) from None
-        text = str(exc.orig)
+        text = _without_home(str(exc.orig), path)
         if "No space left" in text:
-            raise DiskFullError(f"opening the catalog {path} failed: {text}") from None
+            raise DiskFullError(f"opening the catalog {path.name} failed: {text}") from None
         raise CatalogDamagedError(
-            f"the catalog {path} cannot be opened ({text}). Cohorts and export records are "
+            f"the catalog {path.name} cannot be opened ({text}). Cohorts and export records are "
             f"kept there; the collections are not affected. Move the file aside to start an "
             "empty catalog."
         ) from None
@@ -385,13 +385,18 @@ def _set_aside_if_empty(path: Path) -> bool:
 
 def _write_error(path: Path, exc: sa.exc.DBAPIError) -> StoreError:
     """A catalog write that failed: the transaction was rolled back, nothing was saved."""
-    text = str(exc.orig)
+    text = _without_home(str(exc.orig), path)
     what = f"writing the catalog {path.name} failed; nothing was saved ({text.splitlines()[0]})"
     if "No space left" in text:
         return DiskFullError(what + "; free space and run it again")
     if "IO Error" in text or "Could not write" in text:
         return StoreIOError(what)
     return StoreError(what)
+
+
+def _without_home(text: str, path: Path) -> str:
+    """A DuckDB message with the home's location left out (errors never show server paths)."""
+    return text.replace(str(path.parent) + os.sep, "")
 
 
 def _duck(conn: sa.Connection) -> Any:
