@@ -8,7 +8,7 @@ ingest (24 PAD-UFES-20 photos, a commit every 4), slide ingest (3 slides, a comm
 segments), ``lamina collection build`` (an IVF4 index over them) and ``lamina cohort create``.
 Each is first run once uninterrupted: that run is the reference and its wall time T. Kill ``i``
 takes operation ``i mod 6``, starts it on a fresh copy of the operation's starting home, sends
-SIGKILL after a delay drawn uniformly from [0.6 F, T] by ``random.Random(seed)``, where F is
+SIGKILL after a delay drawn uniformly from [0.85 F, T] by ``random.Random(seed)``, where F is
 when the reference run first made something durable (a segment, an index file, the catalog) --
 so kills land around the commits, not in interpreter start-up; a run is reproducible up to the
 machine's timing. It then runs the same command to completion in this
@@ -357,7 +357,7 @@ def run(
             home = root / "runs" / f"{op.name}-{attempts}"
             shutil.copytree(root / "bases" / op.base, home)
             # from well before the first commit to the end of the run
-            delay = rng.uniform(0.6 * ref.first_change, ref.seconds) * scale[op.name]
+            delay = rng.uniform(0.85 * ref.first_change, ref.seconds) * scale[op.name]
             proc = _start(home, op)
             time.sleep(delay)
             if proc.poll() is not None:
