@@ -23,20 +23,22 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from encoders import Encoder
+from indexer.manifest import Manifest
 from indexer.pipeline import Ingest, IngestOptions
 from search.segments import RESERVED_COLUMNS, retire
 from search.store import Collection
 from search.verify import quarantined_ids, scan_segments
 
 
-class _Recorded:
-    """Manifest stand-in: the metadata each source had when first indexed, by resolved path."""
+class _Recorded(Manifest):
+    """The metadata each source had when first indexed, matched by resolved path."""
 
-    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
-        self.rows = rows
+    def __init__(self, by_path: dict[str, dict[str, Any]]) -> None:
+        super().__init__(Path("recorded"), "source", [], list(by_path.values()))
+        self.by_path = by_path
 
     def match(self, file: Path) -> dict[str, Any] | None:
-        return self.rows.get(str(Path(file).resolve()))
+        return self.by_path.get(str(Path(file).resolve()))
 
 
 def recorded_sources(directory: Path) -> tuple[list[dict[str, Any]], str | None]:

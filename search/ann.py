@@ -220,7 +220,11 @@ class AnnIndex:
             "built_from": {"vectors": vectors_digest, "trained": self.trained_digest},
         }
         write_json_atomic(path.with_suffix(".sum"), record)
-        _write_atomic(path, lambda p: p.write_bytes(data))
+
+        def write(p: Path) -> None:
+            p.write_bytes(data)
+
+        _write_atomic(path, write)
 
     def memory_bytes(self) -> int:
         with self._lock:
