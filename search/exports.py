@@ -478,7 +478,9 @@ def labeled_set_for(
 
     tile_ids, record = (None, None)
     if cohort is not None:
-        tile_ids, record = cohort_tile_ids(catalog, cohort, view.collection.name)
+        tile_ids, record = cohort_tile_ids(
+            catalog, cohort, view.collection.name, view.collection.uuid
+        )
     return build_labeled_set(
         view,
         label_column,
