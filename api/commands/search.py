@@ -167,6 +167,8 @@ def register(cli: click.Group) -> None:
             emit_json(doc)
             return
         _print_hits(doc)
+        if doc.get("missing_segments"):
+            click.echo(f"warning: {doc.get('warning')}", err=True)
         if explain:
             click.echo(format_plan(doc.get("plan") or {}), err=True)
 
