@@ -290,4 +290,5 @@ def rank_slides(
         groups=groups,
         query=query,
         plan=plan,
+        missing_segments=view.missing_segments,
     )
