@@ -24,7 +24,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class _Raw(Protocol):
-    def _raw(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]: ...
+    def _raw(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]: ...
 
 
 def accepted_job(data: bytes) -> dict[str, Any]:
@@ -73,9 +73,9 @@ def wait_for_job(
     if status == "failed":
         err = job.get("error") or {}
         code, http = str(err.get("code") or "JOB_FAILED"), int(err.get("status") or 500)
-        exc = _error_class(http, code)(http, code, str(err.get("error") or "job failed"))
-        exc.job = job  # type: ignore[attr-defined]
-        raise exc
+        failure = _error_class(http, code)(http, code, str(err.get("error") or "job failed"))
+        failure.job = job  # type: ignore[attr-defined]
+        raise failure
     raise LaminaError(409, "JOB_CANCELLED", f"job {job['id']} was cancelled")
 
 

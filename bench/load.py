@@ -124,7 +124,7 @@ def run_load(clients: int, seconds: float, workers: int = 8) -> dict[str, Any]:
                                 timeout=60,
                             )
                         elif kind == "tile_filtered":
-                            body = {
+                            body: dict[str, Any] = {
                                 "tile_id": tile,
                                 "k": 10,
                                 "filter": {"diagnostic": {"in": ["BCC", "MEL"]}},
