@@ -15,7 +15,8 @@ Method:
   guessing and keeps every request's check in microseconds. The file is re-read when its
   (inode, size, mtime) changes: ``lamina token revoke`` takes effect on the next request.
 - Auth is on when ``LAMINA_API_TOKEN`` is set or the tokens file exists (even with every
-  token revoked: revoking the last token locks the API, it never opens it). Off, every caller
+  token revoked: revoking the last token locks the API, it never opens it); a server that has
+  seen the file keeps auth on if the file is then deleted. Off, every caller
   is ``anonymous`` with admin scope (``lamina serve`` allows that on loopback hosts only).
 - Every route has one scope in :data:`ROUTES` (``public`` < ``read`` < ``write`` < ``admin``)
   and an audit action; a route missing from the table needs ``admin``. The presented secret's
@@ -266,11 +267,15 @@ class Authenticator:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._tokens: list[tuple[str, str, bytes]] = []
+        self._seen_file = False  # once a tokens file was seen, auth stays on (even if deleted)
         self._reload()  # a damaged or public tokens file stops the app from starting
 
     @property
     def enabled(self) -> bool:
-        return self.env_digest is not None or self.store.exists()
+        if self.env_digest is not None or self._seen_file:
+            return True
+        self._seen_file = self.store.exists()
+        return self._seen_file
 
     def _reload(self) -> None:
         try:
@@ -284,6 +289,7 @@ class Authenticator:
             records = self.store.load()
             self._tokens = [(t["name"], t["scope"], bytes.fromhex(t["sha256"])) for t in records]
             self._stamp = stamp
+            self._seen_file = self._seen_file or stamp is not None
 
     def authenticate(self, header: str) -> Principal | None:
         """The principal of an ``Authorization`` header, or None (missing or wrong token)."""

@@ -158,6 +158,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # one `lamina serve` per placeholder, in parallel: ~10 s on 2 cores
 def test_serve_refuses_placeholder_token(tmp_path: Path) -> None:
     """Every placeholder: `lamina serve --host 0.0.0.0` exits 2 with an error, serving nothing."""
     procs = []
@@ -274,6 +275,8 @@ def test_revoking_every_token_locks_the_api(
     store.revoke("only")
     assert c.get("/api/v1/collections").status_code == 401
     assert "snapshots" not in c.get("/api/v1/health").get_json()
+    store.path.unlink()  # a deleted tokens file does not open a running server either
+    assert c.get("/api/v1/collections").status_code == 401
 
 
 def test_tokens_file_is_private_and_holds_no_secret(world: dict[str, Any]) -> None:
