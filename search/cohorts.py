@@ -309,6 +309,8 @@ def create_cohort(
         "min_score": min_score,
         "collection_uuid": view.collection.uuid,
     }
+    if view.missing_segments:  # computed without the tiles of damaged segments: said so
+        definition["missing_segments"] = view.missing_segments
     record = {
         "name": name,
         "collection": collection,
@@ -333,6 +335,8 @@ def show_cohort(
     record = catalog.cohort(name, version)
     view = service.view(record["collection"])
     check_identity(record, view.collection.uuid)
+    if view.missing_segments:
+        record["missing_segments"] = view.missing_segments
     ids, _ = catalog.members(name, record["version"])
     record["counts"] = cohort_counts(view, ids, label_column)
     return record

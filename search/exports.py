@@ -285,6 +285,7 @@ def build_labeled_set(
         "lamina_version": lamina_version(),
         "collection": view.collection.name,
         "snapshot": view.snapshot.id,
+        "missing_segments": view.missing_segments,  # damaged segments left out (see verify)
         "encoder": view.collection.fingerprint,
         "encoder_key": view.collection.encoder_key,
         "label_column": label_column,

@@ -218,6 +218,7 @@ def probe_labeled_set(
         "ok": True,
         "collection": meta.get("collection"),
         "snapshot": meta.get("snapshot"),
+        "missing_segments": meta.get("missing_segments", []),
         "encoder": meta.get("encoder"),
         "label_column": meta.get("label_column"),
         "split_by": meta.get("split_by"),
