@@ -16,7 +16,8 @@ Rotation: before a line would take the file over ``max_bytes`` (default 10 MB), 
 renamed ``audit.jsonl.1`` (older ones shift up to ``.<backups>``, default 5; the oldest is
 dropped). Writers of all threads and processes of one home serialise on an flock of
 ``audit/.lock``, so rotation never loses or splits a line. Lines are only ever appended;
-a failed write (a full disk) is logged as an error and does not fail the request.
+a failed write (a full disk) is logged as an error and does not fail the request. A home
+that does not exist (a server started before its first ingest) gets no log until it does.
 ``LAMINA_AUDIT=off`` disables the log.
 """
 
@@ -75,7 +76,9 @@ class AuditLog:
     def _append(self, line: bytes) -> None:
         with self._lock:
             if self._lock_fd is None:
-                self.dir.mkdir(parents=True, exist_ok=True)
+                if not self.dir.parent.is_dir():
+                    return  # no store there (yet): nothing to protect, and no stray folders
+                self.dir.mkdir(exist_ok=True)
                 self._lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
                 weakref.finalize(self, os.close, self._lock_fd)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)

@@ -461,10 +461,13 @@ def test_audit_rotation_across_threads(tmp_path: Path) -> None:
     assert sorted((x["token"], x["ms"]) for x in lines) == sorted(
         (f"t{t}", float(i)) for t in range(8) for i in range(150)
     )
+    (tmp_path / "b").mkdir()
     small = AuditLog(tmp_path / "b", max_bytes=2048, backups=2)
     for i in range(100):
         small.record(token="x", action="search", status=200, ms=float(i))
     assert len(small.files()) == 3  # the oldest rotated files are dropped
+    AuditLog(tmp_path / "no-home").record(token="x", action="search", status=404)
+    assert not (tmp_path / "no-home").exists()  # no stray folders for a missing home
 
 
 def test_audit_can_be_disabled(world: dict[str, Any], tmp_path: Path) -> None:
