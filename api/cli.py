@@ -73,7 +73,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                     "code": exc.code,
                     "error": exc.message,
                 }
-                message = f"{exc.message} ({exc.code} from the server)"
+                source = "from the server" if exc.status else "before reaching the server"
+                message = f"{exc.message} ({exc.code} {source})"
             else:
                 body, message = error_body(exc), str(exc)
                 if isinstance(exc, _Unexpected):
