@@ -44,7 +44,14 @@ import numpy as np
 
 from search.errors import InvalidIndexFactoryError, StoreError, io_failure
 from search.index_spec import IndexSpec, parse_factory
-from search.integrity import HASH, check_segment, digest_bytes, file_entry, meta_checksum
+from search.integrity import (
+    HASH,
+    OPEN_HASH_BYTES,
+    check_segment,
+    digest_bytes,
+    file_entry,
+    meta_checksum,
+)
 from search.segments import VECTOR_DTYPES, SegmentInfo, fsync_dir, write_json_atomic
 from search.store import Collection
 
@@ -175,13 +182,19 @@ class AnnIndex:
             self._segments[segment_id] = part
         return part
 
-    def part_problem(self, segment_id: str, data: bytes | None = None) -> str | None:
+    def part_problem(
+        self, segment_id: str, data: bytes | None = None, hash_limit: int | None = None
+    ) -> str | None:
         """Why this segment's sidecar must not be trusted, or None (sound, or written before
         checksums: unverified). Its ``.sum`` record must match its bytes, the trained file
-        (centroids / template) of this version, and the vectors the segment records now."""
+        (centroids / template) of this version, and the vectors the segment records now.
+        Without ``data``, a sidecar larger than ``hash_limit`` bytes (default: no limit) is
+        checked by size only (its bytes are hashed when it is loaded)."""
         path = self.sidecar(segment_id)
         try:
-            data = path.read_bytes() if data is None else data
+            size = path.stat().st_size if data is None else len(data)
+            if data is None and (hash_limit is None or size <= hash_limit):
+                data = path.read_bytes()
         except FileNotFoundError:
             return "not indexed"
         except OSError as exc:
@@ -194,7 +207,7 @@ class AnnIndex:
             return "its checksum record is unreadable"
         if not isinstance(rec, dict):
             return "its checksum record is unreadable"
-        if rec.get("size") != len(data) or rec.get(HASH) != digest_bytes(data):
+        if rec.get("size") != size or (data is not None and rec.get(HASH) != digest_bytes(data)):
             return "content does not match its checksum"
         built = rec.get("built_from") or {}
         if built.get("trained") != self.trained_digest:
@@ -434,7 +447,11 @@ def _build(
         meta["checksum"] = meta_checksum(meta)
         current = AnnIndex(spec, final, version, meta)
         trained = True
-    todo = [s for s in segments if current.part_problem(s.segment_id) is not None]
+    todo = [
+        s
+        for s in segments
+        if current.part_problem(s.segment_id, hash_limit=OPEN_HASH_BYTES) is not None
+    ]
     total = sum(s.n_tiles for s in todo)
     done = 0
     for seg in todo:

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from search.integrity import (
+    OPEN_HASH_BYTES,
     Problem,
     check_segment,
     duplicate_tile_ids,
@@ -204,7 +205,7 @@ def _collection_problems(col: Collection, healthy: Sequence[SegmentInfo]) -> lis
 
 
 def _index_problems(
-    col: Collection, healthy: Sequence[SegmentInfo], notes: dict[str, Any]
+    col: Collection, healthy: Sequence[SegmentInfo], notes: dict[str, Any], deep: bool = False
 ) -> list[Problem]:
     """Problems of the ANN index; ``notes`` gets what is merely not built yet (searched
     exactly meanwhile: ``not_built`` or ``unindexed`` segments)."""
@@ -241,7 +242,7 @@ def _index_problems(
         ]
     out = []
     for seg in healthy:
-        problem = ann.part_problem(seg.segment_id)
+        problem = ann.part_problem(seg.segment_id, hash_limit=None if deep else OPEN_HASH_BYTES)
         if problem == "not indexed":
             notes.setdefault("unindexed", []).append(seg.path.name)
         elif problem is not None:
@@ -265,7 +266,7 @@ def verify(
     healthy, problems, unverified_ids = scan_segments(col, deep=deep)
     problems += _collection_problems(col, healthy)
     notes: dict[str, Any] = {"factory": col.index_factory}
-    problems += _index_problems(col, healthy, notes)
+    problems += _index_problems(col, healthy, notes, deep)
     doc: dict[str, Any] = {
         "collection": col.name,
         "deep": deep,
