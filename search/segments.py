@@ -256,7 +256,8 @@ def _listing(segments_dir: Path) -> tuple[list[SegmentInfo], dict[str, str]] | N
                     broken[entry] = "segment.json is missing"
                 continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                broken[entry] = f"segment.json is unreadable ({type(exc).__name__})"
+                if path.is_dir():  # a stray file is not a segment
+                    broken[entry] = f"segment.json is unreadable ({type(exc).__name__})"
                 continue
             _INFO_CACHE[path] = info
         out.append(info)
