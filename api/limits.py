@@ -8,9 +8,10 @@ in-flight search slots and a per-request deadline.
   are refused (they are not JSON). Errors are 400 ``BAD_REQUEST`` naming the field.
 - Integers: ids are int64 (``0 <= id < 2**63``), seeds are ``0 <= seed < 2**32`` (numpy's
   and scikit-learn's seed range); floats must be finite.
-- Load shedding: at most ``MAX_INFLIGHT`` expensive requests (searches, image renders,
-  cohort creation) run at once per process; the next one is answered at once with 429
-  ``OVERLOADED`` and ``Retry-After`` instead of waiting in an unbounded queue.
+- Load shedding: at most ``MAX_INFLIGHT`` data requests (searches, collection status, tiles,
+  image renders, cohort creation) run at once per process; the next one is answered at once
+  with 429 ``OVERLOADED`` and ``Retry-After`` instead of waiting in a queue. ``lamina serve``
+  sets it to half its threads, so the other half answer refusals and cheap routes at once.
 - Deadline: each guarded request has ``SEARCH_TIMEOUT_S`` seconds (default 30); waits for
   shared resources (the embedding lock) are bounded by what is left, and a request past its
   deadline answers 503 ``DEADLINE_EXCEEDED``. Work that cannot finish in that time belongs in

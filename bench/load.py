@@ -3,7 +3,7 @@ commits into the same collection.
 
     .venv/bin/python -m bench.load [--clients 64] [--seconds 60] [--workers 8]
 
-Indexes the first 200 derm photos, starts ``lamina serve --workers W`` (MAX_INFLIGHT W-2),
+Indexes the first 200 derm photos, starts ``lamina serve --workers W`` (MAX_INFLIGHT W/2),
 then for ``--seconds``: a loop of ``lamina index`` runs, 10 new photos each, into the same
 collection (each commit is a new snapshot the server picks up), and ``--clients`` threads
 each sending requests back to back: search by stored tile (half filtered), by vector, by
@@ -202,7 +202,7 @@ def run_load(clients: int, seconds: float, workers: int = 8) -> dict[str, Any]:
         "clients": clients,
         "seconds": round(elapsed, 1),
         "server_workers": workers,
-        "max_inflight": max(1, workers - 2),
+        "max_inflight": max(1, workers // 2),
         "requests": n,
         "answered_per_s": round(n / elapsed, 1),
         "ok": n - shed - _bad(statuses),

@@ -71,7 +71,7 @@ def register(cli: click.Group) -> None:
             _refuse(str(exc))
         limit = int(app.config["MAX_CONTENT_LENGTH"] or 0)
         if "LAMINA_MAX_INFLIGHT" not in os.environ:  # keep threads free for cheap routes and 429s
-            app.config["MAX_INFLIGHT"] = max(1, workers - 2)
+            app.config["MAX_INFLIGHT"] = max(1, workers // 2)
         auth = "token required" if enabled else "no token"
         click.echo(
             f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",

@@ -52,6 +52,7 @@ def encoders() -> Response:
 
 
 @bp.get("/collections")
+@guarded
 def collections() -> Response:
     from search.errors import CollectionDamagedError
     from search.status import collection_status
@@ -71,6 +72,7 @@ def collections() -> Response:
 
 
 @bp.get("/collections/<name>")
+@guarded
 def collection(name: str) -> Response:
     from search.status import collection_status
 
@@ -130,6 +132,7 @@ def _tile_row(tile_id: int) -> tuple[str, Any, dict[str, Any]]:
 
 
 @bp.get("/tiles/<int:tile_id>")
+@guarded
 def tile(tile_id: int) -> Response:
     name, view, row = _tile_row(tile_id)
     return jsonify(
