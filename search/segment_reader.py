@@ -258,6 +258,8 @@ def reader_for(info: SegmentInfo) -> SegmentReader:
         return hit
     problems = check_segment(info)
     if problems:
+        if not info.path.exists():  # retired by a compaction meanwhile: the caller lists again
+            raise FileNotFoundError(str(info.path))
         raise DamagedSegmentError(problems)
     try:
         reader = SegmentReader(info)

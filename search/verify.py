@@ -54,7 +54,20 @@ def _ids_loader(seg: SegmentInfo) -> Callable[[], np.ndarray]:
 def scan_segments(
     col: Collection, *, deep: bool = False, hash_limit: int | None = None
 ) -> tuple[list[SegmentInfo], list[Problem], list[str]]:
-    """(healthy segments, problems, unverified segment ids) of the collection's snapshot."""
+    """(healthy segments, problems, unverified segment ids) of the collection's snapshot.
+
+    A segment that vanished while being checked (retired by a compaction that committed its
+    merge meanwhile) is not damage: the collection is listed again."""
+    for _ in range(3):
+        out = _scan(col, deep, hash_limit)
+        if all(s.path.exists() for s in out[3]):
+            break
+    return out[0], out[1], out[2]
+
+
+def _scan(
+    col: Collection, deep: bool, hash_limit: int | None
+) -> tuple[list[SegmentInfo], list[Problem], list[str], list[SegmentInfo]]:
     snap = col.snapshot()
     problems = [Problem(d, f"segments/{d}", reason) for d, reason in snap.damaged]
     healthy: list[SegmentInfo] = []
@@ -88,7 +101,7 @@ def scan_segments(
             )
         )
     healthy = [s for s in healthy if s.path.name not in dropped]
-    return healthy, problems, [s.path.name for s in healthy if unverified(s)]
+    return healthy, problems, [s.path.name for s in healthy if unverified(s)], list(snap.segments)
 
 
 def _sha256(path: Path) -> str:
