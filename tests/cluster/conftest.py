@@ -1,0 +1,265 @@
+"""A real local Ray cluster for the cluster tests: one head and two worker nodes on this machine.
+
+Each node is its own ``ray start --block`` process (its own raylet, object store and workers),
+started in its own session with a temp dir unique to this test run, so two runs on one machine
+never share or stop each other's processes. Teardown ends only the processes this fixture
+started (by process group and process id), never ``ray stop``, which would stop every Ray on the machine.
+
+``ray_cluster.kill_worker(i)`` SIGKILLs the raylet of worker node ``i`` (a node dying: its
+``ray start`` process then ends the node's remaining processes); ``restart_worker(i)`` starts a
+fresh node in its place. Node failure detection is shortened (1 s health checks) so a killed
+node is declared dead within a few seconds instead of the default ~30 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+OBJECT_STORE_BYTES = 150_000_000
+START_TIMEOUT_S = 90.0
+SYSTEM_CONFIG = {
+    "health_check_initial_delay_ms": 1000,
+    "health_check_period_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Node:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class RayCluster:
+    """A running local cluster: ``address`` is what ``--cluster`` / ``RAY_ADDRESS`` take."""
+
+    address: str
+    temp_dir: Path
+    head: _Node
+    workers: list[_Node] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A subprocess environment that reaches this cluster (``RAY_ADDRESS`` set)."""
+        env = dict(os.environ)
+        env["RAY_ADDRESS"] = self.address
+        env.update(extra)
+        return env
+
+    def worker_alive(self, i: int) -> bool:
+        return self.workers[i].proc.poll() is None
+
+    def kill_worker(self, i: int = 0, timeout_s: float = 30.0) -> None:
+        """SIGKILL the raylet of worker node ``i`` and wait until the node's processes are gone."""
+        node = self.workers[i]
+        if node.proc.poll() is not None:
+            return
+        raylets = [pid for pid in _descendants(node.proc.pid) if _comm(pid) == "raylet"]
+        if not raylets:
+            raise RuntimeError(f"no raylet under worker node {node.name} (pid {node.proc.pid})")
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)
+        try:
+            node.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(node.proc)
+
+    def restart_worker(self, i: int = 0) -> None:
+        """Start a fresh worker node in slot ``i`` (after ``kill_worker``)."""
+        old = self.workers[i]
+        if old.proc.poll() is None:
+            _kill_group(old.proc)
+        self.workers[i] = _start_worker(self.address, self.temp_dir, f"w{i}")
+
+    def wait_for_nodes(self, n: int, timeout_s: float = 60.0) -> None:
+        """Block until the cluster counts ``n`` alive nodes (asked from a separate driver)."""
+        code = (
+            "import ray,sys,time\n"
+            f"ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False)\n"
+            f"end=time.time()+{timeout_s}\n"
+            "while time.time()<end:\n"
+            "    n=sum(1 for x in ray.nodes() if x['Alive'])\n"
+            f"    if n=={n}: sys.exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(1)\n"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, timeout=timeout_s + 60
+        )
+        if r.returncode != 0:
+            raise RuntimeError(
+                f"cluster did not reach {n} alive nodes: {r.stderr.decode()[-2000:]}"
+            )
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (from /proc: Linux only, like the rest of the fixture)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        cur = frontier.pop()
+        kids = [pid for pid, pp in parent.items() if pp == cur]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [RAY, "start", "--block", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO),
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _wait_started(node: _Node) -> None:
+    end = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < end:
+        text = node.log.read_text(errors="replace") if node.log.exists() else ""
+        if "Ray runtime started" in text:
+            return
+        if node.proc.poll() is not None:
+            raise RuntimeError(f"ray node {node.name} exited while starting:\n{text[-3000:]}")
+        time.sleep(0.3)
+    _kill_group(node.proc)
+    raise RuntimeError(f"ray node {node.name} did not start in {START_TIMEOUT_S:.0f} s")
+
+
+def _common_args(temp_dir: Path) -> list[str]:
+    return [
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(OBJECT_STORE_BYTES),
+        "--node-ip-address",
+        "127.0.0.1",
+        "--temp-dir",
+        str(temp_dir),
+        "--disable-usage-stats",
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+    ]
+
+
+def _start_worker(address: str, temp_dir: Path, name: str) -> _Node:
+    log = temp_dir / f"{name}-{time.monotonic_ns()}.log"
+    args = ["--address", address, *_common_args(temp_dir), "--resources", json.dumps({name: 1})]
+    node = _Node(name, _spawn(args, log), log)
+    _wait_started(node)
+    return node
+
+
+def start_cluster(n_workers: int = 2) -> RayCluster:
+    """Start a head and ``n_workers`` worker nodes (1 CPU each); stop with ``stop_cluster``."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="lray", dir="/tmp"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head_args = [
+        "--head",
+        "--port",
+        str(port),
+        "--include-dashboard",
+        "false",
+        "--dashboard-port",
+        str(_free_port()),
+        "--ray-client-server-port",
+        str(_free_port()),
+        *_common_args(temp_dir),
+        "--system-config",
+        json.dumps(SYSTEM_CONFIG),
+        "--resources",
+        json.dumps({"head": 1}),
+    ]
+    head = _Node("head", _spawn(head_args, temp_dir / "head.log"), temp_dir / "head.log")
+    cluster = RayCluster(address=address, temp_dir=temp_dir, head=head)
+    try:
+        _wait_started(head)
+        for i in range(n_workers):
+            cluster.workers.append(_start_worker(address, temp_dir, f"w{i}"))
+    except BaseException:
+        stop_cluster(cluster)
+        raise
+    return cluster
+
+
+def stop_cluster(cluster: RayCluster) -> None:
+    """End every process this cluster started: workers first, then the head; remove its temp dir."""
+    for node in [*cluster.workers, cluster.head]:
+        strays = _descendants(node.proc.pid)
+        _kill_group(node.proc)
+        for pid in strays:  # a child that left the node's process group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One local Ray cluster (head + 2 workers, 1 CPU each) shared by the cluster tests."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:  # the test extra installs ray; its absence is a failure
+        pytest.fail(
+            f"ray is not installed ({exc}); install the test extra: pip install -e '.[test]'"
+        )
+    cluster = start_cluster(2)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
