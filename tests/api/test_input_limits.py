@@ -175,3 +175,32 @@ def test_waits_past_the_deadline_answer_503(derm_home: Path, derm_images: list[P
     assert r.status_code == 503 and r.get_json()["code"] == "DEADLINE_EXCEEDED"
     assert 0.25 < waited < 5
     assert app.extensions["lamina_gate"].running == 0
+
+
+def test_filter_coercion_is_the_one_path_for_cli_and_api() -> None:
+    """The column-wise filter itself refuses out-of-range values (the CLI's path too)."""
+    import pyarrow as pa
+
+    from search.errors import FilterError
+    from search.filters import condition_mask, parse_expr
+
+    ages = pa.array([10, 60, None, 90], pa.int64())
+    assert condition_mask(ages, parse_expr("age>=60"), "BIGINT", 4).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert condition_mask(ages, parse_expr("age>59.5"), "BIGINT", 4).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    for expr in ("age<=-1e308", "age<=1e309", "age=nan", f"age<{2**63}", "age>" + "9" * 70):
+        with pytest.raises(FilterError, match="'age'"):
+            condition_mask(ages, parse_expr(expr), "BIGINT", 4)
+    sizes = pa.array([1.5, 2.5], pa.float64())
+    assert condition_mask(sizes, parse_expr(f"d<{2**70}"), "DOUBLE", 2).tolist() == [True, True]
+    with pytest.raises(FilterError, match="'d'"):
+        condition_mask(sizes, parse_expr("d<inf"), "DOUBLE", 2)
