@@ -20,14 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from encoders import Encoder
 from indexer.manifest import Manifest
 from indexer.pipeline import Ingest, IngestOptions
-from search.segments import RESERVED_COLUMNS, retire
+from search.segments import RESERVED_COLUMNS, committed_source_ids, retire
 from search.store import Collection
-from search.verify import quarantined_ids, scan_segments
+from search.verify import quarantined_ids, recorded_sources, scan_segments
 
 
 class _Recorded(Manifest):
@@ -41,25 +39,6 @@ class _Recorded(Manifest):
         return self.by_path.get(str(Path(file).resolve()))
 
 
-def recorded_sources(directory: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(source rows with their metadata, None) of a segment directory, read from whichever of
-    ``sources.parquet`` / ``tiles.parquet`` is readable; ([], reason) when neither is."""
-    reasons = []
-    for name in ("sources.parquet", "tiles.parquet"):
-        try:
-            rows = pq.read_table(directory / name).to_pylist()
-        except Exception as exc:  # noqa: BLE001 - any Arrow/IO error: try the other table
-            reasons.append(f"{name}: {type(exc).__name__}")
-            continue
-        by_path: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            path = row.get("source")
-            if path and path not in by_path:
-                by_path[str(path)] = row
-        return list(by_path.values()), None
-    return [], "; ".join(reasons)
-
-
 def repair(
     col: Collection,
     encoder: Encoder,
@@ -68,7 +47,7 @@ def repair(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Re-index the sources of the collection's quarantined segments (see the module doc)."""
-    _, problems, _ = scan_segments(col)
+    healthy, problems, _ = scan_segments(col)  # as a process opening the segments sees them
     damaged = quarantined_ids(problems)
     out: dict[str, Any] = {
         "collection": col.name,
@@ -85,7 +64,7 @@ def repair(
     if not damaged:
         out["ok"] = True
         return out
-    committed = {p for paths in col.committed_sources().values() for p in paths}
+    committed = {p for paths in committed_source_ids(healthy).values() for p in paths}
     wanted: dict[str, dict[str, Any]] = {}
     per_segment: dict[str, list[str]] = {}
     for sid in damaged:
@@ -116,7 +95,8 @@ def repair(
         out["run"] = report.run_id
         out["reindexed"] = report.indexed + report.unchanged
         out["failed"] = report.failed
-    committed = {p for paths in col.committed_sources().values() for p in paths}
+    healthy, _, _ = scan_segments(col)
+    committed = {p for paths in committed_source_ids(healthy).values() for p in paths}
     to_retire = []
     for sid in damaged:
         paths = per_segment.get(sid)

@@ -37,7 +37,7 @@ from search.integrity import (
     meta_checksum,
     unverified,
 )
-from search.segments import SegmentInfo
+from search.segments import RESERVED_COLUMNS, SegmentInfo
 from search.store import Collection, next_free_tile_id
 
 REHASH_BYTES = 64 << 20
@@ -311,3 +311,35 @@ def verify_named(store: Any, name: str, *, deep: bool = False) -> dict[str, Any]
         problem = Problem("", "collection.json", str(exc), "collection").to_dict()
         return {"collection": name, "ok": False, "problems": [problem]}
     return verify(col, deep=deep)
+
+
+def recorded_sources(directory: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(source rows with their metadata, None) of a segment directory, read from whichever of
+    ``sources.parquet`` / ``tiles.parquet`` is readable; ([], reason) when neither is."""
+    reasons = []
+    for name in ("sources.parquet", "tiles.parquet"):
+        try:
+            rows = pq.read_table(directory / name).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - any Arrow/IO error: try the other table
+            reasons.append(f"{name}: {type(exc).__name__}")
+            continue
+        by_path: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            path = row.get("source")
+            if path and path not in by_path:
+                by_path[str(path)] = row
+        return list(by_path.values()), None
+    return [], "; ".join(reasons)
+
+
+def recorded_metadata(col: Collection) -> dict[str, dict[str, Any]]:
+    """The metadata columns the sources of damaged segments were indexed with, by source
+    path (what ``lamina index`` and ``lamina repair`` give them when indexing them again)."""
+    _, problems, _ = scan_segments(col, hash_limit=0)
+    out: dict[str, dict[str, Any]] = {}
+    for sid in quarantined_ids(problems):
+        rows, _ = recorded_sources(col.segments_dir / sid)
+        for row in rows:
+            meta = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS}
+            out.setdefault(str(row["source"]), meta)
+    return out
