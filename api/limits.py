@@ -262,11 +262,6 @@ def deadline_exceeded() -> ApiError:
     )
 
 
-def check_deadline() -> None:
-    if remaining() <= 0:
-        raise deadline_exceeded()
-
-
 def acquire_within_deadline(lock: Any) -> None:
     """Acquire ``lock`` waiting at most the request's remaining time (503 past it)."""
     left = remaining()
