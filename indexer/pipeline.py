@@ -31,6 +31,7 @@ from search.compaction import carry_over, maybe_compact
 from search.errors import StoreIOError, io_failure
 from search.segments import SegmentWriter, file_stat, retire
 from search.store import Collection, Store
+from search.verify import recorded_metadata
 
 COMMIT_SOURCES_ENV = "LAMINA_COMMIT_EVERY_SOURCES"
 
@@ -74,6 +75,18 @@ class PreparedSource:
     """Why a source has no tiles (e.g. a slide without tissue); reported, not a failure."""
     pending_id: Future[str] | None = None
     """The content hash still being computed; it becomes ``source["source_id"]`` at commit."""
+
+
+@dataclass
+class Embedded:
+    """A source already embedded elsewhere (a cluster task): its rows and (n, dim) vectors.
+    ``source`` carries the file's ``file_size``/``file_mtime_ns`` as seen where it was read."""
+
+    file: SourceFile
+    source: dict[str, Any]
+    tiles: list[dict[str, Any]]
+    vectors: np.ndarray
+    note: str | None = None
 
 
 @dataclass
@@ -161,6 +174,61 @@ def photo_tiles(rgb: np.ndarray, tile_px: int) -> Iterator[tuple[dict[str, Any],
             yield row, rgb[y : y + tile_px, x : x + tile_px]
 
 
+def prepare_photo(
+    file: SourceFile,
+    rgb: np.ndarray,
+    source_id: str,
+    meta: dict[str, Any],
+    options: IngestOptions,
+    input_px: int,
+) -> PreparedSource:
+    """A decoded photo's source row, its whole-photo tile (and ``photo_tiles`` tiles) and images."""
+    h, w = rgb.shape[:2]
+    mpp = meta.get("mpp") if isinstance(meta.get("mpp"), int | float) else None
+    source = {
+        "source_id": source_id,
+        "source": str(file.path.resolve()),
+        "kind": "photo",
+        "width": w,
+        "height": h,
+        "mpp": mpp,
+        "properties": None,
+        **meta,
+    }
+    tile = {
+        "kind": "photo",
+        "x": 0,
+        "y": 0,
+        "level": 0,
+        "size_px": max(w, h),
+        "tile_px": input_px,
+        "mpp": mpp,
+        "tissue_fraction": None,
+        **meta,
+    }
+    tiles, images = [tile], [resize_rgb(rgb, input_px)]
+    if options.photo_tiles:
+        for row, crop in photo_tiles(rgb, options.tile_px):
+            tiles.append({**row, "mpp": mpp, "tissue_fraction": None, **meta})
+            images.append(resize_rgb(crop, input_px))
+    return PreparedSource(file, source, tiles, iter(images))
+
+
+def encoder_batches(images: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """A source's images stacked into encoder batches. The first batch is smaller so the encoder
+    starts while the readers fill the next ones; the sizes depend only on the tile count, so
+    every run (local or on a cluster) batches a source identically."""
+    limit = max(1, batch_size // 4)
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(image)
+        if len(batch) >= limit:
+            yield np.stack(batch)
+            batch, limit = [], batch_size
+    if batch:
+        yield np.stack(batch)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -185,16 +253,21 @@ class Ingest:
             run_id=self.run_id, collection=collection.name, encoder=encoder.fingerprint
         )
         self._known: dict[str, list[str]] = {}
+        self._recorded: dict[str, dict[str, Any]] = {}
         self._known_paths: set[str] = set()
         self._hasher: ThreadPoolExecutor | None = None
         self._done = (0, 0)  # (sources, tiles) committed by this run
 
     # -- preparation (worker threads) ---------------------------------------------------------
     def _metadata(self, file: SourceFile) -> dict[str, Any]:
+        # a source of a damaged (quarantined) segment keeps the metadata it was indexed with
+        recorded = self._recorded.get(str(file.path.resolve()))
         if self.manifest is None:
-            return {}
+            return recorded or {}
         row = self.manifest.match(file.path)
         if row is None:
+            if recorded is not None:
+                return recorded
             self.report.unmatched_manifest.append(str(file.path))
             return {}
         return row
@@ -225,35 +298,7 @@ class Ingest:
         if self._committed(sid, file):
             return Skipped(file, sid)
         meta = self._metadata(file)
-        h, w = rgb.shape[:2]
-        mpp = meta.get("mpp") if isinstance(meta.get("mpp"), int | float) else None
-        source = {
-            "source_id": sid,
-            "source": str(file.path.resolve()),
-            "kind": "photo",
-            "width": w,
-            "height": h,
-            "mpp": mpp,
-            "properties": None,
-            **meta,
-        }
-        tile = {
-            "kind": "photo",
-            "x": 0,
-            "y": 0,
-            "level": 0,
-            "size_px": max(w, h),
-            "tile_px": self.encoder.input_px,
-            "mpp": mpp,
-            "tissue_fraction": None,
-            **meta,
-        }
-        tiles, images = [tile], [resize_rgb(rgb, self.encoder.input_px)]
-        if self.options.photo_tiles:
-            for row, crop in photo_tiles(rgb, self.options.tile_px):
-                tiles.append({**row, "mpp": mpp, "tissue_fraction": None, **meta})
-                images.append(resize_rgb(crop, self.encoder.input_px))
-        return PreparedSource(file, source, tiles, iter(images))
+        return prepare_photo(file, rgb, sid, meta, self.options, self.encoder.input_px)
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
@@ -284,39 +329,35 @@ class Ingest:
         for path, reason in problems:
             self.report.failed.append({"file": path, "reason": reason})
         self._known = self.collection.committed_sources()
+        self._recorded = recorded_metadata(self.collection)
         self._known_paths = {p for paths in self._known.values() for p in paths}
         self._stale: set[tuple[str, str]] = set()
-        bar = _progress(len(files), self.options.progress, self.collection.name)
+        bar = self._progress_bar(files)
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
         self._done = (0, 0)
+        outcomes = self._outcomes(files)
         try:
-            with (
-                ThreadPoolExecutor(
-                    max_workers=self.options.workers, thread_name_prefix="lamina-read"
-                ) as pool,
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-hash") as hasher,
-                _cpu_share(self.encoder, self.options.workers),
-            ):
-                self._hasher = hasher
-                for file, outcome in self._prepared(pool, files):
-                    if isinstance(outcome, BaseException):
-                        self._fail(file, outcome)
-                    elif isinstance(outcome, Skipped):
-                        self.report.unchanged += 1
-                    else:
-                        writer = writer or self.collection.writer(self.run_id)
-                        self._encode_source(outcome, writer)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(tiles=self.report.tiles, failed=len(self.report.failed))
-                    if writer is not None and (
-                        writer.n_tiles >= self.options.commit_tiles
-                        or time.monotonic() - last_commit >= self.options.commit_seconds
-                        or 0 < self.options.commit_sources <= writer.n_sources
-                    ):
-                        self._commit(writer)
-                        writer, last_commit = None, time.monotonic()
+            for file, outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    self._fail(file, outcome)
+                elif isinstance(outcome, Skipped):
+                    self.report.unchanged += 1
+                elif isinstance(outcome, Embedded):
+                    writer = writer or self.collection.writer(self.run_id)
+                    self._add_embedded(outcome, writer)
+                else:
+                    writer = writer or self.collection.writer(self.run_id)
+                    self._encode_source(outcome, writer)
+                self._advance(bar, outcome)
+                if writer is not None and (
+                    writer.n_tiles >= self.options.commit_tiles
+                    or time.monotonic() - last_commit >= self.options.commit_seconds
+                    or 0 < self.options.commit_sources <= writer.n_sources
+                ):
+                    self._commit(writer)
+                    writer, last_commit = None, time.monotonic()
+            outcomes.close()  # the preparation pools shut down before the last commit
             if writer is not None:
                 self._commit(writer)
                 writer = None
@@ -331,6 +372,7 @@ class Ingest:
             what = f"ingest into collection {self.collection.name!r}"
             raise self.report.stopped_by(exc, what, self._done) from exc
         finally:
+            outcomes.close()
             if bar is not None:
                 bar.close()
             self.report.seconds = round(time.perf_counter() - t0, 3)
@@ -338,6 +380,28 @@ class Ingest:
             self.report.snapshot = self.collection.snapshot().id
             self.report.save(self.collection)
         return self.report
+
+    def _progress_bar(self, files: list[SourceFile]) -> Any:
+        """The run's one progress bar (sources, with the tiles so far)."""
+        return _progress(len(files), self.options.progress, self.collection.name)
+
+    def _advance(self, bar: Any, outcome: Any) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(tiles=self.report.tiles, failed=len(self.report.failed))
+
+    def _outcomes(self, files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
+        """(file, PreparedSource | Embedded | Skipped | exception) for every file, in the
+        order they are ready: here, prepared by reader threads and embedded by the caller."""
+        with (
+            ThreadPoolExecutor(
+                max_workers=self.options.workers, thread_name_prefix="lamina-read"
+            ) as pool,
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-hash") as hasher,
+            _cpu_share(self.encoder, self.options.workers),
+        ):
+            self._hasher = hasher
+            yield from self._prepared(pool, files)
 
     def _prepared(
         self, pool: ThreadPoolExecutor, files: list[SourceFile]
@@ -361,20 +425,10 @@ class Ingest:
                 window.append((nxt, pool.submit(self._prepare, nxt)))
 
     def _encode_source(self, prepared: PreparedSource, writer: SegmentWriter) -> None:
-        bs = self.options.batch_size
-        # The first batch is smaller so the encoder starts while the readers fill the next
-        # ones; the sizes depend only on the tile count, so re-runs batch identically.
-        limit = max(1, bs // 4)
         parts: list[np.ndarray] = []
-        batch: list[np.ndarray] = []
         try:
-            for image in prepared.images:
-                batch.append(image)
-                if len(batch) >= limit:
-                    parts.append(self.encoder.embed(np.stack(batch)))
-                    batch, limit = [], bs
-            if batch:
-                parts.append(self.encoder.embed(np.stack(batch)))
+            for batch in encoder_batches(prepared.images, self.options.batch_size):
+                parts.append(self.encoder.embed(batch))
         except Exception as exc:  # noqa: BLE001 - an unreadable region fails this source only
             self._fail(prepared.file, exc)
             return
@@ -383,14 +437,6 @@ class Ingest:
         vectors = (
             np.concatenate(parts) if parts else np.zeros((0, self.encoder.embed_dim), np.float32)
         )
-        if len(vectors) != len(prepared.tiles):
-            self._fail(
-                prepared.file,
-                IndexerError(
-                    f"{prepared.file.path}: read {len(vectors)} tiles, planned {len(prepared.tiles)}"
-                ),
-            )
-            return
         if prepared.pending_id is not None:
             try:
                 prepared.source["source_id"] = prepared.pending_id.result()
@@ -403,8 +449,21 @@ class Ingest:
                 )
                 return
         prepared.source.update(file_stat(prepared.file.path))
-        writer.add_source(prepared.source, prepared.tiles, vectors)
-        sid, path = prepared.source["source_id"], prepared.source["source"]
+        embedded = Embedded(prepared.file, prepared.source, prepared.tiles, vectors, prepared.note)
+        self._add_embedded(embedded, writer)
+
+    def _add_embedded(self, done: Embedded, writer: SegmentWriter) -> None:
+        """Add one embedded source to the segment being written, with the run's bookkeeping."""
+        if len(done.vectors) != len(done.tiles):
+            self._fail(
+                done.file,
+                IndexerError(
+                    f"{done.file.path}: read {len(done.vectors)} tiles, planned {len(done.tiles)}"
+                ),
+            )
+            return
+        writer.add_source(done.source, done.tiles, done.vectors)
+        sid, path = done.source["source_id"], done.source["source"]
         for old in {s for s, paths in self._known.items() if path in paths and s != sid}:
             self._stale.add((old, path))  # the file's bytes changed: its old rows go
             self.report.replaced.append({"file": path, "old_source_id": old})
@@ -412,10 +471,10 @@ class Ingest:
             self.report.duplicates.append({"file": path, "same_as": self._known[sid][0]})
         self._known.setdefault(sid, []).append(path)
         self.report.indexed += 1
-        self.report.tiles += len(prepared.tiles)
-        if not prepared.tiles:
+        self.report.tiles += len(done.tiles)
+        if not done.tiles:
             self.report.empty.append(
-                {"file": str(prepared.file.path), "reason": prepared.note or "no tiles"}
+                {"file": str(done.file.path), "reason": done.note or "no tiles"}
             )
 
     def _commit(self, writer: SegmentWriter) -> None:
