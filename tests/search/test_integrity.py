@@ -212,3 +212,39 @@ def test_verify_and_repair_cli(built: tuple[Path, Path]) -> None:
     assert fixed.returncode == 0, fixed.stderr
     assert json.loads(fixed.stdout)["reindexed"] == PER_SEGMENT
     assert _lamina(home, "verify", "--deep").returncode == 0
+
+
+def test_index_reindexes_a_damaged_segment_with_its_recorded_metadata(
+    built: tuple[Path, Path],
+) -> None:
+    from encoders import create_encoder
+    from indexer import IngestOptions, ingest
+
+    home, src = built
+    seg = SearchService(Store(home)).view("derm").readers[0].info.path
+    flip = bytearray((seg / "vectors.f32").read_bytes())
+    flip[7] ^= 0xFF  # same size: only the checksum tells
+    (seg / "vectors.f32").write_bytes(bytes(flip))
+    report = ingest(  # no manifest this time
+        Store(home),
+        "derm",
+        [str(src)],
+        create_encoder("classic/stain-texture"),
+        IngestOptions(progress=False),
+    )
+    assert report.indexed == 0 and report.unchanged == N  # cheap checks pass: left to repair
+    view = SearchService(Store(home)).view("derm")
+    assert view.missing_segments == [seg.name]  # opening hashes it: quarantined
+    assert not verify(Store(home).collection("derm"))["ok"]
+    (seg / "tiles.parquet").unlink()  # now the cheap checks see it too
+    report = ingest(
+        Store(home),
+        "derm",
+        [str(src)],
+        create_encoder("classic/stain-texture"),
+        IngestOptions(progress=False),
+    )
+    assert report.indexed == PER_SEGMENT and not report.unmatched_manifest
+    view = SearchService(Store(home)).view("derm")
+    rows = view.sql("SELECT source, diagnostic FROM tiles")
+    assert len(rows) == N and all(r["diagnostic"] for r in rows)
