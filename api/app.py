@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "JOB_QUEUE": 16,
     "JOB_KEEP_S": 3600,
     "JSON_SORT_KEYS": False,
+    "CLUSTER": None,  # a Ray address: searches fan out over shard actors (search/sharded.py)
+    "SHARDS": 2,
+    "REPLICAS": 1,
+    "SHARD_CPUS": 1.0,
 }
 
 HTTP_CODES = {
@@ -86,6 +90,18 @@ class LaminaState:
         self.store = Store(self.home)
         # background: new snapshots are prepared, and ANN indexes built, off the request path
         self.service = SearchService(self.store, background=True)
+        # the service that answers searches: this one, or shard actors on a Ray cluster
+        self.searcher: SearchService = self.service
+        if config.get("CLUSTER"):
+            from search.sharded import ShardedSearchService
+
+            self.searcher = ShardedSearchService(
+                self.store,
+                str(config["CLUSTER"]),
+                shards=int(config.get("SHARDS") or 2),
+                replicas=int(config.get("REPLICAS") or 1),
+                cpus_per_shard=float(config.get("SHARD_CPUS") or 0),
+            )
         self.embed_lock = threading.Lock()  # one embedding at a time per app (CPU-bound anyway)
         self._catalog: Any = None
         self._catalog_lock = threading.Lock()

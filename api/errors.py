@@ -48,6 +48,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (st.FilterError, ErrorInfo(422, "INVALID_FILTER")),
     (st.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
     (st.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
+    (st.ShardUnavailableError, ErrorInfo(503, "SHARD_UNAVAILABLE")),
     (st.DiskFullError, ErrorInfo(507, "DISK_FULL")),
     (st.StoreIOError, ErrorInfo(500, "IO_ERROR")),
     (st.StoreError, ErrorInfo(500, "STORE_ERROR")),
@@ -67,6 +68,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (idx.ImportFormatError, ErrorInfo(422, "INVALID_IMPORT")),
     (idx.ImportValidationError, ErrorInfo(422, "INVALID_IMPORT")),
     (idx.DeclaredEncoderError, ErrorInfo(422, "INVALID_ENCODER_NAME")),
+    (idx.ClusterError, ErrorInfo(503, "CLUSTER_UNAVAILABLE")),
     (idx.IndexerError, ErrorInfo(500, "INDEXER_ERROR")),
 )
 

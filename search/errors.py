@@ -64,6 +64,14 @@ class StaleCohortError(StoreError):
     tile ids would name other tiles."""
 
 
+class ShardUnavailableError(StoreError):
+    """A sharded search could not reach any replica of one or more shards (``missing``)."""
+
+    def __init__(self, message: str, missing: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing or [])
+
+
 class StoreIOError(StoreError):
     """Reading or writing the store failed (disk full, read-only, I/O error). Nothing
     half-written is visible; ``details`` says what the operation committed before it failed."""

@@ -84,6 +84,8 @@ class SearchResult:
     plan: dict[str, Any] = field(default_factory=dict)
     missing_segments: list[str] = field(default_factory=list)
     """Damaged (quarantined) segments of the snapshot: the answer covers the others only."""
+    missing_shards: list[int] = field(default_factory=list)
+    """Shards that did not answer a ``partial=true`` sharded search (``search.sharded``)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -105,7 +107,21 @@ class SearchResult:
                 f"{len(self.missing_segments)} damaged segment(s) are quarantined and not "
                 "searched; `lamina verify` lists them, `lamina repair` re-indexes their sources"
             )
+        if self.missing_shards:
+            out["partial"] = True
+            out["missing_shards"] = self.missing_shards
         return out
+
+
+@dataclass
+class Ranking:
+    """Top hits of each query row, the plan, the tiles matching the filter and the shards
+    that did not answer (sharded partial answers only)."""
+
+    hits: list[list[Hit]]
+    plan: dict[str, Any]
+    matched: int
+    missing_shards: list[int] = field(default_factory=list)
 
 
 class _State:
@@ -251,8 +267,10 @@ class SearchService:
         per_group: int = 3,
         params: Mapping[str, Any] | None = None,
         view: CollectionView | None = None,
+        partial: bool = False,
     ) -> SearchResult:
-        """k nearest tiles to ``vector`` among those matching the filters (filtered first)."""
+        """k nearest tiles to ``vector`` among those matching the filters (filtered first).
+        ``partial`` lets a sharded service answer without unreachable shards (and say so)."""
         view = view or self.view(collection)
         return self._search_many(
             view,
@@ -267,6 +285,7 @@ class SearchService:
             fingerprint=fingerprint,
             per_group=per_group,
             params=params,
+            partial=partial,
         )[0]
 
     def search_batch(
@@ -279,6 +298,7 @@ class SearchService:
         filter_json: Mapping[str, Any] | None = None,
         fingerprint: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> list[SearchResult]:
         """Many query vectors against one snapshot, ranked together (one scan per segment)."""
         q = np.asarray(vectors, dtype=np.float32)
@@ -294,6 +314,7 @@ class SearchService:
             filter_json=filter_json,
             fingerprint=fingerprint,
             params=params,
+            partial=partial,
         )
 
     def search_tile(
@@ -318,6 +339,7 @@ class SearchService:
         fingerprint: str | None = None,
         per_group: int = 3,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> list[SearchResult]:
         col = view.collection
         if fingerprint is not None:
@@ -335,22 +357,23 @@ class SearchService:
         group_col = self._group_column(view, group_by)
         out = []
         if group_col is None:
-            ranked, plan = planner.search(view, q, k, conds, params)
-            for r in ranked:
+            ranking = self._rank(view, q, k, conds, params, partial)
+            for hits in ranking.hits:
                 out.append(
                     SearchResult(
                         collection=col.name,
                         snapshot=view.snapshot.id,
                         encoder=col.fingerprint,
-                        hits=self._hits(view, r.scores, r.positions),
-                        plan=plan.to_dict(),
+                        hits=hits,
+                        plan=ranking.plan,
                         missing_segments=view.missing_segments,
+                        missing_shards=ranking.missing_shards,
                     )
                 )
             return out
         for row in q:
-            hits, groups, grouped_plan = self._grouped(
-                view, row[None], k, conds, group_col, per_group, params
+            hits, groups, ranking = self._grouped(
+                view, row[None], k, conds, group_col, per_group, params, partial
             )
             out.append(
                 SearchResult(
@@ -359,11 +382,34 @@ class SearchService:
                     encoder=col.fingerprint,
                     hits=hits,
                     groups=groups,
-                    plan=grouped_plan,
+                    plan=ranking.plan,
                     missing_segments=view.missing_segments,
+                    missing_shards=ranking.missing_shards,
                 )
             )
         return out
+
+    def _rank(
+        self,
+        view: Any,
+        q: np.ndarray,
+        k: int,
+        conds: list[Condition],
+        params: Mapping[str, Any] | None,
+        partial: bool = False,
+    ) -> Ranking:
+        """The planner's top-k per query row as hits (the sharded service fans this out; one
+        process has no shards to miss, so ``partial`` changes nothing here)."""
+        ranked, plan = planner.search(view, q, k, conds, params)
+        hits = [self._hits(view, r.scores, r.positions) for r in ranked]
+        return Ranking(hits, plan.to_dict(), plan.matched)
+
+    def rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
+        """Slide-level ranking (:func:`search.slide_ranking.rank_slides`)."""
+        from search.slide_ranking import rank_slides
+
+        kwargs.pop("partial", None)  # one process has no shards to miss
+        return rank_slides(self, collection, **kwargs)
 
     # -- internals --------------------------------------------------------------------------
     def _exclude_same(
@@ -398,20 +444,21 @@ class SearchService:
 
     def _grouped(
         self,
-        view: CollectionView,
+        view: Any,
         q: np.ndarray,
         k: int,
         conds: list[Condition],
         column: str,
         per_group: int,
         params: Mapping[str, Any] | None,
-    ) -> tuple[list[Hit], list[Group], dict[str, Any]]:
-        mask = view.mask(conds)
-        n_avail = view.n_tiles if mask is None else int(mask.sum())
-        fetch = min(max(n_avail, 1), max(100, k * per_group * 10))
+        partial: bool = False,
+    ) -> tuple[list[Hit], list[Group], Ranking]:
+        """Fetch ever more hits (x4) until they hold k groups or every matching tile."""
+        fetch = max(100, k * per_group * 10)  # the planner clamps it to the matching tiles
         while True:
-            ranked, plan = planner.search(view, q, fetch, conds, params)
-            hits = self._hits(view, ranked[0].scores, ranked[0].positions)
+            ranking = self._rank(view, q, fetch, conds, params, partial)
+            hits = ranking.hits[0]
+            n_avail = ranking.matched
             groups: dict[Any, list[Hit]] = {}
             for h in hits:
                 value = h.source_id if column == "source_id" else h.metadata.get(column)
@@ -425,7 +472,7 @@ class SearchService:
             Group(key=key, value=v, score=g[0].score, n_hits=len(g), hits=g[:per_group])
             for v, g in ranked_groups
         ]
-        return hits[:k], out, plan.to_dict()
+        return hits[:k], out, ranking
 
 
 def unit_queries(q: np.ndarray, dim: int, name: str) -> np.ndarray:

@@ -110,15 +110,30 @@ def top_m_mean(
     not in any bucket score -inf."""
     out = np.full(n_codes, -np.inf, np.float64)
     for codes, idx in buckets:
-        vals = sims[:, idx]  # (nq, g, L)
-        width = vals.shape[-1]
-        if width > top_m:
-            vals = np.partition(vals, width - top_m, axis=-1)[..., width - top_m :]
-        finite = np.isfinite(vals)
-        total = np.where(finite, vals, 0).sum(axis=-1, dtype=np.float64)
-        used = np.maximum(finite.sum(axis=-1), 1)
-        out[codes] = (total / used).mean(axis=0)
+        out[codes] = mean_of_top(sims[:, idx], top_m).mean(axis=0)  # (nq, g, L) -> (g,)
     return out
+
+
+def top_values(vals: np.ndarray, top_m: int) -> np.ndarray:
+    """The ``top_m`` largest values along the last axis, descending (-inf padded)."""
+    width = vals.shape[-1]
+    if width > top_m:
+        vals = np.partition(vals, width - top_m, axis=-1)[..., width - top_m :]
+    elif width < top_m:
+        pad = np.full((*vals.shape[:-1], top_m - width), NEG, vals.dtype)
+        vals = np.concatenate([vals, pad], axis=-1)
+    return np.ascontiguousarray(np.sort(vals, axis=-1)[..., ::-1])
+
+
+def mean_of_top(vals: np.ndarray, top_m: int) -> np.ndarray:
+    """Mean of the ``top_m`` largest finite values along the last axis (float64). The values
+    are summed in descending order, so any holder of the same values (a shard merge) gets the
+    same bits."""
+    top = top_values(vals, top_m)
+    finite = np.isfinite(top)
+    total = np.where(finite, top, 0).sum(axis=-1, dtype=np.float64)
+    used = np.maximum(finite.sum(axis=-1), 1)
+    return total / used  # type: ignore[no-any-return]
 
 
 def _exact_all(

@@ -52,6 +52,17 @@ def _opt_str(value: Any, name: str) -> str | None:
     return value
 
 
+def _bool(value: Any, name: str) -> bool:
+    """A boolean field: JSON true/false, or "true"/"false"/"1"/"0" (multipart)."""
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise _invalid(f"{name} must be true or false, got {short(value)}")
+
+
 def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
     """Filter JSON (object, or a JSON string of one) and EXPR strings (list or newline-separated)."""
     if isinstance(spec, str):
@@ -196,9 +207,7 @@ def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -
 @bp.post("/collections/<name>/search")
 @guarded
 def search(name: str) -> Response:
-    from search.slide_ranking import rank_slides
-
-    svc = state().service
+    svc = state().searcher
     fields, upload, upload_name = _parse_request()
     view = svc.view(name)
     col = view.collection
@@ -208,6 +217,7 @@ def search(name: str) -> Response:
     exclude_same = _opt_str(fields.get("exclude_same"), "exclude_same")
     fingerprint = _opt_str(fields.get("encoder"), "encoder")
     params = _params(fields.get("params"))
+    partial = _bool(fields.get("partial"), "partial")
     level = _opt_str(fields.get("level"), "level") or "tile"
     if level not in ("tile", "slide"):
         raise _invalid(f"level must be 'tile' or 'slide', not {level!r}")
@@ -229,13 +239,14 @@ def search(name: str) -> Response:
             raise _invalid("group_by does not apply to level=slide (results are slides)")
         top_m = _int(fields.get("top_m"), "top_m", 5)
         kw: dict[str, Any] = {"k": k, "top_m": top_m, "fingerprint": fingerprint, **common}
+        kw["partial"] = partial
         if what == "tile_id":
-            res = rank_slides(svc, name, tile_id=tile_id, **kw)
+            res = svc.rank_slides(name, tile_id=tile_id, **kw)
         elif what == "source_id":
-            res = rank_slides(svc, name, source_id=_opt_str(fields["source_id"], "source_id"), **kw)
+            res = svc.rank_slides(name, source_id=_opt_str(fields["source_id"], "source_id"), **kw)
         else:
             vec = _query_vector(what, fields, upload, upload_name, view, col)
-            res = rank_slides(svc, name, vectors=vec, **kw)
+            res = svc.rank_slides(name, vectors=vec, **kw)
         return jsonify(res.to_dict())
     if what == "source_id":
         raise _invalid('source_id queries rank slides: add "level": "slide"')
@@ -250,6 +261,7 @@ def search(name: str) -> Response:
             group_by=group_by,
             fingerprint=fingerprint,
             params=params,
+            partial=partial,
             **common,
         )  # type: ignore[arg-type]
     else:
@@ -262,6 +274,7 @@ def search(name: str) -> Response:
             group_by=group_by,
             fingerprint=fingerprint,
             params=params,
+            partial=partial,
             **common,
         )  # type: ignore[arg-type]
     return jsonify(res.to_dict())
@@ -276,10 +289,11 @@ def search_batch(name: str) -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", 400, "BAD_REQUEST")
-    svc = state().service
+    svc = state().searcher
     view = svc.view(name)
     col = view.collection
     k = int(_int(body.get("k"), "k", 10) or 0)
+    partial = _bool(body.get("partial"), "partial")
     spec, exprs = _filters(body.get("filter"), body.get("filters"))
     fingerprint = _opt_str(body.get("encoder"), "encoder")
     params = _params(body.get("params"))
@@ -300,7 +314,14 @@ def search_batch(name: str) -> Response:
                 raise ApiError(f"tile {t} does not exist", 404, "TILE_NOT_FOUND")
         q = view.tile_vectors([int(t) for t in ids])  # type: ignore[arg-type]
     results = svc.search_batch(
-        name, q, k, filters=exprs, filter_json=spec, fingerprint=fingerprint, params=params
+        name,
+        q,
+        k,
+        filters=exprs,
+        filter_json=spec,
+        fingerprint=fingerprint,
+        params=params,
+        partial=partial,
     )
     docs = [r.to_dict() for r in results]
     return jsonify(
