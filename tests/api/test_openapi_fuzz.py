@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from bench.fuzz_cases import hostile_requests, image_pool, to_flask  # noqa: E402
 
 MAX_EXAMPLES = 30
-HOSTILE_EXAMPLES = 1200
+HOSTILE_EXAMPLES = 1000
 
 
 @pytest.fixture(scope="module")
