@@ -319,8 +319,7 @@ def _committed(home: Path, base: Path, op: Op) -> bool:
         for sub in ("segments", "index"):
             if (col / sub).is_dir():
                 out |= {f"{sub}/{e}" for e in os.listdir(col / sub) if not e.startswith(".")}
-        if (h / "catalog.duckdb").exists():
-            out.add("catalog")
+        out |= {p.relative_to(h).as_posix() for p in h.glob("catalog/cohorts/*/v*.parquet")}
         return out
 
     return bool(entries(home) - entries(base))

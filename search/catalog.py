@@ -1,30 +1,46 @@
-"""The catalog: mutable state (cohorts and their members, export records) in one DuckDB file.
+"""The catalog: cohorts (versioned tile sets) and export records, as immutable files in the home.
 
-``<home>/catalog.duckdb`` is read and written through SQLAlchemy Core (the ``duckdb-engine``
-dialect); bulk member rows go through the same DuckDB connection as Arrow tables. DuckDB lets one process hold a database file at a time, so the catalog has one
-owner: the server while it runs (it opens the catalog once and keeps it for its life), the
-CLI otherwise (one ``with Catalog(home) as catalog:`` per command). A second process that
-tries to open it gets :class:`CatalogLockedError`, which tells the user to go through the
-server (``--url`` / ``LAMINA_URL``).
+Every process on the home -- any number of servers (replicas on several machines sharing the
+home), and CLI commands while they run -- reads and writes it at once; no process owns it.
 
-Within the owning process the catalog is thread-safe: one connection, one lock.
+Layout under ``<home>/catalog/``:
 
-Durability. A new catalog is created whole under a temporary name (tables created,
-checkpointed, fsynced) and renamed into place, so a full disk never leaves a truncated,
-unopenable ``catalog.duckdb``. Writes then go through DuckDB's write-ahead log: a transaction
-that cannot be written (no space) is rolled back and reported as :class:`DiskFullError`; the
-catalog keeps its previous content. A catalog file too short to hold any data (an interrupted
-creation by an older version) with no write-ahead log is set aside as
-``catalog.duckdb.broken-<time>`` and replaced by an empty one; any other unreadable catalog is
-reported (:class:`CatalogDamagedError`), never silently replaced.
+- ``cohorts/<name>/v<N>.parquet``: version N of a cohort. Its members (``tile_id`` int64,
+  ascending; ``score`` float32, null for none) and, in the Parquet file's key-value metadata
+  under ``lamina.cohort``, its record as JSON (collection, snapshot, encoder fingerprint,
+  definition, created_at, n_tiles, n_sources, n_patients). Name and version come from the path.
+- ``exports/<id>.json``: one export record.
+- ``locks/cohort-<name>.lock``: the flock that numbers the versions of one name and deletes it.
+- ``tmp/``: files being written; ``trash/``: deleted cohorts on their way out.
+
+Method and invariants.
+
+- Publication: a file is written whole under ``tmp/`` and fsynced, then hard-linked to its
+  final name with ``os.link``, which fails when the name exists (the exclusive create that
+  holds on NFS as on local filesystems), then the directory is fsynced. So a version number or
+  an export id is taken by exactly one writer, and no reader ever sees a partial file. Files
+  are never changed after publication, so readers take no lock.
+- Versions are dense: a writer takes the name's flock, lists the versions, links
+  ``v<max+1>`` and lets go (milliseconds; the members were computed and written before).
+  Without working locks the link still refuses a number already taken.
+- Delete: under the name's flock the cohort's directory is renamed into ``trash/`` (readers
+  see every version or none), then removed; the next cohort of that name starts at version 1.
+- Failures: a full disk is :class:`DiskFullError` and another write failure
+  :class:`StoreIOError`, with nothing published and the temporary file removed. A published
+  file that cannot be read is :class:`CatalogDamagedError` naming it (relative to the home);
+  the other cohorts and versions stay usable. Temporary files older than an hour (a writer
+  killed mid-write) and leftover trash are removed when a catalog is opened.
+- An earlier version's ``catalog.duckdb`` is moved in on first open
+  (:mod:`search.catalog_legacy`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-import threading
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,65 +50,25 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import sqlalchemy as sa
+import pyarrow.parquet as pq
 
+from search.catalog_legacy import LEGACY_FILE, migrate
 from search.errors import (
     CatalogDamagedError,
-    CatalogLockedError,
     CohortNotFoundError,
-    DiskFullError,
+    InvalidQueryError,
     StoreError,
-    StoreIOError,
+    io_failure,
 )
+from search.segments import fsync_dir
+from search.store import NAME_RE
 
-CATALOG_FILE = "catalog.duckdb"
-EMPTY_MAX_BYTES = 3 * 4096  # DuckDB's headers: a file this short holds no data
-
-metadata = sa.MetaData()
-
-cohorts_table = sa.Table(
-    "cohorts",
-    metadata,
-    sa.Column("name", sa.String, primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("collection", sa.String, nullable=False),
-    sa.Column("snapshot", sa.String, nullable=False),
-    sa.Column("encoder", sa.String, nullable=False),
-    sa.Column("definition", sa.String, nullable=False),  # JSON text (sorted keys)
-    sa.Column("created_at", sa.String, nullable=False),
-    sa.Column("n_tiles", sa.BigInteger, nullable=False),
-    sa.Column("n_sources", sa.BigInteger, nullable=False),
-    sa.Column("n_patients", sa.BigInteger, nullable=True),
-)
-
-members_table = sa.Table(
-    "cohort_members",
-    metadata,
-    sa.Column("name", sa.String, nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("tile_id", sa.BigInteger, nullable=False),
-    sa.Column("score", sa.Float, nullable=True),
-)
-
-exports_table = sa.Table(
-    "exports",
-    metadata,
-    sa.Column("id", sa.String, primary_key=True),
-    sa.Column("collection", sa.String, nullable=False),
-    sa.Column("cohort", sa.String, nullable=True),
-    sa.Column("cohort_version", sa.Integer, nullable=True),
-    sa.Column("args", sa.String, nullable=False),  # JSON text
-    sa.Column("snapshot", sa.String, nullable=False),
-    sa.Column("encoder", sa.String, nullable=False),
-    sa.Column("rows", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String, nullable=True),
-    sa.Column("path", sa.String, nullable=True),
-    sa.Column("created_at", sa.String, nullable=False),
-)
-
-_COHORT_FIELDS = (
-    "name",
-    "version",
+CATALOG_DIR = "catalog"
+RECORD_KEY = b"lamina.cohort"
+STALE_TMP_S = 3600.0
+_VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})\.parquet$")
+_EXPORT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_RECORD_FIELDS = (
     "collection",
     "snapshot",
     "encoder",
@@ -108,38 +84,26 @@ def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
-
-
 class Catalog:
-    """Cohorts and export records of one Lamina home. Use as a context manager."""
+    """Cohorts and export records of one Lamina home. Use as a context manager (it holds no
+    resources; ``close`` exists for symmetry with callers that keep one for their life)."""
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.home = Path(home)
-        self.path = self.home / CATALOG_FILE
-        self.home.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn: sa.Connection | None = None
-        _create_if_missing(self.path)
+        self.root = self.home / CATALOG_DIR
         try:
-            self._engine, self._conn = _connect(self.path)
-        except CatalogDamagedError:
-            if not _set_aside_if_empty(self.path):
-                raise
-            _create_if_missing(self.path)
-            self._engine, self._conn = _connect(self.path)
-        with self._tx() as conn:
-            metadata.create_all(conn)
+            for sub in ("cohorts", "exports", "locks", "tmp", "trash"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise io_failure("creating the catalog", exc) from None
+        self._sweep()
+        if (self.home / LEGACY_FILE).exists():
+            with self._flock("migrate"):
+                migrate(self.home, self._put_cohort_version, self._put_export)
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-                self._engine.dispose()
+        """Nothing to release: every operation opens and closes its own files."""
 
     def __enter__(self) -> Catalog:
         return self
@@ -152,20 +116,6 @@ class Catalog:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
-        """One transaction on the catalog's single connection, serialised by a lock."""
-        with self._lock:
-            if self._conn is None:
-                raise StoreError(f"catalog {self.path} is closed")
-            if self._conn.in_transaction():
-                self._conn.rollback()
-            try:
-                with self._conn.begin():
-                    yield self._conn
-            except sa.exc.DBAPIError as exc:
-                raise _write_error(self.path, exc) from None
-
     # -- cohorts ----------------------------------------------------------------------------
     def add_cohort(
         self,
@@ -173,83 +123,53 @@ class Catalog:
         tile_ids: Sequence[int] | np.ndarray,
         scores: Sequence[float] | np.ndarray | None,
     ) -> dict[str, Any]:
-        """Store a new version of cohort ``record['name']``; returns the stored record.
-
-        Members go in with one columnar insert (an Arrow table scanned by DuckDB) in the same
-        transaction as the cohort row."""
-        name = record["name"]
-        with self._tx() as conn:
-            latest = conn.execute(
-                sa.select(sa.func.max(cohorts_table.c.version)).where(cohorts_table.c.name == name)
-            ).scalar()
-            version = int(latest or 0) + 1
-            row = {k: record.get(k) for k in _COHORT_FIELDS}
-            row.update(
-                version=version,
-                created_at=record.get("created_at") or now_utc(),
-                definition=json.dumps(record.get("definition") or {}, sort_keys=True),
-            )
-            conn.execute(sa.insert(cohorts_table), [row])
-            if len(tile_ids):
-                _bulk_insert_members(conn, name, version, tile_ids, scores)
-        return self.cohort(name, version)
+        """Store a new version of cohort ``record['name']``; returns the stored record."""
+        name = str(record["name"])
+        if not NAME_RE.match(name):
+            raise InvalidQueryError(f"invalid cohort name {name!r}: letters, digits, '_', '.', '-'")
+        body = {k: record.get(k) for k in _RECORD_FIELDS}
+        body["created_at"] = record.get("created_at") or now_utc()
+        body["definition"] = record.get("definition") or {}
+        tmp = self._stage(_members_file(body, tile_ids, scores), f"cohort {name!r}")
+        try:
+            with self._flock(f"cohort-{name}"):
+                folder = self.root / "cohorts" / name
+                self._mkdir(folder, f"cohort {name!r}")
+                version = max(self._versions(name), default=0) + 1
+                while not self._link(tmp, folder / f"v{version}.parquet", f"cohort {name!r}"):
+                    version += 1  # only when the lock did not hold (a filesystem without flock)
+                versions = self._versions(name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _record(name, version, json.loads(json.dumps(body, default=_plain)), versions)
 
     def cohorts(self) -> list[dict[str, Any]]:
-        """The latest version of every cohort, by name."""
-        latest = (
-            sa.select(cohorts_table.c.name, sa.func.max(cohorts_table.c.version).label("v"))
-            .group_by(cohorts_table.c.name)
-            .subquery()
-        )
-        q = (
-            sa.select(cohorts_table)
-            .join(
-                latest,
-                sa.and_(
-                    cohorts_table.c.name == latest.c.name, cohorts_table.c.version == latest.c.v
-                ),
-            )
-            .order_by(cohorts_table.c.name)
-        )
-        with self._tx() as conn:
-            rows = conn.execute(q).mappings().all()
-        out = [_cohort_dict(r) for r in rows]
-        versions = self._version_counts()
-        for c in out:
-            c["n_versions"] = versions.get(c["name"], 1)
+        """The latest version of every cohort, by name (with ``n_versions``)."""
+        out = []
+        for name in sorted(self._listdir(self.root / "cohorts")):
+            if not NAME_RE.match(name):
+                continue
+            versions = self._versions(name)
+            if not versions:
+                continue
+            try:
+                rec = self._read_record(name, versions[-1], versions)
+            except CohortNotFoundError:  # deleted while we listed
+                continue
+            rec.pop("versions")
+            rec["n_versions"] = len(versions)
+            out.append(rec)
         return out
-
-    def _version_counts(self) -> dict[str, int]:
-        q = sa.select(cohorts_table.c.name, sa.func.count()).group_by(cohorts_table.c.name)
-        with self._tx() as conn:
-            return {str(n): int(c) for n, c in conn.execute(q).all()}
 
     def cohort(self, name: str, version: int | None = None) -> dict[str, Any]:
-        """One version of a cohort (the latest by default)."""
-        q = sa.select(cohorts_table).where(cohorts_table.c.name == name)
-        q = (
-            q.where(cohorts_table.c.version == version)
-            if version is not None
-            else q.order_by(cohorts_table.c.version.desc()).limit(1)
-        )
-        with self._tx() as conn:
-            row = conn.execute(q).mappings().first()
-        if row is None:
-            known = ", ".join(c["name"] for c in self.cohorts()) or "none"
-            which = f"{name!r}" + ("" if version is None else f" version {version}")
-            raise CohortNotFoundError(f"no cohort {which} (cohorts: {known})")
-        out = _cohort_dict(row)
-        out["versions"] = self.versions(name)
-        return out
+        """One version of a cohort (the latest by default), with ``versions``."""
+        versions = self._versions(name)
+        if not versions or (version is not None and int(version) not in versions):
+            raise self._not_found(name, version)
+        return self._read_record(name, versions[-1] if version is None else int(version), versions)
 
     def versions(self, name: str) -> list[int]:
-        q = (
-            sa.select(cohorts_table.c.version)
-            .where(cohorts_table.c.name == name)
-            .order_by(cohorts_table.c.version)
-        )
-        with self._tx() as conn:
-            return [int(v) for v in conn.execute(q).scalars()]
+        return self._versions(name)
 
     def members(self, name: str, version: int) -> tuple[list[int], list[float | None]]:
         """Tile ids (ascending) and scores of one cohort version."""
@@ -258,196 +178,236 @@ class Catalog:
 
     def member_arrays(self, name: str, version: int) -> tuple[np.ndarray, np.ndarray]:
         """Tile ids (int64, ascending) and scores (float64, NaN for none) of one version."""
-        with self._tx() as conn:
-            raw = _duck(conn)
-            table = raw.sql(
-                "SELECT tile_id, score FROM cohort_members WHERE name = ? AND version = ? "
-                "ORDER BY tile_id",
-                params=[name, int(version)],
-            ).to_arrow_table()
-        ids = table.column("tile_id").to_numpy().astype(np.int64)
-        scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        path = self._version_path(name, int(version))
+        try:
+            with open(path, "rb") as f:
+                table = pq.read_table(f)
+            ids = table.column("tile_id").to_numpy().astype(np.int64)
+            scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        except FileNotFoundError:
+            raise self._not_found(name, version) from None
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise self._damaged(path, exc) from None
         return ids, scores
 
     def delete_cohort(self, name: str) -> int:
         """Delete every version of ``name``; returns how many versions there were."""
-        with self._tx() as conn:
-            n = conn.execute(sa.delete(cohorts_table).where(cohorts_table.c.name == name))
-            conn.execute(sa.delete(members_table).where(members_table.c.name == name))
-        if not n.rowcount:
+        if not NAME_RE.match(name):
             raise CohortNotFoundError(f"no cohort {name!r}")
-        return int(n.rowcount)
+        with self._flock(f"cohort-{name}"):
+            n = len(self._versions(name))
+            if not n:
+                raise CohortNotFoundError(f"no cohort {name!r}")
+            gone = self.root / "trash" / f"{name}.{os.getpid()}.{secrets.token_hex(4)}"
+            try:
+                os.rename(self.root / "cohorts" / name, gone)
+                fsync_dir(self.root / "cohorts")
+            except OSError as exc:
+                raise io_failure(f"deleting cohort {name!r} from the catalog", exc) from None
+        shutil.rmtree(gone, ignore_errors=True)
+        return n
 
     # -- exports ----------------------------------------------------------------------------
     def record_export(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store one export record (its ``id`` is its file name); returns ``record``."""
         row = dict(record)
-        row["args"] = json.dumps(row.get("args") or {}, sort_keys=True)
         row.setdefault("created_at", now_utc())
-        with self._tx() as conn:
-            conn.execute(sa.insert(exports_table), [row])
+        if not self._put_export(row):
+            raise StoreError(f"an export record with id {row['id']!r} exists already")
         return record
 
     def exports(self, collection: str | None = None) -> list[dict[str, Any]]:
-        q = sa.select(exports_table).order_by(exports_table.c.created_at, exports_table.c.id)
-        if collection is not None:
-            q = q.where(exports_table.c.collection == collection)
-        with self._tx() as conn:
-            rows = conn.execute(q).mappings().all()
+        """Export records (of one collection, given), oldest first."""
         out = []
-        for r in rows:
-            d = dict(r)
-            d["args"] = json.loads(d["args"])
-            out.append(d)
+        for entry in self._listdir(self.root / "exports"):
+            if not entry.endswith(".json"):
+                continue
+            path = self.root / "exports" / entry
+            try:
+                rec = json.loads(path.read_bytes())
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise self._damaged(path, exc) from None
+            if collection is None or rec.get("collection") == collection:
+                out.append(rec)
+        out.sort(key=lambda r: (str(r.get("created_at")), str(r.get("id"))))
         return out
 
+    # -- files ------------------------------------------------------------------------------
+    def _versions(self, name: str) -> list[int]:
+        if not NAME_RE.match(name):
+            return []
+        found = (_VERSION_RE.match(e) for e in self._listdir(self.root / "cohorts" / name))
+        return sorted(int(m.group(1)) for m in found if m)
 
-def _connect(path: Path) -> tuple[sa.Engine, sa.Connection]:
-    """An engine and its one connection on ``path``; lock and damage become clear errors."""
-    engine = sa.create_engine(f"duckdb:///{path}", poolclass=sa.pool.StaticPool)
-    try:
-        return engine, engine.connect()
-    except sa.exc.DBAPIError as exc:
-        engine.dispose()
-        if _is_lock_error(exc):
-            raise CatalogLockedError(
-                f"the catalog {path} is held by another process (a running "
-                "`lamina serve`, or another command). Talk to the server with "
-                "--url http://HOST:PORT or LAMINA_URL instead of opening the store."
-            ) from None
-        text = _without_home(str(exc.orig), path)
-        if "No space left" in text:
-            raise DiskFullError(f"opening the catalog {path.name} failed: {text}") from None
-        raise CatalogDamagedError(
-            f"the catalog {path.name} cannot be opened ({text}). Cohorts and export records are "
-            f"kept there; the collections are not affected. Move the file aside to start an "
-            "empty catalog."
-        ) from None
+    def _version_path(self, name: str, version: int) -> Path:
+        if not NAME_RE.match(name):
+            raise self._not_found(name, version)
+        return self.root / "cohorts" / name / f"v{version}.parquet"
 
-
-def _create_if_missing(path: Path) -> None:
-    """Create an empty catalog at ``path`` atomically: tables made in a temporary file that is
-    checkpointed, fsynced and renamed into place (under an flock, so two processes creating it
-    at once make one). A failure (full disk) leaves no file at ``path``."""
-    if path.exists():
-        return
-    import fcntl
-
-    fd = os.open(path.with_name(f".{path.name}.create.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if path.exists():
-            return
-        engine = sa.create_engine(f"duckdb:///{tmp}", poolclass=sa.pool.StaticPool)
+    def _read_record(self, name: str, version: int, versions: list[int]) -> dict[str, Any]:
+        path = self._version_path(name, version)
         try:
-            with engine.begin() as conn:
-                metadata.create_all(conn)
-            with engine.connect() as conn:
-                conn.exec_driver_sql("CHECKPOINT")
-        finally:
-            engine.dispose()
-        for name in (tmp, tmp.with_name(tmp.name + ".wal")):
-            if name.exists():
-                wfd = os.open(name, os.O_RDONLY)
-                try:
-                    os.fsync(wfd)
-                finally:
-                    os.close(wfd)
-        if tmp.with_name(tmp.name + ".wal").exists():  # the checkpoint emptied it
-            tmp.with_name(tmp.name + ".wal").unlink()
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except sa.exc.DBAPIError as exc:
-        raise _write_error(path, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
-        os.close(fd)
+            with open(path, "rb") as f:
+                meta = pq.read_schema(f).metadata or {}
+            body = json.loads(meta[RECORD_KEY])
+            if not isinstance(body, dict):
+                raise ValueError("the record is not a JSON object")
+        except FileNotFoundError:
+            raise self._not_found(name, version) from None
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+            raise self._damaged(path, exc) from None
+        return _record(name, version, body, versions)
 
-
-def _set_aside_if_empty(path: Path) -> bool:
-    """Rename an unopenable catalog that cannot hold any data (shorter than DuckDB's headers,
-    no write-ahead log) to ``<name>.broken-<time>``; True if done."""
-    wal = path.with_name(path.name + ".wal")
-    try:
-        if path.stat().st_size > EMPTY_MAX_BYTES or (wal.exists() and wal.stat().st_size > 0):
+    def _put_cohort_version(
+        self,
+        name: str,
+        version: int,
+        body: dict[str, Any],
+        tile_ids: np.ndarray,
+        scores: np.ndarray | None,
+    ) -> bool:
+        """Publish exactly version ``version`` of ``name`` (migration); False if it exists."""
+        folder = self.root / "cohorts" / name
+        if (folder / f"v{version}.parquet").exists():
             return False
-        os.replace(path, path.with_name(f"{path.name}.broken-{int(time.time())}"))
-        wal.unlink(missing_ok=True)
-    except OSError:
-        return False
-    return True
+        tmp = self._stage(_members_file(body, tile_ids, scores), f"cohort {name!r}")
+        try:
+            with self._flock(f"cohort-{name}"):
+                self._mkdir(folder, f"cohort {name!r}")
+                return self._link(tmp, folder / f"v{version}.parquet", f"cohort {name!r}")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _put_export(self, row: dict[str, Any]) -> bool:
+        rid = str(row.get("id") or "")
+        if not _EXPORT_ID_RE.match(rid):
+            raise StoreError(f"invalid export id {rid!r}")
+        data = json.dumps(row, sort_keys=True, indent=1, default=_plain).encode()
+        tmp = self._stage(data, "an export record")
+        try:
+            return self._link(tmp, self.root / "exports" / f"{rid}.json", "an export record")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _stage(self, data: bytes, what: str) -> Path:
+        """``data`` written whole and fsynced under ``tmp/``; returns the temporary path."""
+        tmp = self.root / "tmp" / f".{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise io_failure(f"writing the catalog ({what})", exc) from None
+        return tmp
+
+    def _link(self, tmp: Path, final: Path, what: str) -> bool:
+        """Publish ``tmp`` as ``final`` unless ``final`` exists (then False)."""
+        try:
+            os.link(tmp, final)
+            fsync_dir(final.parent)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise io_failure(f"writing the catalog ({what})", exc) from None
+        return True
+
+    def _mkdir(self, folder: Path, what: str) -> None:
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise io_failure(f"writing the catalog ({what})", exc) from None
+
+    def _listdir(self, folder: Path) -> list[str]:
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise io_failure("reading the catalog", exc) from None
+
+    @contextmanager
+    def _flock(self, key: str) -> Iterator[None]:
+        import fcntl
+
+        try:
+            fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise io_failure("locking the catalog", exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _sweep(self) -> None:
+        """Remove what killed writers left: old temporary files, trash."""
+        cutoff = time.time() - STALE_TMP_S
+        for entry in self._listdir(self.root / "tmp"):
+            path = self.root / "tmp" / entry
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
+        for entry in self._listdir(self.root / "trash"):
+            shutil.rmtree(self.root / "trash" / entry, ignore_errors=True)
+
+    def _not_found(self, name: str, version: int | None) -> CohortNotFoundError:
+        names = (n for n in self._listdir(self.root / "cohorts") if self._versions(n))
+        known = ", ".join(sorted(names)) or "none"
+        which = f"{name!r}" + ("" if version is None else f" version {version}")
+        return CohortNotFoundError(f"no cohort {which} (cohorts: {known})")
+
+    def _damaged(self, path: Path, exc: BaseException) -> CatalogDamagedError:
+        where = path.relative_to(self.home).as_posix()
+        reason = str(exc).replace(str(self.home) + os.sep, "").splitlines()[0] if str(exc) else ""
+        return CatalogDamagedError(
+            f"the catalog file {where} cannot be read ({reason or type(exc).__name__}); move it "
+            "aside: the other cohorts, versions and export records stay usable"
+        )
 
 
-def _write_error(path: Path, exc: sa.exc.DBAPIError) -> StoreError:
-    """A catalog write that failed: the transaction was rolled back, nothing was saved."""
-    text = _without_home(str(exc.orig), path)
-    what = f"writing the catalog {path.name} failed; nothing was saved ({text.splitlines()[0]})"
-    if "No space left" in text:
-        return DiskFullError(what + "; free space and run it again")
-    if "IO Error" in text or "Could not write" in text:
-        return StoreIOError(what)
-    return StoreError(what)
-
-
-def _without_home(text: str, path: Path) -> str:
-    """A DuckDB message with the home's location left out (errors never show server paths)."""
-    return text.replace(str(path.parent) + os.sep, "")
-
-
-def _duck(conn: sa.Connection) -> Any:
-    """The DuckDB connection under a SQLAlchemy connection (same transaction)."""
-    raw = conn.connection.driver_connection
-    if raw is None:
-        raise StoreError("the catalog connection is closed")
-    return raw
-
-
-def _bulk_insert_members(
-    conn: sa.Connection,
-    name: str,
-    version: int,
+def _members_file(
+    body: dict[str, Any],
     tile_ids: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray | None,
-) -> None:
-    """INSERT ... SELECT from an Arrow table on the catalog's own DuckDB connection (so it is
-    part of the open transaction); 100k members take milliseconds, not an executemany."""
-    ids = np.asarray(tile_ids, dtype=np.int64)
-    n = len(ids)
-    score_arr = (
-        pa.nulls(n, pa.float64())
-        if scores is None
-        else pa.array(np.asarray(scores, dtype=np.float64), pa.float64())
-    )
-    table = pa.table(
-        {
-            "name": pa.repeat(pa.scalar(name, pa.string()), n),
-            "version": pa.array(np.full(n, int(version), np.int32)),
-            "tile_id": pa.array(ids),
-            "score": score_arr,
-        }
-    )
-    raw = _duck(conn)
-    view_name = f"_members_{secrets.token_hex(4)}"
-    raw.register(view_name, table)
-    try:
-        raw.execute(
-            f"INSERT INTO cohort_members (name, version, tile_id, score) "
-            f"SELECT name, version, tile_id, score FROM {view_name}"
-        )
-    finally:
-        raw.unregister(view_name)
+) -> bytes:
+    """One version as Parquet bytes: members sorted by tile id, the record in the metadata."""
+    ids = np.asarray(tile_ids, dtype=np.int64).reshape(-1)
+    order = np.argsort(ids, kind="stable")
+    if scores is None:
+        score_col = pa.nulls(len(ids), pa.float32())
+    else:
+        sc = np.asarray(scores, dtype=np.float64).reshape(-1)[order]
+        score_col = pa.array(sc.astype(np.float32), pa.float32(), mask=np.isnan(sc))
+    table = pa.table({"tile_id": pa.array(ids[order], pa.int64()), "score": score_col})
+    meta = json.dumps(body, sort_keys=True, default=_plain).encode()
+    table = table.replace_schema_metadata({RECORD_KEY: meta})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue())
 
 
-def _cohort_dict(row: Any) -> dict[str, Any]:
-    d = {k: row[k] for k in _COHORT_FIELDS}
-    d["definition"] = json.loads(d["definition"])
-    for k in ("version", "n_tiles", "n_sources"):
-        d[k] = int(d[k])
-    if d["n_patients"] is not None:
-        d["n_patients"] = int(d["n_patients"])
-    return d
+def _record(name: str, version: int, body: dict[str, Any], versions: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "version": int(version)}
+    for k in _RECORD_FIELDS:
+        out[k] = body.get(k)
+    out["definition"] = out["definition"] or {}
+    for k in ("n_tiles", "n_sources"):
+        out[k] = int(out[k] or 0)
+    if out["n_patients"] is not None:
+        out["n_patients"] = int(out["n_patients"])
+    out["versions"] = list(versions) or [int(version)]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")

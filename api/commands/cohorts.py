@@ -1,7 +1,7 @@
 """`lamina cohort create|list|show|delete`: saved, versioned tile sets (see search/cohorts.py).
 
-Locally the command owns the catalog for its duration (``with Catalog(home)``); with
-``--url``/``LAMINA_URL`` it goes through the running server, which owns the catalog then.
+Locally the command reads and writes the home's catalog directly (``with Catalog(home)``),
+also while servers run on the same home; with ``--url``/``LAMINA_URL`` it goes through a server.
 """
 
 from __future__ import annotations

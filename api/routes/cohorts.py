@@ -4,8 +4,8 @@ POST /cohorts (JSON, or multipart with example images in ``near`` file fields), 
 GET|DELETE /cohorts/<name>; POST /exports and POST /probes are background jobs (202 and a job
 id, see api/jobs.py): the export's file is fetched from /jobs/<id>/file, the probe report is
 the job's result. Request fields are checked here, before queueing, so a bad request is a 4xx
-at once. The app owns the catalog for its life (``state().catalog()``). Domain errors
-propagate to the app's error handlers.
+at once. The catalog (``state().catalog()``) is shared with every other server and CLI
+command on the home. Domain errors propagate to the app's error handlers.
 """
 
 from __future__ import annotations

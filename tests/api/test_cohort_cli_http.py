@@ -177,4 +177,4 @@ def test_cli_through_server(
         )
         assert doc["ok"] and len(doc["fractions"]) == 1
         run("cohort", "delete", "c1")
-        assert not (tmp_path / "unused-home" / "catalog.duckdb").exists()
+        assert not (tmp_path / "unused-home" / "catalog").exists()
