@@ -72,6 +72,14 @@ class RayCluster:
     def worker_alive(self, i: int) -> bool:
         return self.workers[i].proc.poll() is None
 
+    def running(self, i: int, title: str) -> bool:
+        """Whether worker node ``i`` has a process titled ``title`` (e.g. ``ray::run_work``:
+        a worker executing that task; idle workers are titled ``ray::IDLE``)."""
+        node = self.workers[i]
+        return node.proc.poll() is None and any(
+            _cmdline(pid).startswith(title) for pid in _descendants(node.proc.pid)
+        )
+
     def kill_worker(self, i: int = 0, timeout_s: float = 30.0) -> None:
         """SIGKILL the raylet of worker node ``i`` and wait until the node's processes are gone."""
         node = self.workers[i]
@@ -118,6 +126,15 @@ class RayCluster:
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
