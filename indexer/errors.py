@@ -7,6 +7,11 @@ class IndexerError(Exception):
     """Base class of every error the indexer raises on purpose."""
 
 
+class ClusterError(IndexerError):
+    """The Ray cluster of ``--cluster`` cannot be joined or cannot run the ingest (no room for
+    the encoders, an encoder that does not start, Ray missing)."""
+
+
 class ManifestError(IndexerError):
     """The manifest CSV is unreadable, lacks the source column, or matches ambiguously."""
 
