@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "SHARDS": 2,
     "REPLICAS": 1,
     "SHARD_CPUS": 1.0,
+    "CLUSTER_TAG": None,  # names the shard actors (lamina status --cluster lists them)
 }
 
 HTTP_CODES = {
@@ -101,6 +102,7 @@ class LaminaState:
                 shards=int(config.get("SHARDS") or 2),
                 replicas=int(config.get("REPLICAS") or 1),
                 cpus_per_shard=float(config.get("SHARD_CPUS") or 0),
+                tag=config.get("CLUSTER_TAG"),
             )
         self.embed_lock = threading.Lock()  # one embedding at a time per app (CPU-bound anyway)
         self._catalog: Any = None

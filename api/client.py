@@ -162,6 +162,7 @@ class Client:
         exclude_same: str | None = None,
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> SearchResult:
         name, data = _file(path_or_bytes)
         fields = {
@@ -171,6 +172,7 @@ class Client:
             "exclude_same": exclude_same,
             "level": level,
             "params": dict(params) if params else None,
+            "partial": "true" if partial else None,
         }
         body, ctype = _multipart(fields, [("image", name, data)])
         _, _, raw = self._raw(
@@ -188,6 +190,7 @@ class Client:
         exclude_same: str | None = None,
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -199,6 +202,7 @@ class Client:
                 "exclude_same": exclude_same,
                 "level": level,
                 "params": params,
+                "partial": True if partial else None,
             },
         )
 
@@ -212,6 +216,7 @@ class Client:
         encoder: str | None = None,
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -223,6 +228,7 @@ class Client:
                 "encoder": encoder,
                 "level": level,
                 "params": params,
+                "partial": True if partial else None,
             },
         )
 
@@ -235,6 +241,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         group_by: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> SearchResult:
         x, y, w, h = (int(v) for v in region)
         return self._search_json(
@@ -245,6 +252,7 @@ class Client:
                 "filter": filter,
                 "group_by": group_by,
                 "params": params,
+                "partial": True if partial else None,
             },
         )
 
@@ -258,6 +266,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         encoder: str | None = None,
         params: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> BatchResult:
         """Up to 1000 query vectors (or stored tiles), all answered on one snapshot."""
         body = {
@@ -267,6 +276,7 @@ class Client:
             "filter": filter,
             "encoder": encoder,
             "params": params,
+            "partial": True if partial else None,
         }
         doc = self._json(
             "POST",
@@ -286,6 +296,7 @@ class Client:
         top_m: int = 5,
         filter: Mapping[str, Any] | None = None,
         exclude_same: str | None = None,
+        partial: bool = False,
     ) -> SearchResult:
         """Slide-level retrieval: ``groups`` ranks slides by the top-m mean of tile similarity."""
         return self._search_json(
@@ -299,6 +310,7 @@ class Client:
                 "top_m": top_m,
                 "filter": filter,
                 "exclude_same": exclude_same,
+                "partial": True if partial else None,
             },
         )
 

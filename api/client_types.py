@@ -99,6 +99,11 @@ class SearchResult:
     def __len__(self) -> int:
         return len(self.hits)
 
+    @property
+    def missing_shards(self) -> list[int]:
+        """Shards that did not answer a ``partial=True`` search of a sharded server."""
+        return [int(s) for s in self.raw.get("missing_shards") or []]
+
 
 @dataclass
 class BatchResult:

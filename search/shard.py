@@ -78,9 +78,9 @@ class ShardWorker:
                 raise FileNotFoundError(f"segments no longer listed: {', '.join(gone)}")
             prev = next(reversed(views.values()), None) if views else None
             ann = AnnIndex.load(col)
-            same = ann is not None and prev is not None and prev.ann is not None
-            if same and prev.ann.version == ann.version:  # type: ignore[union-attr]
-                ann = prev.ann  # keeps the per-segment parts already loaded
+            old = prev.ann if prev is not None else None
+            if ann is not None and old is not None and old.version == ann.version:
+                ann = old  # keeps the per-segment parts already loaded
             view = CollectionView(col, Snapshot(snapshot_id, segs), ann=ann)
             with self._lock:
                 views[key] = view
@@ -125,7 +125,11 @@ class ShardWorker:
         """Per query row: this shard's top-k (scores, tile ids, rows); plan and match count."""
         view = self._view(name, snapshot_id, segment_ids, ann_key, schema)
         if view.n_tiles == 0:
-            empty = (np.zeros(0, np.float32), np.zeros(0, np.int64), [])
+            empty: tuple[np.ndarray, np.ndarray, list[Any]] = (
+                np.zeros(0, np.float32),
+                np.zeros(0, np.int64),
+                [],
+            )
             return {"found": [empty] * len(queries), "plan": {}, "matched": 0}
         ranked, plan = planner.search(view, queries, k, conds, params)
         found = [

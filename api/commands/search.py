@@ -114,6 +114,11 @@ def register(cli: click.Group) -> None:
         help="Leave out hits sharing this column's value with the query tile (e.g. patient_id).",
     )
     @param_options
+    @click.option(
+        "--partial",
+        is_flag=True,
+        help="With --url on a sharded server: answer without unreachable shards (listed).",
+    )
     @click.option("--explain", is_flag=True, help="Print the query plan to stderr.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
@@ -133,6 +138,7 @@ def register(cli: click.Group) -> None:
         ef_search: int | None,
         refine: int | None,
         strategy: str | None,
+        partial: bool,
         explain: bool,
         as_json: bool,
     ) -> None:
@@ -161,6 +167,7 @@ def register(cli: click.Group) -> None:
             group_by,
             exclude_same,
             search_params(nprobe, ef_search, refine, strategy),
+            partial,
         )
         doc = _remote(ctx.url, query, ctx.token) if ctx.url else _local(ctx, query)
         if as_json:
@@ -169,6 +176,9 @@ def register(cli: click.Group) -> None:
         _print_hits(doc)
         if doc.get("missing_segments"):
             click.echo(f"warning: {doc.get('warning')}", err=True)
+        if doc.get("missing_shards"):
+            shards = ", ".join(str(s) for s in doc["missing_shards"])
+            click.echo(f"warning: partial answer, shard(s) {shards} did not answer", err=True)
         if explain:
             click.echo(format_plan(doc.get("plan") or {}), err=True)
 
@@ -187,6 +197,7 @@ class Query:
     group_by: str | None
     exclude_same: str | None
     params: dict[str, Any] | None = None
+    partial: bool = False
 
 
 def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
@@ -221,6 +232,7 @@ def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
         "filter": spec,
         "group_by": q.group_by,
         "params": q.params,
+        "partial": q.partial,
     }
     if q.image is not None:
         res = client.search_image(q.collection, q.image, exclude_same=q.exclude_same, **common)

@@ -42,12 +42,39 @@ def register(cli: click.Group) -> None:
         is_flag=True,
         help="Allow a non-loopback host without tokens (LAMINA_API_TOKEN or `lamina token add`).",
     )
+    @click.option(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray cluster address (host:port or 'auto'): searches fan out over shard actors.",
+    )
+    @click.option("--shards", type=click.IntRange(1, 256), default=2, show_default=True)
+    @click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True)
+    @click.option(
+        "--shard-cpus",
+        type=click.FloatRange(0, 64),
+        default=1.0,
+        show_default=True,
+        help="CPUs Ray reserves per shard replica.",
+    )
     @click.pass_obj
-    def serve_command(ctx: CliContext, host: str, port: int, workers: int, insecure: bool) -> None:
+    def serve_command(
+        ctx: CliContext,
+        host: str,
+        port: int,
+        workers: int,
+        insecure: bool,
+        cluster: str | None,
+        shards: int,
+        replicas: int,
+        shard_cpus: float,
+    ) -> None:
         """Serve the HTTP API (/api/v1) and the web page (/).
 
         With LAMINA_API_TOKEN set or tokens made by `lamina token add`, every route but
-        /health needs `Authorization: Bearer <token>` of a sufficient scope."""
+        /health needs `Authorization: Bearer <token>` of a sufficient scope. With --cluster,
+        each collection's segments are spread over SHARDS shard actors (REPLICAS each) on
+        that Ray cluster, which must see this home at the same path."""
         from api.auth import AuthConfigError, Authenticator, env_token
         from api.exposure import ExposureConfigError
 
@@ -65,14 +92,27 @@ def register(cli: click.Group) -> None:
 
         from api.app import create_app
 
+        config: dict[str, object] = {"HOME": str(ctx.home)}
+        if cluster:
+            config.update(
+                CLUSTER=cluster,
+                SHARDS=shards,
+                REPLICAS=replicas,
+                SHARD_CPUS=shard_cpus,
+                CLUSTER_TAG=f"serve{port}-{os.getpid()}",
+            )
         try:
-            app = create_app({"HOME": str(ctx.home)})
+            app = create_app(config)
         except (AuthConfigError, ExposureConfigError) as exc:
             _refuse(str(exc))
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:  # Ray unreachable
+            _refuse(f"cannot start the shards on the Ray cluster at {cluster}: {exc}")
         limit = int(app.config["MAX_CONTENT_LENGTH"] or 0)
         if "LAMINA_MAX_INFLIGHT" not in os.environ:  # keep threads free for cheap routes and 429s
             app.config["MAX_INFLIGHT"] = max(1, workers // 2)
         auth = "token required" if enabled else "no token"
+        if cluster:
+            auth += f", {shards} shards x {replicas} replicas on {cluster}"
         click.echo(
             f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",
             err=True,

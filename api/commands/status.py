@@ -11,10 +11,21 @@ def register(cli: click.Group) -> None:
     @cli.command("status")
     @click.option("--collection", default=None, help="Only this collection.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+    @click.option(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="Show the shard actors of `lamina serve --cluster` servers on this Ray cluster.",
+    )
     @click.pass_obj
     @handle_errors
-    def status_command(ctx: CliContext, collection: str | None, as_json: bool) -> None:
+    def status_command(
+        ctx: CliContext, collection: str | None, as_json: bool, cluster: str | None
+    ) -> None:
         """Collections, encoder fingerprint, counts, snapshot, index type, last runs, failures."""
+        if cluster:
+            _cluster_status(cluster, collection, as_json)
+            return
         if ctx.url:
             from api.client import Client
 
@@ -59,3 +70,38 @@ def register(cli: click.Group) -> None:
                 click.echo(f"  source {f['state']} since indexing: {f['source']}")
             if c.get("damaged") or changed.get("files"):
                 click.echo("  `lamina verify` checks everything; `lamina repair` re-indexes")
+
+
+def _cluster_status(address: str, collection: str | None, as_json: bool) -> None:
+    """Shards and replicas of every sharded server on the cluster: snapshot, tiles, memory."""
+    from search.errors import ShardUnavailableError
+    from search.sharded import cluster_status
+
+    try:
+        doc = cluster_status(address=address)
+    except Exception as exc:  # noqa: BLE001 - Ray raises several kinds when unreachable
+        raise ShardUnavailableError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    if collection:
+        for r in doc["replicas"]:
+            r["collections"] = {
+                n: c for n, c in (r.get("collections") or {}).items() if n == collection
+            }
+    if as_json:
+        emit_json({"ok": True, "cluster": address, **doc})
+        return
+    if not doc["replicas"]:
+        click.echo(f"no shard actors on {address} (start one with `lamina serve --cluster`)")
+    for r in doc["replicas"]:
+        head = f"server {r['server']} shard {r['shard']} replica {r['replica']}"
+        if not r["alive"]:
+            click.echo(f"{head}: DOWN ({r.get('error')})")
+            continue
+        click.echo(
+            f"{head}: pid {r['pid']} on {r['node']}, resident {r['rss_bytes'] / 2**20:.1f} MiB"
+        )
+        for name, c in sorted((r.get("collections") or {}).items()):
+            click.echo(
+                f"  {name}: snapshot {c['snapshot']}, {c['segments']} segments, "
+                f"{c['tiles']} tiles, heap {c['heap_bytes'] / 2**20:.1f} MiB, "
+                f"vectors {c['vector_bytes'] / 2**20:.1f} MiB mapped"
+            )

@@ -310,3 +310,80 @@ def test_http_api_through_shards(home: Path, ray_cluster: Any) -> None:
         assert vec.get_json()["hits"] == []
     finally:
         app.extensions["lamina"].searcher.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_serve_and_status_cluster(home: Path, ray_cluster: Any) -> None:
+    """A real `lamina serve --cluster` process; `lamina search --url --partial` and
+    `lamina status --cluster` against it."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    lamina = [sys.executable, "-m", "api"]
+    port = _free_port()
+    env = ray_cluster.env(LAMINA_HOME=str(home), LAMINA_AUDIT="off")
+    env.pop("LAMINA_API_TOKEN", None)
+    cmd = [*lamina, "serve", "--port", str(port), "--cluster", ray_cluster.address]
+    server = subprocess.Popen(
+        [*cmd, "--shards", "2", "--shard-cpus", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            try:
+                urllib.request.urlopen(f"{url}/api/v1/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        tile = str(int(SearchService(Store(home)).view("flat").all_tile_ids()[7]))
+        args = ["search", "--collection", "flat", "--tile-id", tile, "-k", "6", "--json"]
+        group = ["--group-by", "slide", "--filter", "bucket<500"]
+        remote = subprocess.run(
+            [*lamina, "--url", url, *args, *group, "--partial"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        local = subprocess.run([*lamina, *args, *group], env=env, capture_output=True, timeout=120)
+        assert remote.returncode == 0 == local.returncode, remote.stderr.decode()
+        assert _strip(json.loads(remote.stdout)) == _strip(json.loads(local.stdout))
+        status = subprocess.run(
+            [*lamina, "status", "--cluster", ray_cluster.address, "--json"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr.decode()
+        doc = json.loads(status.stdout)
+        mine = [r for r in doc["replicas"] if r["server"] == f"serve{port}-{server.pid}"]
+        assert sorted((r["shard"], r["replica"]) for r in mine) == [(0, 0), (1, 0)]
+        snap = Store(home).collection("flat").snapshot().id
+        for r in mine:
+            assert r["alive"] and r["rss_bytes"] > 0
+            assert r["collections"]["flat"]["snapshot"] == snap
+            assert r["collections"]["flat"]["heap_bytes"] > 0
+        assert sum(r["collections"]["flat"]["tiles"] for r in mine) == 3000
+        text = subprocess.run(
+            [*lamina, "status", "--cluster", ray_cluster.address],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert f"server serve{port}-{server.pid} shard 1 replica 0" in text.stdout.decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
