@@ -14,8 +14,9 @@ Checks, cheapest first (:func:`check_segment`):
   (legacy: the vector files' sizes implied by ``n_tiles x dim``), the Parquet footers readable
   with the recorded row counts. Files of a segment whose total size is at most
   :data:`OPEN_HASH_BYTES` (``LAMINA_VERIFY_OPEN_MB``, default 256 MiB) are also re-hashed:
-  about 20 ms per 256 MiB at xxh3's ~15 GB/s, done off the request path, on data the reader
-  is about to map anyway. Larger segments are hashed only by ``--deep``.
+  hashed through a read-only map, 35-40 ms for a 222 MiB segment on this 2-core machine under
+  load (building its reader takes 130-160 ms), off the request path, on data the reader is
+  about to map anyway. Larger segments are hashed only by ``--deep``.
 - *deep* (``lamina verify --deep``): every file re-hashed, whatever its size.
 
 A segment failing a check is *quarantined*: searches answer from the other segments and name
@@ -30,6 +31,7 @@ with write access to the store, who could rewrite ``segment.json`` as well.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -43,7 +45,6 @@ from search.errors import DamagedStoreError
 
 HASH = "xxh3_64"
 OPEN_HASH_BYTES = int(float(os.environ.get("LAMINA_VERIFY_OPEN_MB", "256")) * (1 << 20))
-_BLOCK = 1 << 22
 
 
 class DamagedSegmentError(DamagedStoreError):
@@ -89,11 +90,13 @@ def digest_bytes(data: bytes | memoryview) -> str:
 
 
 def digest_file(path: Path) -> str:
-    h = xxhash.xxh3_64()
+    """xxh3-64 of a file, hashed through a read-only map (no copy; ~2x faster than reads)."""
     with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return xxhash.xxh3_64(b"").hexdigest()
+        with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
+            return xxhash.xxh3_64(m).hexdigest()
 
 
 def file_entry(path: Path, digest: str | None = None) -> dict[str, Any]:
