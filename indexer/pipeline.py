@@ -121,6 +121,8 @@ class RunReport:
     error: str = ""
     """Why the run stopped early (e.g. the disk is full); ``indexed``/``tiles`` then count only
     what was committed, and the next run indexes the rest."""
+    cluster: dict[str, Any] | None = None
+    """For a run on a Ray cluster: its nodes, CPUs, GPUs and encoders (None: a local run)."""
 
     @property
     def ok(self) -> bool:

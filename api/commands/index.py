@@ -9,6 +9,7 @@ collection is created; asking an existing collection for another dtype is refuse
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,19 @@ def register(cli: click.Group) -> None:
         help="How a new collection stores vectors (float16 halves disk and memory; "
         "scores are computed in float32). Default float32.",
     )
+    @click.option(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="Read and embed on a Ray cluster (host:port, ray://host:10001, auto; default "
+        "$RAY_ADDRESS; 'local': this process). Needs the cluster extra.",
+    )
+    @click.option(
+        "--encoders",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help="Encoder actors on the cluster (default one per GPU, else half the CPUs).",
+    )
     @click.option("--allow-test-encoder", is_flag=True, help="Permit test/* encoders.")
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
@@ -160,6 +174,8 @@ def register(cli: click.Group) -> None:
         index_factory: str | None,
         nprobe: int | None,
         vector_dtype: str | None,
+        cluster: str | None,
+        encoders: int | None,
         allow_test_encoder: bool,
         no_progress: bool,
         as_json: bool,
@@ -170,7 +186,7 @@ def register(cli: click.Group) -> None:
         """
         from api.exposure import record_roots
         from indexer import IngestOptions, Manifest
-        from indexer.pipeline import Ingest, open_collection_for
+        from indexer.pipeline import open_collection_for
 
         options = IngestOptions(
             tile_px=tile_px,
@@ -197,7 +213,9 @@ def register(cli: click.Group) -> None:
         if nprobe is not None:
             col.set_index(params={"nprobe": nprobe})
         record_roots(store.home, paths)  # answers show paths relative to these folders
-        report = Ingest(col, encoder, options, table).run(list(paths))
+        report = _ingest(
+            col, encoder, options, table, list(paths), cluster, encoders, workers, device
+        )
         doc = report.to_dict()
         if col.index_factory != "Flat":
             doc["ann_index"] = _update_index(col, progress=not no_progress)
@@ -208,6 +226,35 @@ def register(cli: click.Group) -> None:
             if "ann_index" in doc:
                 _print_index(col.name, doc["ann_index"])
         sys.exit(0 if report.ok else 1)
+
+
+def _ingest(
+    col: Any,
+    encoder: Any,
+    options: Any,
+    table: Any,
+    paths: list[str],
+    cluster: str | None,
+    encoders: int | None,
+    workers: int | None,
+    device: str,
+) -> Any:
+    """A local run, or one on the Ray cluster of ``--cluster`` / ``$RAY_ADDRESS``."""
+    from indexer.distributed import ClusterOptions, cluster_address
+
+    address = cluster_address(cluster)
+    if address is None:
+        if encoders is not None:
+            raise click.UsageError("--encoders needs --cluster (or RAY_ADDRESS)")
+        from indexer.pipeline import Ingest
+
+        return Ingest(col, encoder, options, table).run(paths)
+    from indexer.distributed import ClusterIngest
+
+    spec = ClusterOptions(address=address, encoders=encoders)
+    if workers:
+        spec = replace(spec, reader_threads=workers)
+    return ClusterIngest(col, encoder, spec, options, table, device).run(paths)
 
 
 def _update_index(col: Any, progress: bool) -> dict[str, Any]:

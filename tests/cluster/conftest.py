@@ -168,9 +168,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_AUTH_MODE"] = "disabled"
     with log.open("wb") as out:
         return subprocess.Popen(
             [RAY, "start", "--block", *args],
