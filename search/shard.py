@@ -8,7 +8,9 @@ previous snapshot answers while the next one is prepared). The class is plain Py
 coordinator runs it as a Ray actor (one process per shard replica).
 
 Everything returned is plain data (numpy arrays, dicts, lists): scores are the planner's exact
-float32 scores, so a merge at the coordinator is bit-identical to one process ranking them all.
+float32 scores, so a merge at the coordinator is bit-identical to one process ranking them all
+-- given the same FAISS/BLAS thread count (``threads``; FAISS's multi-threaded scan rounds
+differently from its one-thread scan), which the coordinator passes from its own process.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ def rss_bytes() -> int:
 class ShardWorker:
     """Search over a subset of each collection's segments (see the module doc)."""
 
-    def __init__(self, home: str, shard: int, replica: int) -> None:
+    def __init__(self, home: str, shard: int, replica: int, threads: int | None = None) -> None:
+        if threads is not None:  # FAISS's kernels round differently with another thread count
+            import faiss
+
+            faiss.omp_set_num_threads(threads)
         self.store = Store(home)
         self.shard = shard
         self.replica = replica
@@ -131,11 +137,14 @@ class ShardWorker:
                 [],
             )
             return {"found": [empty] * len(queries), "plan": {}, "matched": 0}
+        t0 = time.perf_counter()
         ranked, plan = planner.search(view, queries, k, conds, params)
         found = [
             (r.scores, view.tile_ids_at(r.positions), view.rows_at(r.positions)) for r in ranked
         ]
-        return {"found": found, "plan": plan.to_dict(), "matched": plan.matched}
+        out = plan.to_dict()
+        out["ms"]["shard"] = round((time.perf_counter() - t0) * 1000, 3)  # this call, in here
+        return {"found": found, "plan": out, "matched": plan.matched}
 
     # -- lookups ------------------------------------------------------------------------------
     def tiles(

@@ -17,7 +17,8 @@ coordinator list again and retry.
 
 Exactness. A shard runs the single-machine planner on its segments and returns its top-k with
 exact float32 scores; the coordinator keeps the k best by (score desc, tile id asc), the
-planner's own tie rule, so for exact plans hits, scores and order equal one process's answer.
+planner's own tie rule, so for exact plans hits, scores and order equal one process's answer (the shards use
+this process's FAISS/BLAS thread count: FAISS rounds differently with another one).
 Group-by runs the service's fetch-until-k-groups loop here over merged candidates, and
 slide-level ranking merges per-shard top-m score lists (``search.sharded_slides``). For IVF
 plans each shard probes the same ``nprobe`` lists of the shared coarse quantizer (unfiltered,
@@ -201,10 +202,14 @@ class ShardedSearchService(SearchService):
             )
         self.tag = tag or uuid.uuid4().hex[:8]
         self.timeout_s = timeout_s
+        import faiss
+
         from search.shard import ShardWorker
 
         remote = ray.remote(ShardWorker)
         home = str(store.home.resolve())
+        threads = faiss.omp_get_max_threads()  # the shards score as this process would
+        env = {v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         self.shards: list[_Shard] = []
         for i in range(shards):
             actors = [
@@ -216,7 +221,8 @@ class ShardedSearchService(SearchService):
                     max_task_retries=0,
                     max_concurrency=8,
                     scheduling_strategy="SPREAD",
-                ).remote(home, i, r)
+                    runtime_env={"env_vars": env},
+                ).remote(home, i, r, threads)
                 for r in range(replicas)
             ]
             self.shards.append(_Shard(actors))
@@ -274,9 +280,14 @@ class ShardedSearchService(SearchService):
             r = self.shards[i].order()[0]
             actor = self.shards[i].actors[r]
             pending[i] = (r, getattr(actor, method).remote(*view.args(i), *extra(i)))
+        deadline = time.monotonic() + self.timeout_s
+        try:  # the usual case: every shard answers
+            values = ray.get([ref for _, ref in pending.values()], timeout=self.timeout_s)
+            return dict(zip(pending, values, strict=True)), []
+        except (RayTaskError, *_gone()):
+            pass  # sorted out shard by shard below (answers already in are not asked again)
         out: dict[int, Any] = {}
         missing: list[int] = []
-        deadline = time.monotonic() + self.timeout_s
         for i, (r, ref) in pending.items():
             try:
                 out[i] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
