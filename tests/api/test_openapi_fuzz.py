@@ -50,6 +50,7 @@ def _check(status: int, headers: dict[str, str], body: bytes, what: Any) -> None
         assert headers.get("Retry-After"), what
 
 
+@pytest.mark.slow
 def test_no_server_errors(fuzz_app: Any) -> None:
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app)
     operations = [r.ok() for r in schema.get_all_operations()]
@@ -80,6 +81,7 @@ def test_no_server_errors(fuzz_app: Any) -> None:
     assert "GET /jobs/{job_id}" in seen
 
 
+@pytest.mark.slow
 def test_hostile_requests(fuzz_app: Any, derm_images: list[Path]) -> None:
     client = fuzz_app.test_client()
     col = fuzz_app.extensions["lamina"].service.collection("derm")
