@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -325,6 +326,7 @@ class ClusterIngest(Ingest):
     # -- the outcomes, from the cluster ----------------------------------------------------------
     def _outcomes(self, files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
         ray = _ray()
+        t0 = time.perf_counter()
         # Ray prints cluster events (a node that died) on stdout from a thread of its own;
         # stdout is for the run's answer (--json), so they go to stderr while connected.
         with contextlib.redirect_stdout(sys.stderr):
@@ -332,6 +334,7 @@ class ClusterIngest(Ingest):
             in_flight: dict[Any, Work] = {}
             try:
                 actors, described = self._start_encoders(ray)
+                described["start_s"] = round(time.perf_counter() - t0, 3)
                 self.report.cluster = described
                 remote = ray.remote(run_work).options(
                     num_cpus=1,
