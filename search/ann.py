@@ -70,8 +70,15 @@ class SegmentANN:
         self.index = index
         self.nlist = nlist
         self._filtered: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._counts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.contiguous = False
+        # a FAISS IVF code index (IVF-PQ/SQ) searched directly: probed lists are chosen here
+        self.ivf: Any = None
+        self.list_of_row: np.ndarray | None = None
+        if index is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+            self.ivf = faiss.downcast_index(index)
+            self.list_of_row = _rows_lists(self.ivf)
         if assign is not None:
             # a clustered segment (rows sorted by list): every list is one run of rows
             self.contiguous = bool(len(assign) < 2 or np.all(np.diff(assign) >= 0))
@@ -89,7 +96,29 @@ class SegmentANN:
             return int(self.assign.nbytes + self.order.nbytes + self.offsets.nbytes)
         if self.index is None:
             return 0
-        return int(faiss.serialize_index(self.index).nbytes)
+        extra = 0 if self.list_of_row is None else int(self.list_of_row.nbytes)
+        return int(faiss.serialize_index(self.index).nbytes) + extra
+
+    def list_counts(self, key: str | None, mask: np.ndarray | None) -> np.ndarray:
+        """Tiles per IVF list, restricted to ``mask`` (cached per filter key)."""
+        if self.assign is not None:
+            return np.diff(self.lists(key, mask)[1])
+        assert self.list_of_row is not None
+        if mask is None or key is None:
+            sel = self.list_of_row
+        else:
+            with self._lock:
+                hit = self._counts.get(key)
+            if hit is not None:
+                return hit
+            sel = self.list_of_row[mask]
+        out = np.bincount(sel, minlength=self.nlist).astype(np.int64)
+        if mask is not None and key is not None:
+            with self._lock:
+                self._counts[key] = out
+                while len(self._counts) > _FILTER_CACHE:
+                    self._counts.popitem(last=False)
+        return out
 
     def lists(self, key: str | None, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(rows ordered by list, offsets per list) restricted to ``mask`` (cached per key)."""
@@ -119,8 +148,7 @@ class AnnIndex:
         self.dir = directory
         self.version = version
         self.meta = meta
-        self.centroids: np.ndarray | None = None
-        self.template: Any = None
+        self.centroids: np.ndarray | None = None  # IVF families: coarse centroids
         trained = meta.get("trained") or {}
         self.trained_digest: str | None = trained.get(HASH)
         if self.trained_digest is not None:  # recorded: the trained file must match it
@@ -129,6 +157,14 @@ class AnnIndex:
                 raise ValueError(f"{trained.get('file')} does not match its checksum")
         if spec.kind == "ivf":
             self.centroids = np.load(directory / "centroids.npy")
+        elif spec.nlist:
+            raw = faiss.read_index(str(directory / "trained.faiss"))  # owns what follows
+            template = faiss.downcast_index(raw)
+            if isinstance(template, faiss.IndexIVF):  # not behind a transform (OPQ, PCA...)
+                coarse = faiss.downcast_index(template.quantizer)
+                self.centroids = coarse.reconstruct_n(0, template.nlist)
+            del raw
+        if self.centroids is not None:
             self.quantizer = faiss.IndexFlatIP(self.centroids.shape[1])
             self.quantizer.add(self.centroids)
         self._segments: dict[str, SegmentANN | None] = {}
@@ -253,6 +289,19 @@ class AnnIndex:
         n = len(self.centroids) if top is None else min(top, len(self.centroids))
         _, lists = self.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), n)
         return [row[row >= 0].astype(np.int64) for row in lists]
+
+
+def _rows_lists(ivf: Any) -> np.ndarray:
+    """The IVF list of every row of a FAISS IVF index (its ids are the segment's rows)."""
+    out = np.zeros(ivf.ntotal, np.int32)
+    inv = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = inv.list_size(lst)
+        if size:
+            ptr = inv.get_ids(lst)
+            out[faiss.rev_swig_ptr(ptr, size)] = lst
+            inv.release_ids(lst, ptr)
+    return out
 
 
 # -- building -----------------------------------------------------------------------------------

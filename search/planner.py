@@ -7,11 +7,14 @@ For a batch of unit query vectors, k and a list of filter conditions:
 2. **Plan.** ``exact`` when the collection has no ANN index, the request forces it, or the
    filter leaves at most ``exact_below`` tiles in the indexed segments (ranking them all costs
    about what the ANN would; a quarter of that for float16 vectors, whose conversion to float32
-   dominates an exact scan). Otherwise ``ann``: IVF probes lists in centroid order -- ``nprobe``
-   lists unfiltered; filtered, lists until as many *matching* candidates were seen as an
-   unfiltered search scans (so breadth follows selectivity and correlation). FAISS code indexes
-   (PQ/SQ/HNSW) search with the filter as a bitmap, ``nprobe`` / ``ef_search`` scaled by
-   1/selectivity, and return ``k * refine`` candidates. Segments not (yet) indexed are always
+   dominates an exact scan). Otherwise ``ann``: IVF families (own IVF lists, or a FAISS IVF
+   code index such as IVF-PQ) probe lists in centroid order -- ``nprobe`` lists unfiltered;
+   filtered, only lists holding a matching tile, until as many *matching* candidates were seen
+   as an unfiltered search scans (so breadth follows selectivity and correlation). A FAISS IVF
+   code index is searched on exactly those lists (``search_preassigned``, the filter as a
+   bitmap) for ``k * refine`` candidates; other code indexes (HNSW, or IVF behind a transform)
+   search with the filter as a bitmap and ``nprobe`` / ``ef_search`` scaled by 1/selectivity.
+   Segments not (yet) indexed are always
    ranked exactly, so a stale index never hides new data.
 3. **Rank.** Every candidate is scored exactly (float32 inner product with the segment's
    vectors, float16 storage converted to float32) and the per-segment top-k are merged; ties go
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import faiss
@@ -57,10 +60,13 @@ class Plan:
     ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in _PLAN_FIELDS}
         out["ms"] = {k: round(v, 3) for k, v in self.ms.items()}
         out["selectivity"] = round(self.selectivity, 6)
         return {k: v for k, v in out.items() if v is not None}
+
+
+_PLAN_FIELDS = fields(Plan)
 
 
 @dataclass
@@ -113,7 +119,7 @@ def search(
     strategy, plan.reason = _choose(ann, p, covered_matched, covered_total, k, float16)
     plan.strategy = strategy
     probes: list[np.ndarray] = []
-    if strategy == "ann" and ann is not None and ann.spec.kind == "ivf":
+    if strategy == "ann" and ann is not None and ann.centroids is not None:
         list_counts = None
         if masks is not None:
             list_counts = _list_counts(view, ann, key, masks, parts)
@@ -226,6 +232,8 @@ def _ann_segment(
     sel_bits = None
     if mask is not None:
         sel_bits = np.packbits(mask, bitorder="little")
+    if part.ivf is not None and probes:
+        return _ivf_codes(ann, part, reader, queries, k, sel_bits, p, plan, probes, backend)
     frac = max(plan.selectivity, 1e-9)
     kk = min(reader.n, max(k * p["refine"], k))
     nprobe = min(max(ann.spec.nlist, 1), int(np.ceil(p["nprobe"] / frac)))
@@ -238,6 +246,51 @@ def _ann_segment(
     q = np.ascontiguousarray(queries, dtype=np.float32)
     assert part.index is not None
     _, labels = part.index.search(q, kk, params=params)
+    out = []
+    for j in range(len(q)):
+        rows = labels[j][labels[j] >= 0]
+        plan.candidates += len(rows)
+        out.append(backend.rows(reader, np.sort(rows), q[j], k))
+    return out
+
+
+def _ivf_codes(
+    ann: AnnIndex,
+    part: SegmentANN,
+    reader: Any,
+    queries: np.ndarray,
+    k: int,
+    sel_bits: np.ndarray | None,
+    p: Mapping[str, Any],
+    plan: Plan,
+    probes: list[np.ndarray],
+    backend: Backend,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A FAISS IVF code index searched on the lists the planner chose (``search_preassigned``;
+    the filter as a bitmap), ``k * refine`` candidates re-ranked exactly."""
+    assert ann.centroids is not None
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    width = max(len(x) for x in probes)
+    lists = np.full((len(q), width), -1, np.int64)  # -1: no list (FAISS skips it)
+    dis = np.zeros((len(q), width), np.float32)
+    for j, chosen in enumerate(probes):
+        lists[j, : len(chosen)] = chosen
+        dis[j, : len(chosen)] = ann.centroids[chosen] @ q[j]
+    kk = min(reader.n, max(k * p["refine"], k))
+    params = _faiss_params(part.ivf, sel_bits, width, 0)
+    vals = np.empty((len(q), kk), np.float32)
+    labels = np.empty((len(q), kk), np.int64)
+    part.ivf.search_preassigned_c(
+        len(q),
+        faiss.swig_ptr(q),
+        kk,
+        faiss.swig_ptr(lists),
+        faiss.swig_ptr(dis),
+        faiss.swig_ptr(vals),
+        faiss.swig_ptr(labels),
+        False,
+        params,
+    )
     out = []
     for j in range(len(q)):
         rows = labels[j][labels[j] >= 0]
@@ -259,6 +312,7 @@ def _probe_lists(
     nprobe = min(p["nprobe"], len(order))
     if counts is None:
         return order[:nprobe]
+    order = order[counts[order] > 0]  # lists without a matching tile cost a scan for nothing
     target = max(p["nprobe"] * covered_total / max(ann.spec.nlist, 1), 1.0)
     target = min(target, covered_matched)
     cum = np.cumsum(counts[order])
@@ -281,7 +335,7 @@ def _list_counts(
     total = np.zeros(ann.spec.nlist, np.int64)
     for part, m in zip(parts, masks, strict=True):
         if part is not None:
-            total += np.diff(part.lists(key, m)[1])
+            total += part.list_counts(key, m)
     cache[key] = total
     return total
 

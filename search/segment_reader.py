@@ -144,6 +144,7 @@ class SegmentReader:
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
         self._sources: pa.Table | None = None
+        self._takers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.signature: tuple[tuple[int, int, int], ...] = ()
 
@@ -212,16 +213,56 @@ class SegmentReader:
         return out
 
     def take_rows(self, rows: np.ndarray, columns: Sequence[str] | None = None) -> list[dict]:
-        """Row dicts for the given physical rows (one Arrow take, no scan)."""
-        table = self.table if columns is None else self.table.select(list(columns))
-        out = table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
-        for r, row in zip(np.asarray(rows).tolist(), out, strict=True):
-            row["segment_id"], row["row"] = self.info.segment_id, int(r)
+        """Row dicts for the given physical rows: per column one gather from a cached array
+        (the values :meth:`pyarrow.Table.to_pylist` would give, without building a table)."""
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        names = self.table.column_names if columns is None else list(columns)
+        values = [self._column_reader(c)(idx) for c in names]
+        out = [dict(zip(names, vals, strict=True)) for vals in zip(*values, strict=True)]
+        if not names:
+            out = [{} for _ in idx]
+        for r, row in zip(idx.tolist(), out, strict=True):
+            row["segment_id"], row["row"] = self.info.segment_id, r
         return out
+
+    def _column_reader(self, name: str) -> Any:
+        """A function rows -> Python values of column ``name``, built once per column."""
+        hit = self._takers.get(name)
+        if hit is None:
+            column = self.table.column(name)  # one chunk (the table was combined): no copy
+            hit = _taker(column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())
+            with self._lock:
+                self._takers[name] = hit
+        return hit
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """float32 copies of the vectors at ``rows`` (sorted access is fastest)."""
         return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+
+def _taker(col: pa.Array) -> Any:
+    """rows -> list of Python values for one column: dictionary strings through their codes,
+    numbers and booleans through a numpy array (nulls through the validity bitmap), anything
+    else through an Arrow take."""
+    t = col.type
+    if pa.types.is_dictionary(col.type):
+        codes = col.indices
+        codes = (codes if codes.null_count == 0 else codes.fill_null(-1)).to_numpy(
+            zero_copy_only=False
+        )
+        words = [*col.dictionary.to_pylist(), None]  # code -1 -> the trailing None
+        return lambda idx: [words[c] for c in codes[idx].tolist()]
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        if col.null_count == 0:
+            arr = col.to_numpy(zero_copy_only=False)
+            return lambda idx: arr[idx].tolist()
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        filled = col.fill_null(False if pa.types.is_boolean(t) else 0)
+        vals = filled.to_numpy(zero_copy_only=False)
+        return lambda idx: [
+            v if ok else None for v, ok in zip(vals[idx].tolist(), valid[idx].tolist(), strict=True)
+        ]
+    return lambda idx: col.take(pa.array(idx)).to_pylist()
 
 
 def _signature(info: SegmentInfo) -> tuple[tuple[int, int, int], ...]:

@@ -13,7 +13,9 @@ a thread, so new segments get indexed and a changed factory gets built while sea
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -134,6 +136,7 @@ class _State:
         self.refreshing = False
         self.building = False
         self.build_error: str | None = None
+        self.stamp: tuple[int, ...] | None = None  # file times the view was checked against
 
 
 class SearchService:
@@ -166,11 +169,15 @@ class SearchService:
     def view(self, name: str, wait: bool | None = None) -> CollectionView:
         """The current view of ``name``. A changed snapshot is prepared off the request path in
         background mode (the previous view answers meanwhile); ``wait=True`` forces a fresh one."""
-        col = self.store.collection(name)
         state = self._state(name)
-        key = self._key(col)
         current = state.view
+        stamp = _stamp(current) if current is not None and not wait else None
+        if stamp is not None and stamp == state.stamp:
+            return current  # type: ignore[return-value]
+        col = self.store.collection(name)
+        key = self._key(col)
         if current is not None and state.key is not None and state.key[:3] == key[:3]:
+            state.stamp = stamp
             return current
         if current is None or wait or (wait is None and not self.background):
             return self._refresh(name, col, state, key)
@@ -215,7 +222,7 @@ class SearchService:
                     if attempt == 2:
                         raise
                     key = self._key(col)
-            state.view, state.key = view, key
+            state.view, state.key, state.stamp = view, key, None
             forget_readers(str(col.segments_dir), view.snapshot.segments)
         if self.background:
             self._maybe_build(name, col, view, state)
@@ -473,6 +480,30 @@ class SearchService:
             for v, g in ranked_groups
         ]
         return hits[:k], out, ranking
+
+
+_SETTLED_NS = 100_000_000  # file times older than this cannot hide a later change
+
+
+def _stamp(view: CollectionView) -> tuple[int, ...] | None:
+    """Modification times of what makes a view current: the segments directory (a commit or
+    compaction renames an entry in it), collection.json (factory, params) and the index
+    pointer. Equal stamps mean nothing changed -- trusted only once every time is older than
+    the file system's time granularity could blur (two renames in one tick share a time), so
+    a fresh change is always confirmed by a listing. None: not trusted, list."""
+    col = view.collection
+    try:
+        segs = os.stat(col.segments_dir).st_mtime_ns
+        info = os.stat(col.path / "collection.json")
+    except OSError:
+        return None
+    try:
+        ptr = os.stat(col.index_dir / f"{index_slug(col.index_factory)}.json").st_mtime_ns
+    except OSError:
+        ptr = 0
+    if time.time_ns() - max(segs, info.st_mtime_ns, ptr) < _SETTLED_NS:
+        return None
+    return (segs, info.st_mtime_ns, info.st_ino, ptr)
 
 
 def unit_queries(q: np.ndarray, dim: int, name: str) -> np.ndarray:

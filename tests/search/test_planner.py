@@ -169,3 +169,26 @@ def test_clustering_puts_ivf_lists_in_runs_and_keeps_answers(data, tmp_path: Pat
     # every tile keeps its own vector (ids were allocated 0..5999 in write order)
     ids = view.all_tile_ids()[:50]
     np.testing.assert_array_equal(view.tile_vectors(ids), vectors[:6000][ids])
+
+
+def test_ivf_code_index_probes_the_lists_the_planner_chooses(data) -> None:  # noqa: ANN001
+    """IVF-PQ: each row's list is read back from the FAISS index (equal to its nearest
+    centroid); a correlated filter probes only lists holding matching tiles."""
+    home, vectors, queries = data
+    col = Store(home).collection("c")
+    col.set_index("IVF64,PQ8")
+    update_index(col)
+    svc = SearchService(Store(home))
+    view = svc.view("c")
+    ann = view.ann
+    assert ann is not None and ann.centroids is not None
+    nearest = np.argmax(vectors @ ann.centroids.T, axis=1)
+    lists = np.concatenate([ann.segment(r.segment_id).list_of_row for r in view.readers])
+    assert np.mean(lists == nearest) > 0.999  # ties aside
+    filters = ["cluster_group=3"]
+    mask = view.mask(parse_filters(filters))
+    holding = np.unique(lists[mask])
+    for q in queries[:5]:
+        res = svc.search("c", q, K, filters=filters, params={"strategy": "ann"})
+        assert res.plan["strategy"] == "ann" and len(res.hits) == K
+        assert res.plan["nprobe"] <= len(holding) < 64
