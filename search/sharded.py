@@ -364,7 +364,40 @@ class ShardedSearchService(SearchService):
         view = ClusterView(self, col, key, assignment, schema, sorted(missing), has_ann)
         with self._cv_lock:
             self._cviews[name] = view
+        self._maybe_build_index(name, col, view)
         return view
+
+    def _maybe_build_index(self, name: str, col: Collection, view: ClusterView) -> None:
+        """As the single-process server does: build or extend the collection's ANN index in a
+        thread when segments lack it; the next query sees the new index version."""
+        from search.ann import AnnIndex, update_index
+        from search.compaction import cluster
+
+        if col.index_factory == "Flat" or view.n_tiles == 0:
+            return
+        ann = AnnIndex.load(col)
+        if ann is not None and all(
+            ann.sidecar(s.segment_id).exists() for s in view.snapshot.segments
+        ):
+            return
+        state = self._state(name)
+        with state.lock:
+            if state.building:
+                return
+            state.building = True
+
+        def run() -> None:
+            try:
+                update_index(col)
+                cluster(col)
+                state.build_error = None
+            except Exception as exc:  # noqa: BLE001 - reported by status; searches go on exactly
+                state.build_error = str(exc)
+                log.warning("building the %s index of %s failed: %s", col.index_factory, name, exc)
+            finally:
+                state.building = False
+
+        threading.Thread(target=run, daemon=True).start()
 
     # -- ranking ------------------------------------------------------------------------------
     def _rank(
