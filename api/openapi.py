@@ -9,6 +9,12 @@ _INT = {"type": "integer"}
 _NUM = {"type": "number"}
 _OBJ = {"type": "object"}
 _NSTR = {"type": ["string", "null"]}
+_PARTIAL = {
+    "type": "boolean",
+    "default": False,
+    "description": "Sharded server: answer without unreachable shards (listed in "
+    "missing_shards) instead of 503 SHARD_UNAVAILABLE.",
+}
 _SOURCE = {
     "type": ["string", "null"],
     "description": "the source's path relative to the folder it was indexed from (else its "
@@ -158,6 +164,16 @@ SCHEMAS: dict[str, Any] = {
                 "absent when every segment answered.",
             },
             "warning": _STR,
+            "partial": {
+                "type": "boolean",
+                "description": "Sharded server, partial=true asked: some shards did not answer.",
+            },
+            "missing_shards": {
+                "type": "array",
+                "items": _INT,
+                "description": "Shards that did not answer a partial=true search; absent "
+                "when every shard answered.",
+            },
         },
         ["collection", "snapshot", "encoder", "hits"],
     ),
@@ -183,6 +199,7 @@ SCHEMAS: dict[str, Any] = {
             "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
             "encoder": _STR,
             "params": _ref("SearchParams"),
+            "partial": _PARTIAL,
         },
     },
     "BatchResult": _ok(
@@ -219,6 +236,7 @@ SCHEMAS: dict[str, Any] = {
             "level": {"enum": ["tile", "slide"], "default": "tile"},
             "top_m": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
             "params": _ref("SearchParams"),
+            "partial": _PARTIAL,
         },
     },
     "SearchForm": {
@@ -232,6 +250,7 @@ SCHEMAS: dict[str, Any] = {
             "exclude_same": _STR,
             "level": {"enum": ["tile", "slide"]},
             "params": {"type": "string", "description": "SearchParams as JSON"},
+            "partial": {"enum": ["true", "false"]},
         },
     },
     "Tile": {
