@@ -284,7 +284,7 @@ class ShardedSearchService(SearchService):
         try:  # the usual case: every shard answers
             values = ray.get([ref for _, ref in pending.values()], timeout=self.timeout_s)
             return dict(zip(pending, values, strict=True)), []
-        except (RayTaskError, *_gone()):
+        except (RayTaskError, *_gone()):  # type: ignore[misc]
             pass  # sorted out shard by shard below (answers already in are not asked again)
         out: dict[int, Any] = {}
         missing: list[int] = []
