@@ -36,11 +36,52 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(11)
     v, c = clustered(rng, 3000, DIM, 12)
     write_collection(root, "flat", v, c, segments=8, rng=rng)
+    _copies(root, rng)
     v2, c2 = clustered(rng, 6000, DIM, 30)
     col = write_collection(root, "ivf", v2, c2, segments=4, rng=rng)
     col.set_index("IVF32", {"nprobe": 4})
     update_index(col)
     return root
+
+
+COPIED = [0, 4, 8, 12, 16, 20, 24]  # slides also indexed from a second file, in a 9th segment
+N_FLAT = 3000 + 20 * len(COPIED)
+
+
+def _copies(root: Path, rng: np.random.Generator) -> None:
+    """A segment holding 20 more tiles of several slides (the same source id under another
+    path): their tiles lie in two segments, often on two shards."""
+    col = Store(root).collection("flat")
+    w = col.writer("copies")
+    v, _ = clustered(rng, 20 * len(COPIED), DIM, 12)
+    for j, slide in enumerate(COPIED):
+        rows = [
+            {
+                "x": 224 * i,
+                "y": 224,
+                "level": 0,
+                "size_px": 224,
+                "tile_px": 224,
+                "mpp": 0.5,
+                "tissue_fraction": 1.0,
+                "kind": "slide",
+                "bucket": int(rng.integers(1000)),
+                "cluster_group": i % 20,
+                "patient_id": f"P{slide // 3}",
+            }
+            for i in range(20)
+        ]
+        src = {
+            "source_id": f"{slide:064x}",
+            "source": f"copy_{slide:05d}.svs",
+            "kind": "slide",
+            "width": 1,
+            "height": 1,
+            "mpp": 0.5,
+            "properties": {},
+        }
+        w.add_source(src, rows, v[20 * j : 20 * (j + 1)])
+    w.commit()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +159,25 @@ def test_slide_ranking_and_batch_equal_single_process(home: Path, sharded: Any) 
     rng = np.random.default_rng(8)
     ids = view.all_tile_ids()
     sources = sorted({r["source_id"] for r in view.rows_at(np.arange(0, view.n_tiles, 100))})
+    # some copied slides have tiles on both shards
+    cv = sharded.view("flat")
+    shard_of = {seg: i for i, part in enumerate(cv.assignment) for seg in part}
+    spans = [
+        len(
+            {
+                shard_of[r.segment_id]
+                for r in view.readers
+                if f"{sl:064x}" in r.codes("source_id")[1]
+            }
+        )
+        for sl in COPIED
+    ]
+    assert max(spans) == 2, spans
+    spanning = f"{COPIED[spans.index(2)]:064x}"
     cases: list[dict[str, Any]] = [
+        {"source_id": spanning, "k": 10},
+        {"source_id": spanning, "k": 5, "top_m": 30, "filters": ["bucket<800"]},
+        {"vectors": rng.normal(size=DIM), "k": 30, "top_m": 40},
         {"vectors": rng.normal(size=DIM), "k": 5},
         {"vectors": rng.normal(size=(3, DIM)), "k": 8, "filters": ["bucket<500"], "top_m": 3},
         {"tile_id": int(ids[17]), "k": 6, "exclude_same": "patient_id"},
@@ -394,7 +453,7 @@ def test_cli_serve_and_status_cluster(home: Path, ray_cluster: Any) -> None:
             assert r["alive"] and r["rss_bytes"] > 0
             assert r["collections"]["flat"]["snapshot"] == snap
             assert r["collections"]["flat"]["heap_bytes"] > 0
-        assert sum(r["collections"]["flat"]["tiles"] for r in mine) == 3000
+        assert sum(r["collections"]["flat"]["tiles"] for r in mine) == N_FLAT
         from click.testing import CliRunner
 
         from api.cli import cli
