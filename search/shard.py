@@ -307,3 +307,13 @@ class ShardWorker:
 
     def ping(self) -> int:
         return os.getpid()
+
+    def call(self, method: str, args: tuple[Any, ...]) -> Any:
+        """``method(*args)``: the coordinator's one entry point (one argument to serialise
+        per call instead of one per parameter)."""
+        if method not in _METHODS:
+            raise ValueError(f"no shard method {method!r}")
+        return getattr(self, method)(*args)
+
+
+_METHODS = frozenset({"prepare", "search", "tiles", "sources", "source_tiles", "slides", "count"})

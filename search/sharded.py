@@ -249,7 +249,7 @@ class ShardedSearchService(SearchService):
                 continue
             actor = self.shards[shard].actors[r]
             try:
-                return ray.get(getattr(actor, method).remote(*args), timeout=self.timeout_s)
+                return ray.get(actor.call.remote(method, args), timeout=self.timeout_s)
             except RayTaskError as exc:
                 cause = exc.cause
                 if isinstance(cause, RayActorError):
@@ -279,7 +279,7 @@ class ShardedSearchService(SearchService):
         for i in targets:
             r = self.shards[i].order()[0]
             actor = self.shards[i].actors[r]
-            pending[i] = (r, getattr(actor, method).remote(*view.args(i), *extra(i)))
+            pending[i] = (r, actor.call.remote(method, (*view.args(i), *extra(i))))
         deadline = time.monotonic() + self.timeout_s
         try:  # the usual case: every shard answers
             values = ray.get([ref for _, ref in pending.values()], timeout=self.timeout_s)
