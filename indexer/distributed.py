@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -474,6 +475,7 @@ def _connect(ray: Any, address: str) -> bool:
     """Join the cluster at ``address``; True when this call connected (and must disconnect)."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -485,6 +487,24 @@ def _connect(ray: Any, address: str) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot join the Ray cluster at {address!r}: {first}") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``host:port`` where nothing listens (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not host:
+        raise ClusterError(
+            f"--cluster {address!r}: expected host:port of the head, ray://host:port or auto"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address!r}: nothing answers there "
+            f"({exc.strerror or exc})"
+        ) from None
 
 
 def cluster_ingest(

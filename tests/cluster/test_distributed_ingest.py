@@ -28,9 +28,9 @@ LAMINA = str(Path(sys.executable).with_name("lamina"))
 SLIDE_OPTIONS = ["--mpp-override", "0.5"]  # the TCGA copy carries no mpp
 
 
-def _files(derm_dir: Path, slides_dir: Path, n_photos: int) -> list[str]:
+def _files(derm_dir: Path, slides_dir: Path, n_photos: int, slides: tuple[str, ...]) -> list[str]:
     photos = sorted((derm_dir / "images").iterdir())[:n_photos]
-    slides = [slides_dir / "CMU-1-Small-Region.svs", slides_dir / "tcga-cr-7395-01a-01-ts1.svs"]
+    slides = [slides_dir / name for name in slides]
     for p in [*photos, *slides]:
         assert p.is_file(), f"test data missing: {p}"
     return [str(p) for p in [*photos, *slides]]
@@ -90,24 +90,22 @@ def _assert_same(got: Path, want: Path) -> None:
 def test_cluster_ingest_equals_local_ingest(
     ray_cluster: Any, tmp_path: Path, derm_dir: Path, slides_dir: Path
 ) -> None:
-    files = _files(derm_dir, slides_dir, 16)
+    # a torch encoder (one model load per actor), real photos and a real slide
+    files = _files(derm_dir, slides_dir, 8, ("CMU-1-Small-Region.svs",))
     local = _index(tmp_path / "local", files, "test/tiny-vit")
     assert local["cluster"] is None and local["indexed"] == len(files)
     ray = _index(tmp_path / "ray", files, "test/tiny-vit", "--cluster", ray_cluster.address)
     assert ray["ok"] and ray["indexed"] == len(files) and ray["tiles"] == local["tiles"]
     assert ray["cluster"]["nodes"] == 3 and ray["cluster"]["encoder_devices"] == ["cpu"]
     _assert_same(tmp_path / "ray", tmp_path / "local")
-    # RAY_ADDRESS alone sends a run to the cluster: here it has nothing left to do
-    again = _index(tmp_path / "ray", files, "test/tiny-vit", RAY_ADDRESS=ray_cluster.address)
-    assert again["cluster"] is not None
-    assert (again["indexed"], again["unchanged"], again["segments"]) == (0, len(files), [])
 
 
 @pytest.mark.slow
 def test_worker_killed_mid_ingest_loses_and_duplicates_nothing(
     ray_cluster: Any, tmp_path: Path, derm_dir: Path, slides_dir: Path
 ) -> None:
-    files = _files(derm_dir, slides_dir, 40)
+    slides = ("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs")
+    files = _files(derm_dir, slides_dir, 24, slides)
     encoder = "classic/stain-texture"
     _index(tmp_path / "local", files, encoder)
     home = tmp_path / "ray"
@@ -141,6 +139,41 @@ def test_worker_killed_mid_ingest_loses_and_duplicates_nothing(
     # Ray re-ran the lost task elsewhere: the run itself lost nothing
     assert first["ok"] and first["indexed"] == len(files), err[-3000:]
     ray_cluster.wait_for_nodes(3)
-    again = _index(home, files, encoder, "--cluster", ray_cluster.address)
-    assert (again["indexed"], again["unchanged"]) == (0, len(files))
+    # RAY_ADDRESS alone sends a run to the cluster: it finds nothing left to do
+    again = _index(home, files, encoder, RAY_ADDRESS=ray_cluster.address)
+    assert again["cluster"] is not None
+    assert (again["indexed"], again["unchanged"], again["segments"]) == (0, len(files), [])
     _assert_same(home, tmp_path / "local")
+
+
+def _refused_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_unreachable_cluster_is_a_clear_error_and_local_overrides_it(
+    tmp_path: Path, slides_dir: Path
+) -> None:
+    slide = str(slides_dir / "CMU-1-Small-Region.svs")
+    bad = f"127.0.0.1:{_refused_port()}"
+    cmd = [LAMINA, "index", slide, "--collection", "c", "--no-progress", "--json"]
+    env = _env(tmp_path / "home", RAY_ADDRESS=bad)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["code"] == "CLUSTER_UNAVAILABLE" and bad in doc["error"]
+    assert (
+        proc.stderr.startswith("error: cannot join the Ray cluster")
+        and "Traceback" not in proc.stderr
+    )
+    # --cluster local indexes in this process whatever RAY_ADDRESS says
+    proc = subprocess.run(
+        [*cmd, "--cluster", "local"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["cluster"] is None and doc["indexed"] == 1
