@@ -45,8 +45,8 @@ try:  # the search half lives in its own module
     from bench.cluster_search import add_arguments as add_search_arguments
     from bench.cluster_search import run as run_search
 except ImportError:  # pragma: no cover - only before bench/cluster_search.py exists
-    add_search_arguments = None
-    run_search = None
+    add_search_arguments = None  # type: ignore[assignment]
+    run_search = None  # type: ignore[assignment]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LAMINA_SHARED_DATA") or REPO.parent / "shared" / "data")

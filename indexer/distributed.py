@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -325,7 +325,7 @@ class ClusterIngest(Ingest):
             )
 
     # -- the outcomes, from the cluster ----------------------------------------------------------
-    def _outcomes(self, files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
+    def _outcomes(self, files: list[SourceFile]) -> Generator[tuple[SourceFile, Any], None, None]:
         ray = _ray()
         t0 = time.perf_counter()
         # Ray prints cluster events (a node that died) on stdout from a thread of its own;

@@ -13,7 +13,7 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -392,7 +392,7 @@ class Ingest:
             bar.update(1)
             bar.set_postfix(tiles=self.report.tiles, failed=len(self.report.failed))
 
-    def _outcomes(self, files: list[SourceFile]) -> Iterator[tuple[SourceFile, Any]]:
+    def _outcomes(self, files: list[SourceFile]) -> Generator[tuple[SourceFile, Any], None, None]:
         """(file, PreparedSource | Embedded | Skipped | exception) for every file, in the
         order they are ready: here, prepared by reader threads and embedded by the caller."""
         with (
