@@ -301,7 +301,7 @@ def create_cohort(
     ids, scores = compute_members(
         view, filters=filters, filter_json=filter_json, queries=queries, k=k, min_score=min_score
     )
-    definition = {
+    definition: dict[str, Any] = {
         "filter": conditions_to_json(parse_filters(filters, filter_json)),
         "near_images": [dict(m) for m in near_images],
         "near_tile_ids": [int(t) for t in near_tile_ids],

@@ -125,7 +125,8 @@ def _legacy_catalog(home: Path) -> None:
             "'2026-01-02T03:04:05Z', ?, 1, ?)",
             [name, v, definition, n, patients],
         )
-    members = [("a", 1, 30, None), ("a", 1, 10, None), ("a", 1, 20, None)]
+    members: list[tuple[str, int, int, float | None]] = [("a", 1, 30, None), ("a", 1, 10, None)]
+    members += [("a", 1, 20, None)]
     members += [("a", 2, 7, 0.75), ("a", 2, 3, 0.5)]
     con.executemany("INSERT INTO cohort_members VALUES (?, ?, ?, ?)", members)
     con.execute(
