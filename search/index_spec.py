@@ -60,5 +60,12 @@ def parse_factory(factory: str, dim: int) -> IndexSpec:
     return IndexSpec(factory, "faiss", int(ivf.nlist) if ivf is not None else 0)
 
 
+def codes_only(factory: str) -> bool:
+    """Whether an index keeps compressed codes only (PQ, SQ, RQ...), so that a search reads
+    just its candidates' vectors (re-ranking) and the vectors need not stay resident."""
+    storage = factory.split(",")[-1]
+    return factory != "Flat" and bool(re.match(r"^(PQ|SQ|RQ|LSQ|PRQ|PLSQ|RaBitQ)", storage))
+
+
 def index_slug(factory: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", factory).strip("_")

@@ -90,20 +90,24 @@ def unify_types(names: Sequence[str]) -> str:
     return "VARCHAR"
 
 
-def _map_populated(info: SegmentInfo) -> np.ndarray:
-    """The segment's vectors as a read-only ndarray over a shared, pre-faulted memory map.
+def _map_populated(info: SegmentInfo, populate: bool = True) -> np.ndarray:
+    """The segment's vectors as a read-only ndarray over a shared memory map.
 
-    MAP_POPULATE maps every page when the reader is built (off the request path), so queries
-    never take page faults on first touch; the pages are the OS page cache's, shared by every
-    process serving the segment. A plain ndarray (numpy's memmap subclass adds ~1 ms per take).
+    With ``populate`` (MAP_POPULATE) every page is mapped when the reader is built (off the
+    request path), so exact scans never take page faults on first touch; the pages are the OS
+    page cache's, shared by every process serving the segment. Collections served from a code
+    index (PQ/SQ) map lazily: only the re-ranked candidates' pages are touched, so what stays
+    resident is the codes. A plain ndarray (numpy's memmap subclass adds ~1 ms per take).
     """
     code = np.dtype(VECTOR_DTYPES[info.dtype][0])
     if info.n_tiles == 0:
         return np.zeros((0, info.dim), code)
     with open(info.vectors_path, "rb") as f:
         size = info.n_tiles * info.dim * code.itemsize
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         buf = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+    if not populate and hasattr(mmap, "MADV_RANDOM"):
+        buf.madvise(mmap.MADV_RANDOM)  # a candidate's fault maps its page, not 64 KiB around it
     arr = np.frombuffer(buf, dtype=code).reshape(info.n_tiles, info.dim)
     return arr
 
@@ -111,10 +115,10 @@ def _map_populated(info: SegmentInfo) -> np.ndarray:
 class SegmentReader:
     """Read access to one committed segment (thread-safe; immutable data, cached masks)."""
 
-    def __init__(self, info: SegmentInfo) -> None:
+    def __init__(self, info: SegmentInfo, populate: bool = True) -> None:
         self.info = info
         self.n = info.n_tiles
-        self.vectors = _map_populated(info)
+        self.vectors = _map_populated(info, populate)
         schema = pq.read_schema(info.tiles_path)
         strings = [
             f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
@@ -282,8 +286,10 @@ _READERS: dict[str, SegmentReader] = {}
 _READERS_LOCK = threading.Lock()
 
 
-def reader_for(info: SegmentInfo) -> SegmentReader:
-    """The process-wide reader of a committed segment (built once; segments never change).
+def reader_for(info: SegmentInfo, populate: bool = True) -> SegmentReader:
+    """The process-wide reader of a committed segment (built once; segments never change;
+    ``populate``: pre-fault its vectors, see :func:`_map_populated` -- decided by the first
+    view that opens the segment).
 
     The segment is checked first (``search.integrity.check_segment``: sizes, footers, and
     checksums of segments up to the open-time hash budget); a damaged one raises
@@ -303,7 +309,7 @@ def reader_for(info: SegmentInfo) -> SegmentReader:
             raise FileNotFoundError(str(info.path))
         raise DamagedSegmentError(problems)
     try:
-        reader = SegmentReader(info)
+        reader = SegmentReader(info, populate)
         reader.signature = sig
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         if isinstance(exc, FileNotFoundError) and not info.path.exists():

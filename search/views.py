@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from search.ann import AnnIndex
 from search.errors import SourceNotFoundError, TileNotFoundError
 from search.filters import Condition, conditions_key
+from search.index_spec import codes_only
 from search.integrity import DamagedSegmentError, Problem, duplicate_tile_ids
 from search.segment_reader import SegmentReader, reader_for, sql_type_name, unify_types
 from search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
@@ -96,9 +97,10 @@ class CollectionView:
         """Readers of the snapshot's healthy segments; damaged segments and segments repeating
         another's tile ids (the later one) are quarantined into ``self.quarantined``."""
         readers = []
+        populate = not codes_only(self.collection.index_factory)
         for s in snapshot.segments:
             try:
-                readers.append(reader_for(s))
+                readers.append(reader_for(s, populate))
             except DamagedSegmentError as exc:
                 self.quarantined.extend(exc.problems)
         spans = [(r.info.path.name, r.min_id, r.max_id, r.tile_ids) for r in readers if r.n]

@@ -128,3 +128,62 @@ def test_flat_memory_stays_within_bound(tmp_path: Path) -> None:
         bound = 1.3 if dtype == "float32" else 0.6
         assert grown <= bound * f32_bytes, (dtype, grown / f32_bytes)
         assert grown >= 0.4 * (f32_bytes if dtype == "float32" else f32_bytes / 2)  # it was mapped
+
+
+CODES_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, ROOT)
+from search.service import SearchService
+from search.store import Store
+
+def rss():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+svc = SearchService(Store(HOME))
+q = np.random.default_rng(0).normal(size=(8, DIM)).astype(np.float32)
+svc.search("warm", q[0], 10)
+base = rss()
+ann = {"strategy": "ann"}
+for i in range(8):
+    svc.search("c", q[i], 10, params=ann)
+    svc.search("c", q[i], 10, filters=["bucket<100"], params=ann)
+now = rss()
+print(now["RssAnon"] - base["RssAnon"], now["RssFile"] - base["RssFile"])
+"""
+
+
+def test_code_index_keeps_only_codes_resident(tmp_path: Path) -> None:
+    """Served from IVF-PQ, a collection's vectors are mapped lazily: the process's own memory
+    grows by the codes and the index structures, and of the vector file only the pages around
+    re-ranked candidates get mapped (page cache, reclaimable); a Flat collection of the same
+    vectors maps them all when its view is built."""
+    from search.ann import update_index
+
+    rng = np.random.default_rng(9)
+    n, dim = 120_000, 384
+    vectors, cluster = clustered(rng, n, dim, 64)
+    grown = {}
+    for factory in ("Flat", "IVF64,PQ16"):
+        home = tmp_path / factory.replace(",", "_")
+        col = write_collection(home, "c", vectors, cluster, segments=2)
+        write_collection(home, "warm", vectors[:200], cluster[:200], segments=1)
+        if factory != "Flat":
+            col.set_index(factory)
+            update_index(col)
+        script = (
+            CODES_SCRIPT.replace("ROOT", repr(str(ROOT)))
+            .replace("HOME", repr(str(home)))
+            .replace("DIM", str(dim))
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        anon, mapped = (int(x) / (n * dim * 4) for x in out.stdout.split())
+        grown[factory] = (anon, mapped)
+    assert grown["Flat"][1] >= 0.9, grown  # pre-faulted: every vector page
+    anon, mapped = grown["IVF64,PQ16"]
+    assert anon <= 0.15 and mapped <= 0.9, grown
