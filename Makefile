@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared/data
 HOME_DEMO ?= demo-data
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test test-slow test-all bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m api.demo --home $(HOME_DEMO) $(DEMO_ARGS)
 
+# Default: everything but the suites marked slow (chaos kills, Ray clusters, fuzzing, load,
+# full disks...); CI runs both.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -13,6 +13,7 @@ compaction keep ``row`` equal to the physical row).
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -90,14 +91,22 @@ def unify_types(names: Sequence[str]) -> str:
     return "VARCHAR"
 
 
+def lazy_vectors() -> bool:
+    """``LAMINA_MAP_VECTORS=lazy``: collections served from a code index map their vectors
+    lazily (the process keeps the codes; each re-ranked candidate costs a soft page fault).
+    Default ``eager``: every vector page is mapped up front (fastest re-ranking)."""
+    return os.environ.get("LAMINA_MAP_VECTORS", "eager").strip().lower() == "lazy"
+
+
 def _map_populated(info: SegmentInfo, populate: bool = True) -> np.ndarray:
     """The segment's vectors as a read-only ndarray over a shared memory map.
 
     With ``populate`` (MAP_POPULATE) every page is mapped when the reader is built (off the
     request path), so exact scans never take page faults on first touch; the pages are the OS
-    page cache's, shared by every process serving the segment. Collections served from a code
-    index (PQ/SQ) map lazily: only the re-ranked candidates' pages are touched, so what stays
-    resident is the codes. A plain ndarray (numpy's memmap subclass adds ~1 ms per take).
+    page cache's, shared by every process serving the segment. Without it (collections served
+    from a code index, with ``LAMINA_MAP_VECTORS=lazy``) only the re-ranked candidates' pages are
+    touched, so what stays resident in the process is the codes; the file is read ahead into the
+    page cache. A plain ndarray (numpy's memmap subclass adds ~1 ms per take).
     """
     code = np.dtype(VECTOR_DTYPES[info.dtype][0])
     if info.n_tiles == 0:
@@ -106,8 +115,12 @@ def _map_populated(info: SegmentInfo, populate: bool = True) -> np.ndarray:
         size = info.n_tiles * info.dim * code.itemsize
         flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         buf = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+        if not populate and hasattr(os, "posix_fadvise"):
+            # warm the page cache (shared, reclaimable) in the background, so a candidate's
+            # first touch is a soft fault, not a disk read
+            os.posix_fadvise(f.fileno(), 0, size, os.POSIX_FADV_WILLNEED)
     if not populate and hasattr(mmap, "MADV_RANDOM"):
-        buf.madvise(mmap.MADV_RANDOM)  # a candidate's fault maps its page, not 64 KiB around it
+        buf.madvise(mmap.MADV_RANDOM)  # a fault maps the candidate's page, no read-ahead
     arr = np.frombuffer(buf, dtype=code).reshape(info.n_tiles, info.dim)
     return arr
 

@@ -26,7 +26,13 @@ from search.errors import SourceNotFoundError, TileNotFoundError
 from search.filters import Condition, conditions_key
 from search.index_spec import codes_only
 from search.integrity import DamagedSegmentError, Problem, duplicate_tile_ids
-from search.segment_reader import SegmentReader, reader_for, sql_type_name, unify_types
+from search.segment_reader import (
+    SegmentReader,
+    lazy_vectors,
+    reader_for,
+    sql_type_name,
+    unify_types,
+)
 from search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
 from search.store import Collection, Snapshot
 
@@ -97,7 +103,7 @@ class CollectionView:
         """Readers of the snapshot's healthy segments; damaged segments and segments repeating
         another's tile ids (the later one) are quarantined into ``self.quarantined``."""
         readers = []
-        populate = not codes_only(self.collection.index_factory)
+        populate = not (lazy_vectors() and codes_only(self.collection.index_factory))
         for s in snapshot.segments:
             try:
                 readers.append(reader_for(s, populate))

@@ -3,6 +3,7 @@ a Flat collection served from memory maps stays within 1.3x its vector bytes (me
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -158,7 +159,7 @@ print(now["RssAnon"] - base["RssAnon"], now["RssFile"] - base["RssFile"])
 
 
 def test_code_index_keeps_only_codes_resident(tmp_path: Path) -> None:
-    """Served from IVF-PQ, a collection's vectors are mapped lazily: the process's own memory
+    """Served from IVF-PQ with ``LAMINA_MAP_VECTORS=lazy``, a collection's vectors are mapped lazily: the process's own memory
     grows by the codes and the index structures, and of the vector file only the pages around
     re-ranked candidates get mapped (page cache, reclaimable); a Flat collection of the same
     vectors maps them all when its view is built."""
@@ -180,7 +181,10 @@ def test_code_index_keeps_only_codes_resident(tmp_path: Path) -> None:
             .replace("HOME", repr(str(home)))
             .replace("DIM", str(dim))
         )
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        env = {**os.environ, "LAMINA_MAP_VECTORS": "lazy"}
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env
+        )
         assert out.returncode == 0, out.stderr
         anon, mapped = (int(x) / (n * dim * 4) for x in out.stdout.split())
         grown[factory] = (anon, mapped)
