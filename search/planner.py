@@ -246,12 +246,7 @@ def _ann_segment(
     q = np.ascontiguousarray(queries, dtype=np.float32)
     assert part.index is not None
     _, labels = part.index.search(q, kk, params=params)
-    out = []
-    for j in range(len(q)):
-        rows = labels[j][labels[j] >= 0]
-        plan.candidates += len(rows)
-        out.append(backend.rows(reader, np.sort(rows), q[j], k))
-    return out
+    return _rerank(reader, q, labels, k, plan, backend)
 
 
 def _ivf_codes(
@@ -291,6 +286,13 @@ def _ivf_codes(
         False,
         params,
     )
+    return _rerank(reader, q, labels, k, plan, backend)
+
+
+def _rerank(
+    reader: Any, q: np.ndarray, labels: np.ndarray, k: int, plan: Plan, backend: Backend
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k of each query among the rows a code index returned (-1: none)."""
     out = []
     for j in range(len(q)):
         rows = labels[j][labels[j] >= 0]
