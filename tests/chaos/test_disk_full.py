@@ -36,10 +36,13 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if proc.returncode != 0:
-        pytest.skip(
+        reason = (
             "disk-full tests need a small filesystem: mounting a tmpfs is not permitted here "
             f"(needs root or CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}"
         )
+        if os.environ.get("LAMINA_REQUIRE_TMPFS") == "1":  # CI: fail, never skip
+            pytest.fail(reason + " (LAMINA_REQUIRE_TMPFS=1)")
+        pytest.skip(reason)
     try:
         yield mnt
     finally:
