@@ -178,7 +178,9 @@ def main() -> None:
     port = free_port()
     exe = Path(sys.executable).with_name("lamina")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
-    env = dict(os.environ, LAMINA_HOME=str(home))
+    # latency and throughput of admitted requests: every client thread may be in flight (the
+    # server's default admits half its threads and sheds the rest with 429, see bench.load)
+    env = dict(os.environ, LAMINA_HOME=str(home), LAMINA_MAX_INFLIGHT=str(args.threads))
     env.pop("LAMINA_API_TOKEN", None)
     server = subprocess.Popen(
         [*cmd, "serve", "--port", str(port), "--workers", str(args.threads)],
