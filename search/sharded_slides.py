@@ -23,8 +23,8 @@ from search.cohorts import checked_conditions
 from search.errors import InvalidQueryError, SourceNotFoundError
 from search.filters import Condition, parse_filters
 from search.params import effective
-from search.service import MAX_K, Group, SearchResult, _hit, unit_queries
-from search.slide_ranking import EXACT_BELOW, mean_of_top
+from search.service import MAX_K, SearchResult, _hit, unit_queries
+from search.slide_ranking import EXACT_BELOW, mean_of_top, slide_query, slide_result
 
 if TYPE_CHECKING:
     from search.sharded import ClusterView, ShardedSearchService
@@ -127,43 +127,16 @@ def rank_slides_sharded(
     ranked = [name for _, name in scored[:k]]
     want = [int(t) for name in ranked for t in merged[name]["tiles"]]
     rows = view.tile_rows(want) if want else {}
-    groups: list[Group] = []
-    hits_out = []
+    slides = []
     for name in ranked:
         m = merged[name]
         g_hits = [
             _hit(view, rows[int(t)], float(s))  # type: ignore[arg-type]
             for t, s in zip(m["tiles"], m["scores"], strict=True)
         ]
-        groups.append(
-            Group(
-                key="slide",
-                value=name,
-                score=round(float(m["score"]), 6),
-                n_hits=int(m["count"]),
-                hits=g_hits,
-            )
-        )
-        hits_out.append(g_hits[0])
-    query = {
-        "level": "slide",
-        "method": "top_m_mean",
-        "top_m": top_m,
-        "n_queries": len(q),
-        "candidates": "ann" if use_ann else "all",
-        "matched": matched,
-    }
-    return SearchResult(
-        collection=col.name,
-        snapshot=view.snapshot.id,
-        encoder=col.fingerprint,
-        hits=hits_out,
-        groups=groups,
-        query=query,
-        plan=plan,
-        missing_segments=view.missing_segments,
-        missing_shards=missing,
-    )
+        slides.append((name, float(m["score"]), int(m["count"]), g_hits))
+    query = slide_query(top_m, len(q), use_ann, matched)
+    return slide_result(view, slides, query, plan, missing)
 
 
 def _merge(

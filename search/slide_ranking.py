@@ -34,7 +34,15 @@ from search.cohorts import checked_conditions, score_positions
 from search.errors import InvalidQueryError
 from search.filters import Condition, conditions_key, parse_filters
 from search.params import effective
-from search.service import MAX_K, Group, SearchResult, SearchService, _hit, unit_queries
+from search.service import (
+    MAX_K,
+    Group,
+    Hit,
+    SearchResult,
+    SearchService,
+    _hit,
+    unit_queries,
+)
 from search.views import CollectionView
 
 EXACT_BELOW = 200_000
@@ -273,37 +281,50 @@ def rank_slides(
         best_tiles.append(pos[lo + top])
         best_scores.append(best[top])
     rows = view.rows_at(np.concatenate(best_tiles)) if best_tiles else []
-    groups: list[Group] = []
-    hits_out = []
+    slides = []
     at = 0
     for code, tiles, sc in zip(ranked, best_tiles, best_scores, strict=True):
         g_hits = [_hit(view, rows[at + i], float(s)) for i, s in enumerate(sc)]
         at += len(tiles)
-        groups.append(
-            Group(
-                key="slide",
-                value=g.names[code],
-                score=round(float(scores[code]), 6),
-                n_hits=int(g.counts[code]),
-                hits=g_hits,
-            )
-        )
-        hits_out.append(g_hits[0])
-    query = {
+        slides.append((g.names[code], float(scores[code]), int(g.counts[code]), g_hits))
+    query = slide_query(top_m, len(q), use_ann, matched)
+    return slide_result(view, slides, query, plan)
+
+
+def slide_query(top_m: int, n_queries: int, use_ann: bool, matched: int) -> dict[str, Any]:
+    """The ``query`` block of a slide-level answer."""
+    return {
         "level": "slide",
         "method": "top_m_mean",
         "top_m": top_m,
-        "n_queries": len(q),
+        "n_queries": n_queries,
         "candidates": "ann" if use_ann else "all",
         "matched": matched,
     }
+
+
+def slide_result(
+    view: Any,
+    slides: Sequence[tuple[str, float, int, list[Hit]]],
+    query: dict[str, Any],
+    plan: dict[str, Any],
+    missing_shards: list[int] | None = None,
+) -> SearchResult:
+    """A slide-level answer: one group per ranked slide (name, score, matching tiles, its best
+    tiles), and each slide's best tile as the hit list."""
+    col = view.collection
+    groups = [
+        Group(key="slide", value=name, score=round(score, 6), n_hits=count, hits=hits)
+        for name, score, count, hits in slides
+    ]
     return SearchResult(
         collection=col.name,
         snapshot=view.snapshot.id,
         encoder=col.fingerprint,
-        hits=hits_out,
+        hits=[g.hits[0] for g in groups],
         groups=groups,
         query=query,
         plan=plan,
         missing_segments=view.missing_segments,
+        missing_shards=list(missing_shards or []),
     )
