@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m api.demo --home $(HOME_DEMO) $(DEMO_ARGS)
+	$(BIN)/python -m lamina.api.demo --home $(HOME_DEMO) $(DEMO_ARGS)
 
 # Default: everything but the suites marked slow (chaos kills, Ray clusters, fuzzing, load,
 # full disks...); CI runs both.

@@ -1,5 +1,5 @@
-"""``python -m api`` runs the ``lamina`` command line."""
+"""``python -m lamina.api`` runs the ``lamina`` command line."""
 
-from api.cli import main
+from lamina.api.cli import main
 
 main()

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
+from lamina.api.errors import DOMAIN_ERRORS, error_body
 from werkzeug.exceptions import HTTPException
-
-from api.errors import DOMAIN_ERRORS, error_body
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("lamina.api")
@@ -73,10 +72,10 @@ class LaminaState:
     """What one app instance owns: the store, the search service, the catalog (lazily)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        from api.audit import AuditLog, audit_enabled
-        from api.auth import Authenticator
-        from api.exposure import Exposure
-        from search import SearchService, Store
+        from lamina.api.audit import AuditLog, audit_enabled
+        from lamina.api.auth import Authenticator
+        from lamina.api.exposure import Exposure
+        from lamina.search import SearchService, Store
 
         self.config = config
         self.home = Path(config.get("HOME") or os.environ.get("LAMINA_HOME") or "lamina-data")
@@ -94,7 +93,7 @@ class LaminaState:
         # the service that answers searches: this one, or shard actors on a Ray cluster
         self.searcher: SearchService = self.service
         if config.get("CLUSTER"):
-            from search.sharded import ShardedSearchService
+            from lamina.search.sharded import ShardedSearchService
 
             self.searcher = ShardedSearchService(
                 self.store,
@@ -113,7 +112,7 @@ class LaminaState:
         if self._catalog is None:
             with self._catalog_lock:
                 if self._catalog is None:
-                    from search.catalog import Catalog
+                    from lamina.search.catalog import Catalog
 
                     self._catalog = Catalog(self.home)
         return self._catalog
@@ -130,7 +129,7 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    from api.limits import BoundedRequest
+    from lamina.api.limits import BoundedRequest
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.request_class = BoundedRequest
@@ -138,7 +137,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("LAMINA")
     if config:
         app.config.from_mapping(config)
-    from api import auth, exposure
+    from lamina.api import auth, exposure
 
     if config and "API_TOKEN" in config:
         token = config["API_TOKEN"]
@@ -150,7 +149,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["lamina"] = LaminaState(app.config)
     exposure.install(app)
 
-    from api.routes import cohorts, collections, imports, jobs, search
+    from lamina.api.routes import cohorts, collections, imports, jobs, search
 
     app.register_blueprint(collections.bp, url_prefix=API_PREFIX)
     app.register_blueprint(search.bp, url_prefix=API_PREFIX)

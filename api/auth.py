@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.errors import ApiError
+from lamina.api.errors import ApiError
 
 ENV_VAR = "LAMINA_API_TOKEN"
 ENV_TOKEN_NAME = "env"
@@ -109,6 +109,9 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", "admin")
+# The command line's in-process app (api/local.py): the caller already owns the store's files.
+LOCAL_OWNER = Principal("local", "admin")
+LOCAL_OWNER_KEY = "lamina.local_owner"
 
 
 def route_rule(endpoint: str | None) -> tuple[str, str]:
@@ -313,8 +316,7 @@ class Authenticator:
 def install(app: Any) -> None:
     """The request check (before every request) and the audit line (after it) of ``app``."""
     from flask import Response, g, request
-
-    from api.app import API_PREFIX, error_response, state
+    from lamina.api.app import API_PREFIX, error_response, state
 
     def _deny(status: int, code: str, message: str) -> Response:
         resp = error_response(status, code, message)
@@ -330,6 +332,9 @@ def install(app: Any) -> None:
         scope, action = route_rule(request.endpoint)
         g.action = action
         if scope == "public":
+            return None
+        if app.extensions.get(LOCAL_OWNER_KEY):  # set in code only, never by config or env
+            g.principal = LOCAL_OWNER
             return None
         auth = state().auth
         if not auth.enabled:

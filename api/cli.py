@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from api.errors import DOMAIN_ERRORS, error_body
+from lamina.api.errors import DOMAIN_ERRORS, error_body
 
 
 @dataclass
@@ -27,9 +26,20 @@ class CliContext:
     token: str | None = None
 
     def store(self) -> Any:
-        from search import Store
+        from lamina.search import Store
 
         return Store(self.home)
+
+    def client(self) -> Any:
+        """The :class:`~lamina.api.client.Client` every store command talks through: over HTTP
+        with ``--url``, else to an app in this process over the store at ``--home``."""
+        from lamina.api.client import Client
+
+        if self.url:
+            return Client(self.url, token=self.token)
+        from lamina.api.local import LOCAL_URL, inprocess_transport, local_app
+
+        return Client(LOCAL_URL, token="", transport=inprocess_transport(local_app(self.home)))
 
 
 def emit_json(doc: Any) -> None:
@@ -41,7 +51,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     With ``--json`` the error document goes to stdout too, so scripts always get JSON.
     """
-    from api.client import LaminaError
+    from lamina.api.client import LaminaError
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -51,7 +61,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             except OSError as exc:  # disk full, permissions, I/O: a clear error, not a traceback
                 if os.environ.get("LAMINA_DEBUG"):
                     raise
-                from search.errors import io_failure
+                from lamina.search.errors import io_failure
 
                 raise io_failure(f"lamina {_command_name()}", exc) from exc
             except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -119,14 +129,14 @@ def cli(ctx: click.Context, home: Path | None, url: str | None, token: str | Non
 
 
 def _register() -> None:
-    from api.commands import collection as collection_cmd
-    from api.commands import encoders as encoders_cmd
-    from api.commands import extra_commands
-    from api.commands import imports as imports_cmd
-    from api.commands import index as index_cmd
-    from api.commands import search as search_cmd
-    from api.commands import status as status_cmd
-    from api.commands import tokens as tokens_cmd
+    from lamina.api.commands import collection as collection_cmd
+    from lamina.api.commands import encoders as encoders_cmd
+    from lamina.api.commands import extra_commands
+    from lamina.api.commands import imports as imports_cmd
+    from lamina.api.commands import index as index_cmd
+    from lamina.api.commands import search as search_cmd
+    from lamina.api.commands import status as status_cmd
+    from lamina.api.commands import tokens as tokens_cmd
 
     modules = (encoders_cmd, index_cmd, imports_cmd, status_cmd, search_cmd, tokens_cmd)
     for module in (*modules, *extra_commands()):

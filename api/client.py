@@ -3,7 +3,7 @@
 Importing this module imports neither Flask, torch, faiss, duckdb nor numpy, so querying a
 remote server from a laptop stays cheap::
 
-    from api.client import Client
+    from lamina.api.client import Client
     c = Client("http://127.0.0.1:8000")  # token: argument, $LAMINA_TOKEN or the config file
     res = c.search_image("derm", "lesion.jpg", k=10, filter={"label": {"in": ["MEL"]}})
 """
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from api.client_http import (
+from lamina.api.client_http import (
     ConfigError,
     Conflict,
     EncoderMismatch,
@@ -34,8 +34,8 @@ from api.client_http import (
     resolve_token,
     urllib_transport,
 )
-from api.client_jobs import Progress, accepted_job, wait_for_job
-from api.client_types import (
+from lamina.api.client_jobs import Progress, accepted_job, wait_for_job
+from lamina.api.client_types import (
     BatchResult,
     CohortInfo,
     Document,

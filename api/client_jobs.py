@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from api.client_http import LaminaError, _error_class, _q
+from lamina.api.client_http import LaminaError, _error_class, _q
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -19,7 +19,9 @@ SAMPLE = REPO / "demo" / "derm"
 def lamina(home: Path, *args: str, check: bool = True) -> int:
     cmd = ["lamina", "--home", str(home), *args]
     print(f"\n$ {shlex.join(cmd)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "api", "--home", str(home), *args], cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lamina.api", "--home", str(home), *args], cwd=REPO
+    )
     if check and proc.returncode not in (0,):
         raise SystemExit(f"demo step failed with exit code {proc.returncode}")
     return proc.returncode
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             sys.executable,
             "-m",
-            "api",
+            "lamina.api",
             "--home",
             str(args.home),
             "serve",

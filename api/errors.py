@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders import errors as enc
-from indexer import errors as idx
-from search import errors as st
+from lamina.encoders import errors as enc
+from lamina.indexer import errors as idx
+from lamina.search import errors as st
 
 
 class ApiError(Exception):

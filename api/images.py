@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lamina.api.errors import ApiError
 from PIL import Image, UnidentifiedImageError
-
-from api.errors import ApiError
 
 TILE_MAX_PX = 512
 THUMB_MAX_PX = 512
@@ -93,7 +92,7 @@ def _source_path(row: dict[str, Any]) -> Path:
 
 def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) -> bytes:
     """PNG of one stored tile, re-read from its source exactly as the ingest read it."""
-    from indexer.tile_images import tile_image
+    from lamina.indexer.tile_images import tile_image
 
     _source_path(row)
     return png_bytes(tile_image(row), max_px)
@@ -101,7 +100,7 @@ def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) ->
 
 def thumbnail_png(source: dict[str, Any], max_pixels: int, max_px: int = THUMB_MAX_PX) -> bytes:
     """A thumbnail of a source: the photo itself, or the slide's pyramid (never label/macro)."""
-    from indexer.tile_images import check_unchanged, source_thumbnail
+    from lamina.indexer.tile_images import check_unchanged, source_thumbnail
 
     path = _source_path(source)
     check_unchanged(source)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.errors import ApiError, error_body
+from lamina.api.errors import ApiError, error_body
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 MAX_FINISHED = 64

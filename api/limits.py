@@ -31,8 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 from flask import Request, Response, current_app, g, jsonify
 from flask import json as flask_json
-
-from api.errors import ApiError
+from lamina.api.errors import ApiError
 
 MAX_JSON_DEPTH = 32
 MAX_FIELD_JSON_BYTES = 64 * 1024  # JSON inside one multipart field (filter, params)

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from encoders import Encoder, EncoderError, NoLocalEncoderError, create_encoder
-from indexer.photos import decode_photo
-from search import Collection
+from lamina.encoders import Encoder, EncoderError, NoLocalEncoderError, create_encoder
+from lamina.indexer.photos import decode_photo
+from lamina.search import Collection
 
 _CACHE: dict[tuple[str, str | None, str], Encoder] = {}
 _LOCK = threading.Lock()
@@ -82,7 +81,7 @@ def region_vector(
     device: str = "auto",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embed a level-0 region X,Y,W,H of a slide, read at the collection's mpp."""
-    from indexer.slides import read_region_rgb
+    from lamina.indexer.slides import read_region_rgb
 
     mpp = collection.info.get("mpp") or 0.5
     rgb = read_region_rgb(Path(slide), region, target_mpp=float(mpp))

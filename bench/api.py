@@ -34,7 +34,7 @@ DIAGNOSES = ["MEL", "BCC", "SCC", "NEV", "ACK", "SEK"]
 def build_collection(
     home: Path, n: int, dim: int, tiles_per_slide: int = 100, seed: int = 0
 ) -> str:
-    from search import Store
+    from lamina.search import Store
 
     rng = np.random.default_rng(seed)
     col = Store(home).open_or_create(
@@ -105,8 +105,7 @@ def percentiles(lat: list[float]) -> dict[str, float]:
 def raw_faiss(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
     """A FAISS IndexFlatIP over the same vectors, queried in process by the same tiles."""
     import faiss
-
-    from search import SearchService, Store
+    from lamina.search import SearchService, Store
 
     view = SearchService(Store(home)).view("bench")
     vectors = view.vectors[np.arange(view.n_tiles)]
@@ -123,7 +122,7 @@ def raw_faiss(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
 
 def in_process(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
     """Lamina's own search by tile id, in process (what the server does per request)."""
-    from search import SearchService, Store
+    from lamina.search import SearchService, Store
 
     svc = SearchService(Store(home))
     for t in queries[:20]:
@@ -137,7 +136,7 @@ def in_process(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
 
 
 def http_run(url: str, queries: np.ndarray, k: int, clients: int) -> dict[str, float]:
-    from api.client import Client
+    from lamina.api.client import Client
 
     per = [Client(url, timeout=120) for _ in range(clients)]
     chunks = np.array_split(queries, clients)
@@ -177,7 +176,11 @@ def main() -> None:
 
     port = free_port()
     exe = Path(sys.executable).with_name("lamina")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+    cmd = (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from lamina.api.cli import main; main()"]
+    )
     # latency and throughput of admitted requests: every client thread may be in flight (the
     # server's default admits half its threads and sheds the rest with 429, see bench.load)
     env = dict(os.environ, LAMINA_HOME=str(home), LAMINA_MAX_INFLIGHT=str(args.threads))
@@ -189,7 +192,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        from api.client import Client, LaminaError
+        from lamina.api.client import Client, LaminaError
 
         deadline = time.monotonic() + 60
         while True:

@@ -138,7 +138,7 @@ def operations(data: dict[str, Path]) -> dict[str, Op]:
 
 def run_inprocess(home: Path, args: tuple[str, ...], env: dict[str, str]) -> str:
     """Run a ``lamina`` command in this process (no interpreter start-up); its stdout."""
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     saved = {k: os.environ.get(k) for k in {**BASE_ENV, **env}}
     os.environ.update({**BASE_ENV, **env})
@@ -176,7 +176,7 @@ def _bases(root: Path, data: dict[str, Path]) -> None:
 def _start(home: Path, op: Op) -> subprocess.Popen[bytes]:
     """The operation as a real ``lamina`` process; its stderr goes to ``<home>.log``."""
     env = {**os.environ, **BASE_ENV, **op.env}
-    cmd = [sys.executable, "-m", "api", "--home", str(home), *op.args]
+    cmd = [sys.executable, "-m", "lamina.api", "--home", str(home), *op.args]
     with open(home.with_name(home.name + ".log"), "wb") as err:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
 
@@ -186,8 +186,7 @@ def contents(home: Path, collection: str) -> tuple[dict[tuple[Any, ...], bytes],
     """(tile key -> vector bytes, tile id -> key) over the visible segments; raises on a
     duplicate key or id (counted by the caller)."""
     import pyarrow.parquet as pq
-
-    from search import Store
+    from lamina.search import Store
 
     col = Store(home).collection(collection)
     tiles: dict[tuple[Any, ...], bytes] = {}
@@ -215,7 +214,7 @@ class _Duplicates(Exception):
 def answers(
     home: Path, collection: str, queries: np.ndarray, ids: dict[int, Any]
 ) -> list[list[tuple[tuple[Any, ...], float]]]:
-    from search import SearchService, Store
+    from lamina.search import SearchService, Store
 
     svc = SearchService(Store(home))
     k = min(len(ids), 30)
@@ -228,8 +227,8 @@ def answers(
 
 def cohort_state(home: Path, collection: str, ids: dict[int, Any]) -> tuple[list[Any], int]:
     """(member keys of the latest version of cohort ``chaos``, inconsistent versions)."""
-    from search.catalog import Catalog
-    from search.errors import CohortNotFoundError
+    from lamina.search.catalog import Catalog
+    from lamina.search.errors import CohortNotFoundError
 
     bad = 0
     with Catalog(home) as catalog:

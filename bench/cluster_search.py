@@ -59,8 +59,8 @@ def _pct(values: list[float]) -> dict[str, float]:
 def _collection(home: Path, cache: Path, data: Any, seed: int) -> tuple[np.ndarray, float]:
     """(tile ids in row order, write seconds or 0 when reused); never compacted, so the
     collection keeps n / 50,000 segments to spread over shards."""
-    from search.errors import CollectionNotFoundError
-    from search.store import Store
+    from lamina.search.errors import CollectionNotFoundError
+    from lamina.search.store import Store
 
     name = "cluster_bench"
     ids_path = cache / f"{name}_n{data.n}_d{data.vectors.shape[1]}.tile_ids.npy"
@@ -111,10 +111,9 @@ def _recall(got: list[list[int]], truth: np.ndarray, ids: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure (see the module doc); returns the ``"search"`` record and writes it."""
     import ray
-
-    from search import SearchService, Store
-    from search.ann import update_index
-    from search.sharded import ShardedSearchService
+    from lamina.search import SearchService, Store
+    from lamina.search.ann import update_index
+    from lamina.search.sharded import ShardedSearchService
 
     n = int(getattr(args, "n", 1_000_000))
     dim = int(getattr(args, "dim", 128))

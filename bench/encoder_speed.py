@@ -32,7 +32,7 @@ def load_tiles(n: int) -> np.ndarray:
 
 
 def measure(key: str, n: int, reps: int) -> dict[str, float | str | int]:
-    from encoders import create_encoder
+    from lamina.encoders import create_encoder
 
     enc = create_encoder(key, device="cpu")
     tiles = load_tiles(n)

@@ -66,9 +66,8 @@ def compare_path(
 ) -> dict[str, Any]:
     """Both routes on one Path-signature model; images/s and their agreement."""
     import onnxruntime as ort
-
-    from encoders import create_encoder
-    from encoders.tf_testing import build_path_savedmodel
+    from lamina.encoders import create_encoder
+    from lamina.encoders.tf_testing import build_path_savedmodel
 
     model = build_path_savedmodel(
         workdir / f"path-{width}x{depth}", width=width, depth=depth, heads=heads
@@ -102,8 +101,7 @@ def compare_path(
 
 def try_derm(workdir: Path) -> dict[str, Any]:
     import onnxruntime as ort
-
-    from encoders.tf_testing import build_derm_savedmodel
+    from lamina.encoders.tf_testing import build_derm_savedmodel
 
     model = build_derm_savedmodel(workdir / "derm")
     ok, seconds, problems = convert(model, workdir / "derm.onnx")
@@ -138,7 +136,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/foundation_routes.json")
     args = parser.parse_args()
-    from encoders.foundation import import_tensorflow
+    from lamina.encoders.foundation import import_tensorflow
 
     tf = import_tensorflow("bench")  # first: it orders the triton / TensorFlow imports
     import onnxruntime

@@ -127,9 +127,8 @@ def bomb_before_after(url: str, pid: int) -> dict[str, Any]:
     import io
 
     import requests
+    from lamina.indexer.photos import decode_photo
     from PIL import Image
-
-    from indexer.photos import decode_photo
 
     buf = io.BytesIO()
     Image.new("RGB", (7000, 7000), (200, 120, 100)).save(buf, "JPEG", quality=10)
@@ -172,7 +171,7 @@ def main() -> None:
         home = Path(tmp) / "home"
         index_derm(home)
         with serve(home, args.workers) as (url, proc):
-            from api.client import Client
+            from lamina.api.client import Client
 
             info = Client(url).collection("derm")
             dim = int(info.get("dim") or info.get("embed_dim") or 0) or _dim(home)
@@ -225,7 +224,7 @@ def main() -> None:
 
 
 def _dim(home: Path) -> int:
-    from search import Store
+    from lamina.search import Store
 
     return int(Store(home).collection("derm").dim)
 

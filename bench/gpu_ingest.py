@@ -37,9 +37,9 @@ def _weights(tmp: Path) -> Path:
 
 
 def _run(slides: list[Path], weights: Path, device: str, home: Path) -> dict[str, object]:
-    from encoders import create_encoder
-    from indexer import IngestOptions, ingest
-    from search import SearchService, Store
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, ingest
+    from lamina.search import SearchService, Store
 
     enc = create_encoder(KEY, weights=weights, device=device, batch_size=256)
     opts = IngestOptions(progress=False, mpp_override=0.5, batch_size=256)
@@ -74,7 +74,7 @@ def main() -> None:
     gpu, cpu = runs[0].pop("_vectors"), runs[1].pop("_vectors")
     common = sorted(set(gpu) & set(cpu))
     cos = np.array([float(gpu[k] @ cpu[k]) for k in common])
-    from encoders import create_encoder
+    from lamina.encoders import create_encoder
 
     enc = create_encoder(KEY, weights=weights, device="cuda", batch_size=256)
     batch = np.random.default_rng(0).integers(0, 256, (1024, 224, 224, 3), dtype=np.uint8)

@@ -43,14 +43,13 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-
-from search import planner
-from search.ann import AnnIndex, update_index
-from search.filters import parse_filters
-from search.gpu import TorchBackend
-from search.scan import Backend, NumpyBackend
-from search.store import Collection, Store
-from search.views import CollectionView
+from lamina.search import planner
+from lamina.search.ann import AnnIndex, update_index
+from lamina.search.filters import parse_filters
+from lamina.search.gpu import TorchBackend
+from lamina.search.scan import Backend, NumpyBackend
+from lamina.search.store import Collection, Store
+from lamina.search.views import CollectionView
 
 K = 10
 BATCH = 256

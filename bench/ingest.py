@@ -110,7 +110,7 @@ def machine() -> dict[str, Any]:
 
 
 def _options(workers: int, override: float | None) -> Any:
-    from indexer import IngestOptions
+    from lamina.indexer import IngestOptions
 
     return IngestOptions(
         tile_px=224,
@@ -125,8 +125,8 @@ def _options(workers: int, override: float | None) -> Any:
 
 def plan(path: Path, options: Any, reps: int) -> tuple[float, list[dict[str, Any]]]:
     """(best seconds, tile rows) of opening the slide, its tissue mask and its tile plan."""
-    from indexer.slides import prepare_slide
-    from indexer.sources import SourceFile
+    from lamina.indexer.slides import prepare_slide
+    from lamina.indexer.sources import SourceFile
 
     best, tiles = float("inf"), []
     for _ in range(reps):
@@ -141,8 +141,8 @@ def plan(path: Path, options: Any, reps: int) -> tuple[float, list[dict[str, Any
 def read_rate(
     path: Path, options: Any, tiles: list[dict[str, Any]], reps: int
 ) -> tuple[float, list[np.ndarray]]:
-    from indexer.slides import Slide
-    from indexer.tiling import TileSpec
+    from lamina.indexer.slides import Slide
+    from lamina.indexer.tiling import TileSpec
 
     specs = [TileSpec(t["x"], t["y"], t["level"], t["size_px"]) for t in tiles]
     best, images = float("inf"), []
@@ -166,8 +166,8 @@ def encode_rate(encoder: Any, images: list[np.ndarray], batch_size: int, reps: i
 
 
 def end_to_end(encoder: Any, paths: list[Path], options: Any, reps: int) -> tuple[float, int]:
-    from indexer.pipeline import Ingest, open_collection_for
-    from search import Store
+    from lamina.indexer.pipeline import Ingest, open_collection_for
+    from lamina.search import Store
 
     best, n = float("inf"), 0
     for _ in range(reps):
@@ -202,7 +202,7 @@ def _row(
 
 
 def bench(encoder_key: str, workers: int, reps: int, synthetic: Path) -> list[dict[str, Any]]:
-    from encoders import create_encoder
+    from lamina.encoders import create_encoder
 
     encoder = create_encoder(encoder_key, device="cpu")
     encoder.embed(np.zeros((4, 224, 224, 3), np.uint8))  # warm up
@@ -253,7 +253,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    from indexer import IngestOptions
+    from lamina.indexer import IngestOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)

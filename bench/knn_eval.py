@@ -104,7 +104,7 @@ def score(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(encoder_key: str, k: int = 5, batch_size: int | None = None) -> dict[str, Any]:
-    from encoders import create_encoder
+    from lamina.encoders import create_encoder
 
     encoder = create_encoder(encoder_key, batch_size=batch_size)
     root = shared_data_root()

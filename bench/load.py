@@ -82,7 +82,7 @@ def run_load(clients: int, seconds: float, workers: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lamina-load-") as tmp:
         home = Path(tmp) / "home"
         index_derm(home, photos[:FIRST])
-        from search import Store
+        from lamina.search import Store
 
         dim = Store(home).collection("derm").dim
         uploads = [p.read_bytes() for p in photos[:8]]

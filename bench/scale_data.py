@@ -415,7 +415,7 @@ def write_collection(
     One ``add_source`` per slide, a segment committed every ``commit_every`` tiles. This is the
     one place that writes, so a faster bulk writer can be switched in here.
     """
-    from search.store import Store
+    from lamina.search.store import Store
 
     kwargs: dict[str, Any] = {}
     if vector_dtype is not None:

@@ -85,7 +85,7 @@ class LaminaStages:
     filters_json: str = field(init=False)
 
     def __post_init__(self) -> None:
-        from search.store import Store
+        from lamina.search.store import Store
 
         self.inv = np.full(int(self.ids.max()) + 1, -1, np.int64)
         self.inv[self.ids] = np.arange(len(self.ids))
@@ -98,8 +98,8 @@ class LaminaStages:
 
     def _open(self, rec: dict[str, Any]) -> Any:
         """A fresh service; its first answer (which opens the view) timed in seconds."""
-        from search.service import SearchService
-        from search.store import Store
+        from lamina.search.service import SearchService
+        from lamina.search.store import Store
 
         self.svc = SearchService(Store(self.home))
         t0 = time.perf_counter()
@@ -177,7 +177,7 @@ class LaminaStages:
 
     def slide_search(self, rec: dict[str, Any]) -> None:
         """Slide-level ranking unfiltered and at ~10 %, ms per query over up to 20 queries."""
-        from search.slide_ranking import rank_slides
+        from lamina.search.slide_ranking import rank_slides
 
         for f in self.filters[:1] + [x for x in self.filters if x.name == "sel_10pct"]:
             lat = []
@@ -190,7 +190,7 @@ class LaminaStages:
 
     def export(self, rec: dict[str, Any]) -> None:
         """A labelled set of every row (patient split), then of 200 tiles with 10 neighbours."""
-        from search.exports import build_labeled_set
+        from lamina.search.exports import build_labeled_set
 
         view = self.svc.view(self.name)
         t0 = time.perf_counter()
@@ -207,8 +207,8 @@ class LaminaStages:
 
     def cohort(self, rec: dict[str, Any]) -> None:
         """A cohort of the min(100k, n) tiles nearest to the first query."""
-        from search.catalog import Catalog
-        from search.cohorts import create_cohort
+        from lamina.search.catalog import Catalog
+        from lamina.search.cohorts import create_cohort
 
         members = min(100_000, len(self.ids))
         with Catalog(self.home) as catalog:
@@ -234,14 +234,14 @@ class LaminaStages:
         rec["factory"] = factory
         rec["saved_index_present"] = (col.index_dir / f"{factory.replace(',', '_')}.json").is_file()
         try:  # the store's explicit index build, where it has one (else the first search builds)
-            from search.ann import update_index
+            from lamina.search.ann import update_index
         except ImportError:
             update_index = None  # type: ignore[assignment]
         if update_index is not None:
             t0 = time.perf_counter()
             rec["index_build"] = jsonable(update_index(col))
             rec["index_build_seconds"] = round(time.perf_counter() - t0, 3)
-            from search.compaction import cluster
+            from lamina.search.compaction import cluster
 
             t0 = time.perf_counter()
             rec["clustered"] = len(cluster(col)["clustered"])
@@ -259,8 +259,8 @@ class LaminaStages:
 
     def ivf_collection_params(self, rec: dict[str, Any], nprobe: int | None) -> Rows:
         """The same nprobe stored with the collection instead of sent per request."""
-        from search.service import SearchService
-        from search.store import Store
+        from lamina.search.service import SearchService
+        from lamina.search.store import Store
 
         if not hasattr(self.col, "set_index") or not nprobe:
             rec["skipped"] = "collection-level index params not available"
@@ -276,8 +276,8 @@ def ensure_collection(
     home: Path, cache: Path, name: str, data: ScaleData, seed: int, vector_dtype: str | None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The collection's tile ids in row order, writing the collection unless already complete."""
-    from search.errors import CollectionNotFoundError
-    from search.store import Store
+    from lamina.search.errors import CollectionNotFoundError
+    from lamina.search.store import Store
 
     ids_path = cache / f"{name}.tile_ids.npy"
     try:
@@ -301,7 +301,7 @@ def ensure_collection(
     col = Store(home).collection(name)
     written = len(col.segments())
     # what the end of a `lamina index` run does: merge small segments past the threshold
-    from search.compaction import maybe_compact
+    from lamina.search.compaction import maybe_compact
 
     t0 = time.perf_counter()
     compacted = maybe_compact(col) is not None
@@ -335,8 +335,8 @@ def _child(args: list[str], timeout: float) -> tuple[dict[str, Any], float]:
 def child_cold(home: Path, name: str, queries_path: Path, filters_json: str) -> dict[str, Any]:
     """In a fresh process: time to the first answer, then a few more, then resident memory."""
     t0 = time.perf_counter()
-    from search.service import SearchService
-    from search.store import Store
+    from lamina.search.service import SearchService
+    from lamina.search.store import Store
 
     t_import = time.perf_counter() - t0
     queries = np.load(queries_path)
@@ -359,7 +359,7 @@ def child_cold(home: Path, name: str, queries_path: Path, filters_json: str) -> 
 
 def child_commit(home: Path, name: str, vectors_path: Path) -> dict[str, Any]:
     """In a separate process: commit one 100-tile source; returns the commit's wall-clock time."""
-    from search.store import Store
+    from lamina.search.store import Store
 
     vecs = np.load(vectors_path)
     col = Store(home).collection(name)
@@ -412,8 +412,8 @@ def commit_to_visible(
     home: Path, name: str, size: int, factory: str, dim: int, seed: int, cache: Path
 ) -> dict[str, Any]:
     """Seconds from another process's 100-tile commit to the first answer that contains it."""
-    from search.service import SearchService
-    from search.store import Store
+    from lamina.search.service import SearchService
+    from lamina.search.store import Store
 
     clone = f"{name}_visible"
     dst = home / "collections" / clone

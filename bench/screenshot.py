@@ -31,12 +31,11 @@ ARGS = [
 
 def main() -> None:
     import waitress.server
+    from lamina.api.app import create_app
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
+    from lamina.search import Store
     from playwright.sync_api import sync_playwright
-
-    from api.app import create_app
-    from encoders import create_encoder
-    from indexer import IngestOptions, Manifest, ingest
-    from search import Store
 
     home = Path(tempfile.mkdtemp()) / "home"
     ingest(

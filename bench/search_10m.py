@@ -47,7 +47,7 @@ def _log(msg: str) -> None:
 def write(home: Path, n: int, dim: int, chunk: int, seed: int, dry: bool = False) -> dict[str, Any]:
     """Write n tiles in chunks; returns per-tile site and label codes and the queries. With
     ``dry`` the same data is generated (same seed, same order) but nothing is written."""
-    from search.store import Store
+    from lamina.search.store import Store
 
     world = make_world(dim, seed)
     col = Store(home).open_or_create(
@@ -177,10 +177,10 @@ def main() -> None:
     )
     ap.add_argument("--refine", type=int, default=10, help="re-ranked candidates per hit (PQ)")
     args = ap.parse_args()
-    from search.ann import update_index
-    from search.compaction import cluster
-    from search.service import SearchService
-    from search.store import Store
+    from lamina.search.ann import update_index
+    from lamina.search.compaction import cluster
+    from lamina.search.service import SearchService
+    from lamina.search.store import Store
 
     reuse = args.reuse and (args.home / "collections" / "c10m").is_dir()
     if not reuse:

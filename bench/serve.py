@@ -21,7 +21,9 @@ DERM = Path(os.environ.get("LAMINA_SHARED_DATA") or REPO.parent / "shared" / "da
 def lamina_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("lamina")
     return (
-        [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from lamina.api.cli import main; main()"]
     )
 
 

@@ -72,9 +72,8 @@ def child(home: Path, name: str, queries_path: Path) -> dict[str, Any]:
     """Serve ``name`` in this fresh process: open it, answer the queries, measure growth."""
     import faiss  # noqa: F401 - the search stack, imported before the baseline
     import pyarrow  # noqa: F401
-
-    from search.service import SearchService
-    from search.store import Store
+    from lamina.search.service import SearchService
+    from lamina.search.store import Store
 
     queries = np.load(queries_path)
     before = smaps()
@@ -105,8 +104,8 @@ def _tree_bytes(path: Path) -> int:
 
 def disk_of(home: Path, name: str) -> dict[str, int]:
     """Bytes of the snapshot's segments (vectors, and the rest) and of the active index."""
-    from search.ann import AnnIndex
-    from search.store import Store
+    from lamina.search.ann import AnnIndex
+    from lamina.search.store import Store
 
     col = Store(home).collection(name)
     segs = col.snapshot().segments
@@ -120,8 +119,8 @@ def disk_of(home: Path, name: str) -> dict[str, int]:
 def measure_layout(
     home: Path, name: str, factory: str, queries_path: Path, n: int
 ) -> dict[str, Any]:
-    from search.ann import update_index
-    from search.store import Store
+    from lamina.search.ann import update_index
+    from lamina.search.store import Store
 
     col = Store(home).collection(name)
     col.set_index_factory(factory)

@@ -25,10 +25,10 @@ SHARED = Path(os.environ.get("LAMINA_SHARED_DATA") or REPO.parent / "shared" / "
 
 
 def main() -> None:
-    from encoders import create_encoder
-    from indexer.slides import Slide
-    from indexer.tile_stream import TileStream
-    from indexer.tiling import choose_level, plan_grid
+    from lamina.encoders import create_encoder
+    from lamina.indexer.slides import Slide
+    from lamina.indexer.tile_stream import TileStream
+    from lamina.indexer.tiling import choose_level, plan_grid
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--encoder", default="classic/stain-texture")

@@ -1,6 +1,6 @@
 """Images -> vectors. Knows nothing of slides, FAISS, DuckDB or Flask.
 
->>> from encoders import create_encoder
+>>> from lamina.encoders import create_encoder
 >>> enc = create_encoder("classic/stain-texture")
 >>> vectors = enc.embed(images)          # uint8 (n, h, w, 3) -> float32 (n, dim), L2 = 1
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from encoders.base import Encoder, TorchEncoder, resolve_device
-from encoders.config import EncoderConfig, WeightsSpec, fingerprint_of
-from encoders.errors import (
+from lamina.encoders.base import Encoder, TorchEncoder, resolve_device
+from lamina.encoders.config import EncoderConfig, WeightsSpec, fingerprint_of
+from lamina.encoders.errors import (
     DuplicateEncoderError,
     EncoderError,
     InvalidImageBatchError,
@@ -21,14 +21,14 @@ from encoders.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from encoders.registry import (
+from lamina.encoders.registry import (
     get_config,
     list_encoders,
     origin_of,
     plugin_errors,
     register_encoder,
 )
-from encoders.weights import find_weights, weights_locations
+from lamina.encoders.weights import find_weights, weights_locations
 
 __all__ = [
     "DuplicateEncoderError",
@@ -67,7 +67,7 @@ def create_encoder(
     ``weights`` is an explicit local weights file; otherwise LAMINA_WEIGHTS_DIR and the local
     Hugging Face cache are searched. ``allow_test=False`` refuses ``test/*`` entries.
     """
-    from encoders.registry import get_entry
+    from lamina.encoders.registry import get_entry
 
     entry = get_entry(key)
     if entry.config.test_only and not allow_test:

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from lamina.encoders.config import EncoderConfig, fingerprint_of
+from lamina.encoders.errors import InvalidImageBatchError
 from PIL import Image
-
-from encoders.config import EncoderConfig, fingerprint_of
-from encoders.errors import InvalidImageBatchError
 
 ImageBatch = np.ndarray | Sequence[np.ndarray]
 

@@ -24,11 +24,10 @@ Texture (green channel, the one with most H&E contrast; scales 224, 112, 56 px b
 from __future__ import annotations
 
 import numpy as np
-
-from encoders.base import Encoder
-from encoders.config import EncoderConfig
-from encoders.errors import EncoderError
-from encoders.registry import register_encoder
+from lamina.encoders.base import Encoder
+from lamina.encoders.config import EncoderConfig
+from lamina.encoders.errors import EncoderError
+from lamina.encoders.registry import register_encoder
 
 # skimage.color.rgb_from_hed (Ruifrok & Johnston H, E and DAB optical-density vectors).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])

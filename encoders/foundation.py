@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lamina.encoders.base import Encoder
+from lamina.encoders.config import EncoderConfig, WeightsSpec
+from lamina.encoders.errors import EncoderError, WeightsMismatchError
+from lamina.encoders.registry import register_encoder
+from lamina.encoders.weights import require_weights
 from PIL import Image
-
-from encoders.base import Encoder
-from encoders.config import EncoderConfig, WeightsSpec
-from encoders.errors import EncoderError, WeightsMismatchError
-from encoders.registry import register_encoder
-from encoders.weights import require_weights
 
 SIGNATURE = "serving_default"
 HAI_DEF_TERMS = (

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from encoders.config import EncoderConfig
-from encoders.errors import DuplicateEncoderError, UnknownEncoderError
+from lamina.encoders.config import EncoderConfig
+from lamina.encoders.errors import DuplicateEncoderError, UnknownEncoderError
 
 if TYPE_CHECKING:
-    from encoders.base import Encoder
+    from lamina.encoders.base import Encoder
 
 Builder = Callable[..., "Encoder"]
 
@@ -120,7 +120,7 @@ def _ensure_loaded() -> None:
             return
         _LOADING = True
         try:
-            from encoders import (  # noqa: F401
+            from lamina.encoders import (  # noqa: F401
                 classic,
                 foundation,
                 pathology_models,

@@ -6,10 +6,10 @@ Their vectors carry no meaning beyond being a fixed, deterministic function of t
 
 from __future__ import annotations
 
-from encoders.base import Encoder, TorchEncoder
-from encoders.config import HALF_MEAN, HALF_STD, EncoderConfig
-from encoders.registry import register_encoder
-from encoders.weights import load_state_dict, require_weights
+from lamina.encoders.base import Encoder, TorchEncoder
+from lamina.encoders.config import HALF_MEAN, HALF_STD, EncoderConfig
+from lamina.encoders.registry import register_encoder
+from lamina.encoders.weights import load_state_dict, require_weights
 
 SEED = 0
 

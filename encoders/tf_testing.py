@@ -29,9 +29,9 @@ DERM_PX = 448
 
 
 def _tf() -> Any:
-    from encoders.foundation import import_tensorflow
+    from lamina.encoders.foundation import import_tensorflow
 
-    return import_tensorflow("encoders.tf_testing")
+    return import_tensorflow("lamina.encoders.tf_testing")
 
 
 def _gelu(tf: Any, x: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoders.base import Encoder, TorchEncoder
-from encoders.config import (
+from lamina.encoders.base import Encoder, TorchEncoder
+from lamina.encoders.config import (
     HALF_MEAN,
     HALF_STD,
     IMAGENET_MEAN,
@@ -13,9 +13,9 @@ from encoders.config import (
     EncoderConfig,
     WeightsSpec,
 )
-from encoders.errors import WeightsMismatchError
-from encoders.registry import register_encoder
-from encoders.weights import load_state_dict, require_weights
+from lamina.encoders.errors import WeightsMismatchError
+from lamina.encoders.registry import register_encoder
+from lamina.encoders.weights import load_state_dict, require_weights
 
 
 def build_timm_encoder(

@@ -11,8 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from encoders.config import EncoderConfig
-from encoders.errors import WeightsMismatchError, WeightsNotFoundError
+from lamina.encoders.config import EncoderConfig
+from lamina.encoders.errors import WeightsMismatchError, WeightsNotFoundError
 
 WEIGHTS_DIR_ENV = "LAMINA_WEIGHTS_DIR"
 

@@ -1,8 +1,13 @@
 """Slides & photos -> tiles -> vectors -> committed segments."""
 
-from indexer.errors import IndexerError, ManifestError, MissingMppError, UnreadableSourceError
-from indexer.manifest import Manifest
-from indexer.pipeline import IngestOptions, RunReport, ingest
+from lamina.indexer.errors import (
+    IndexerError,
+    ManifestError,
+    MissingMppError,
+    UnreadableSourceError,
+)
+from lamina.indexer.manifest import Manifest
+from lamina.indexer.pipeline import IngestOptions, RunReport, ingest
 
 __all__ = [
     "IndexerError",

@@ -45,12 +45,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-
-from encoders import Encoder, create_encoder
-from indexer.errors import ClusterError, IndexerError, UnreadableSourceError
-from indexer.manifest import Manifest
-from indexer.photos import read_photo
-from indexer.pipeline import (
+from lamina.encoders import Encoder, create_encoder
+from lamina.indexer.errors import ClusterError, IndexerError, UnreadableSourceError
+from lamina.indexer.manifest import Manifest
+from lamina.indexer.photos import read_photo
+from lamina.indexer.pipeline import (
     Embedded,
     Ingest,
     IngestOptions,
@@ -59,9 +58,9 @@ from indexer.pipeline import (
     encoder_batches,
     prepare_photo,
 )
-from indexer.sources import SourceFile, content_id
-from search.segments import file_stat
-from search.store import Collection
+from lamina.indexer.sources import SourceFile, content_id
+from lamina.search.segments import file_stat
+from lamina.search.store import Collection
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 LOCAL = "local"
@@ -206,7 +205,7 @@ def _one_source(
     input_px, dim = shape
     pending: Future[str] | None = None
     if file.kind == "slide":
-        from indexer.slides import prepare_slide
+        from lamina.indexer.slides import prepare_slide
 
         if known:  # indexed at this path before: the content id decides, before any reading
             sid = content_id(path=file.path)

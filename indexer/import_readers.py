@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from indexer.errors import ImportFormatError
+from lamina.indexer.errors import ImportFormatError
 
 SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".parquet": "table", ".npz": "table", ".json": "json"}
 VECTOR_COLUMNS = ("vector", "embedding", "features", "embeddings", "vectors")

@@ -38,20 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from encoders import EncoderError, UnknownEncoderError, create_encoder, get_config
-from indexer.errors import (
+from lamina.encoders import EncoderError, UnknownEncoderError, create_encoder, get_config
+from lamina.indexer.errors import (
     DeclaredEncoderError,
     ImportFormatError,
     ImportValidationError,
     IndexerError,
 )
-from indexer.import_readers import SUFFIXES, ImportedSource, read_file
-from indexer.manifest import Manifest
-from indexer.pipeline import RunReport
-from indexer.sources import PHOTO_SUFFIXES, SLIDE_SUFFIXES
-from search.segments import RESERVED_COLUMNS, SegmentWriter
-from search.store import Collection, Store
+from lamina.indexer.import_readers import SUFFIXES, ImportedSource, read_file
+from lamina.indexer.manifest import Manifest
+from lamina.indexer.pipeline import RunReport
+from lamina.indexer.sources import PHOTO_SUFFIXES, SLIDE_SUFFIXES
+from lamina.search.segments import RESERVED_COLUMNS, SegmentWriter
+from lamina.search.store import Collection, Store
 
 EXTERNAL_PREFIX = "external/"
 
@@ -212,7 +211,7 @@ def build_rows(
     kind, width, height, mpp0 = "external", None, None, None
     size_l0 = src.size_l0
     if located is not None and located.suffix.lower() in SLIDE_SUFFIXES:
-        from indexer.slides import Slide
+        from lamina.indexer.slides import Slide
 
         with Slide(located, require_mpp=False) as slide:
             kind, width, height, mpp0 = "slide", slide.width, slide.height, slide.mpp

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from indexer.errors import ManifestError
-from search.segments import RESERVED_COLUMNS
+from lamina.indexer.errors import ManifestError
+from lamina.search.segments import RESERVED_COLUMNS
 
 
 def _parts(value: str) -> tuple[str, ...]:

@@ -20,18 +20,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from encoders import Encoder
-from encoders.base import resize_rgb
-from indexer.errors import IndexerError, UnreadableSourceError
-from indexer.manifest import Manifest
-from indexer.photos import read_photo
-from indexer.sources import SourceFile, content_id, discover
-from search.compaction import carry_over, maybe_compact
-from search.errors import StoreIOError, io_failure
-from search.segments import SegmentWriter, file_stat, retire
-from search.store import Collection, Store
-from search.verify import recorded_metadata
+from lamina.encoders import Encoder
+from lamina.encoders.base import resize_rgb
+from lamina.indexer.errors import IndexerError, UnreadableSourceError
+from lamina.indexer.manifest import Manifest
+from lamina.indexer.photos import read_photo
+from lamina.indexer.sources import SourceFile, content_id, discover
+from lamina.search.compaction import carry_over, maybe_compact
+from lamina.search.errors import StoreIOError, io_failure
+from lamina.search.segments import SegmentWriter, file_stat, retire
+from lamina.search.store import Collection, Store
+from lamina.search.verify import recorded_metadata
 
 COMMIT_SOURCES_ENV = "LAMINA_COMMIT_EVERY_SOURCES"
 
@@ -276,7 +275,7 @@ class Ingest:
 
     def _prepare(self, file: SourceFile) -> PreparedSource | Skipped:
         if file.kind == "slide":
-            from indexer.slides import prepare_slide
+            from lamina.indexer.slides import prepare_slide
 
             self._check_tiling(file)
 

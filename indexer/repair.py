@@ -20,12 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from encoders import Encoder
-from indexer.manifest import Manifest
-from indexer.pipeline import Ingest, IngestOptions
-from search.segments import RESERVED_COLUMNS, committed_source_ids, retire
-from search.store import Collection
-from search.verify import quarantined_ids, recorded_sources, scan_segments
+from lamina.encoders import Encoder
+from lamina.indexer.manifest import Manifest
+from lamina.indexer.pipeline import Ingest, IngestOptions
+from lamina.search.segments import RESERVED_COLUMNS, committed_source_ids, retire
+from lamina.search.store import Collection
+from lamina.search.verify import quarantined_ids, recorded_sources, scan_segments
 
 
 class _Recorded(Manifest):

@@ -18,20 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from lamina.encoders.base import resize_rgb
+from lamina.indexer.errors import MissingMppError, UnreadableSourceError
+from lamina.indexer.tiling import TileSpec, choose_level, plan_grid
+from lamina.indexer.tissue import detect_tissue, mask_downsample
+from lamina.search.segments import RESERVED_COLUMNS
 from PIL import Image
-
-from encoders.base import resize_rgb
-from indexer.errors import MissingMppError, UnreadableSourceError
-from indexer.tiling import TileSpec, choose_level, plan_grid
-from indexer.tissue import detect_tissue, mask_downsample
-from search.segments import RESERVED_COLUMNS
 
 if TYPE_CHECKING:
     import openslide
-
-    from encoders import Encoder
-    from indexer.pipeline import IngestOptions, PreparedSource
-    from indexer.sources import SourceFile
+    from lamina.encoders import Encoder
+    from lamina.indexer.pipeline import IngestOptions, PreparedSource
+    from lamina.indexer.sources import SourceFile
 
 
 def _raw_reader() -> Any:
@@ -303,14 +301,14 @@ class Slide:
 
 def read_tile_rgb(row: Mapping[str, Any]) -> np.ndarray:
     """The image of a stored tile row, re-read exactly as the ingest read it (see tile_images)."""
-    from indexer.tile_images import tile_image
+    from lamina.indexer.tile_images import tile_image
 
     return tile_image(row)
 
 
 def thumbnail_rgb(path: str | Path, max_px: int = 512) -> np.ndarray:
     """A slide's thumbnail from its pyramid levels, longest side <= max_px (see tile_images)."""
-    from indexer.tile_images import source_thumbnail
+    from lamina.indexer.tile_images import source_thumbnail
 
     return source_thumbnail(path, "slide", max_px)
 
@@ -366,8 +364,8 @@ def prepare_slide(
     pixels are read only when the pipeline iterates ``images``. ``encoder`` is accepted for the
     pipeline's signature; tiles are always ``options.tile_px`` and the encoder resizes.
     """
-    from indexer.pipeline import PreparedSource
-    from indexer.tile_stream import TileStream
+    from lamina.indexer.pipeline import PreparedSource
+    from lamina.indexer.tile_stream import TileStream
 
     slide = Slide(file.path, mpp_override=options.mpp_override, metadata=metadata)
     try:

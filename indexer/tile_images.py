@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lamina.indexer.errors import SourceChangedError, UnreadableSourceError
+from lamina.indexer.photos import read_photo
+from lamina.indexer.slides import Slide
+from lamina.indexer.sources import classify, content_id
+from lamina.indexer.tiling import TileSpec
 from PIL import Image
-
-from indexer.errors import SourceChangedError, UnreadableSourceError
-from indexer.photos import read_photo
-from indexer.slides import Slide
-from indexer.sources import classify, content_id
-from indexer.tiling import TileSpec
 
 DEFAULT_THUMBNAIL_PX = 512
 MAX_THUMBNAIL_PX = 4096
@@ -43,7 +42,7 @@ def check_unchanged(row: Mapping[str, Any], data: bytes | None = None) -> None:
     ``file_size`` / ``file_mtime_ns`` recorded at indexing; ``data``, the bytes just read, are
     compared by hash (photos). Rows without a recorded size (imported vectors, older stores)
     are not checked."""
-    from search.verify import source_state
+    from lamina.search.verify import source_state
 
     if row.get("file_size") is None:
         return

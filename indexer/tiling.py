@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from indexer.errors import SlideResolutionError
+from lamina.indexer.errors import SlideResolutionError
 
 LEVEL_TOLERANCE = 0.01
 """A level up to 1 % coarser than the target still counts as 'at' the target."""

@@ -1,6 +1,6 @@
 """The store: segments, FAISS indexes, DuckDB queries. No torch, no Flask."""
 
-from search.errors import (
+from lamina.search.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
     EncoderMismatchError,
@@ -10,8 +10,8 @@ from search.errors import (
     StoreError,
     TileNotFoundError,
 )
-from search.service import Group, Hit, SearchResult, SearchService
-from search.store import Collection, Snapshot, Store, default_home
+from lamina.search.service import Group, Hit, SearchResult, SearchService
+from lamina.search.store import Collection, Snapshot, Store, default_home
 
 __all__ = [
     "Collection",

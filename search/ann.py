@@ -41,10 +41,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from search.errors import InvalidIndexFactoryError, StoreError, io_failure
-from search.index_spec import IndexSpec, parse_factory
-from search.integrity import (
+from lamina.search.errors import InvalidIndexFactoryError, StoreError, io_failure
+from lamina.search.index_spec import IndexSpec, parse_factory
+from lamina.search.integrity import (
     HASH,
     OPEN_HASH_BYTES,
     check_segment,
@@ -52,8 +51,8 @@ from search.integrity import (
     file_entry,
     meta_checksum,
 )
-from search.segments import VECTOR_DTYPES, SegmentInfo, fsync_dir, write_json_atomic
-from search.store import Collection
+from lamina.search.segments import VECTOR_DTYPES, SegmentInfo, fsync_dir, write_json_atomic
+from lamina.search.store import Collection
 
 _ASSIGN_CHUNK = 65_536
 TRAIN_PER_LIST = 64  # training vectors per IVF list (FAISS: 30-256)

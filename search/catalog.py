@@ -51,17 +51,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from search.catalog_legacy import LEGACY_FILE, migrate
-from search.errors import (
+from lamina.search.catalog_legacy import LEGACY_FILE, migrate
+from lamina.search.errors import (
     CatalogDamagedError,
     CohortNotFoundError,
     InvalidQueryError,
     StoreError,
     io_failure,
 )
-from search.segments import fsync_dir
-from search.store import NAME_RE
+from lamina.search.segments import fsync_dir
+from lamina.search.store import NAME_RE
 
 CATALOG_DIR = "catalog"
 RECORD_KEY = b"lamina.cohort"

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from search.errors import CatalogDamagedError, CatalogLockedError, DiskFullError
+from lamina.search.errors import CatalogDamagedError, CatalogLockedError, DiskFullError
 
 LEGACY_FILE = "catalog.duckdb"
 EMPTY_MAX_BYTES = 3 * 4096  # DuckDB's headers: a file this short holds no data

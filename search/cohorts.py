@@ -22,13 +22,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from search.catalog import Catalog, now_utc
-from search.errors import FilterError, InvalidQueryError, StaleCohortError
-from search.filters import Condition, conditions_to_json, parse_filters
-from search.service import SearchService
-from search.store import NAME_RE
-from search.views import CollectionView
+from lamina.search.catalog import Catalog, now_utc
+from lamina.search.errors import FilterError, InvalidQueryError, StaleCohortError
+from lamina.search.filters import Condition, conditions_to_json, parse_filters
+from lamina.search.service import SearchService
+from lamina.search.store import NAME_RE
+from lamina.search.views import CollectionView
 
 DEFAULT_K = 100
 LABEL_MAX_DISTINCT = 20

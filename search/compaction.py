@@ -42,10 +42,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from search.ann import AnnIndex, copy_sidecars, write_assignment
-from search.integrity import check_segment
-from search.segments import (
+from lamina.search.ann import AnnIndex, copy_sidecars, write_assignment
+from lamina.search.integrity import check_segment
+from lamina.search.segments import (
     TMP_PREFIX,
     VECTOR_DTYPES,
     SegmentInfo,
@@ -53,7 +52,7 @@ from search.segments import (
     remove_stale,
     retire,
 )
-from search.store import Collection
+from lamina.search.store import Collection
 
 DEFAULT_TARGET_ROWS = 1_000_000
 DEFAULT_MIN_SEGMENTS = 2
@@ -328,7 +327,7 @@ def compact(
     except _Busy as busy:
         return {"skipped": f"an ingest ({busy}) holds the collection's ingest lock"}
     except OSError as exc:  # full disk: the group being merged was aborted, its segments stay
-        from search.errors import io_failure
+        from lamina.search.errors import io_failure
 
         done = f"{len(merged)} merges committed before it" if merged else "nothing was merged"
         raise io_failure(f"compaction of collection {col.name!r} ({done})", exc) from exc

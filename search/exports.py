@@ -39,11 +39,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from search.cohorts import patient_column
-from search.errors import InvalidQueryError
-from search.filters import Condition
-from search.views import CollectionView
+from lamina.search.cohorts import patient_column
+from lamina.search.errors import InvalidQueryError
+from lamina.search.filters import Condition
+from lamina.search.views import CollectionView
 
 FORMATS = ("parquet", "csv", "npz")
 EXPORT_FORMAT = "lamina-export/1"
@@ -321,7 +320,7 @@ def _add_neighbors(
 ) -> str:
     """K nearest labeled tiles of each row by batched planner searches (k + 1, itself
     dropped); returns the strategy used ("exact", "ann" or "exact+ann")."""
-    from search import planner
+    from lamina.search import planner
 
     conds = [Condition(label_column, "ne", (None,))]
     nn_ids: list[list[int]] = []
@@ -475,7 +474,7 @@ def labeled_set_for(
     source_name: Callable[[str], str | None] | None = None,
 ) -> LabeledSet:
     """The labeled set of a collection, or of a cohort's members: what exports and probes use."""
-    from search.cohorts import cohort_tile_ids
+    from lamina.search.cohorts import cohort_tile_ids
 
     tile_ids, record = (None, None)
     if cohort is not None:
@@ -517,7 +516,7 @@ def export_labeled_set(
     """
     import secrets
 
-    from search.catalog import now_utc
+    from lamina.search.catalog import now_utc
 
     fmt = fmt or format_of(out)
     ls = labeled_set_for(

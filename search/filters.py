@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search.errors import FilterError
+from lamina.search.errors import FilterError
 
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
 _SQL_OP = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}

@@ -36,8 +36,7 @@ import weakref
 from typing import Any
 
 import numpy as np
-
-from search.scan import DENSE, Backend, Found, NumpyBackend
+from lamina.search.scan import DENSE, Backend, Found, NumpyBackend
 
 BLOCK_BYTES = 256 << 20
 CPU_BLOCK_BYTES = 32 << 20

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from search.errors import InvalidIndexFactoryError
+from lamina.search.errors import InvalidIndexFactoryError
 
 _FACTORY_RE = re.compile(r"^[A-Za-z0-9_,.=+/-]{1,64}$")
 _IVF_FLAT_RE = re.compile(r"^IVF(\d+)(?:,Flat)?$")

@@ -40,8 +40,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import xxhash
-
-from search.errors import DamagedStoreError
+from lamina.search.errors import DamagedStoreError
 
 HASH = "xxh3_64"
 OPEN_HASH_BYTES = int(float(os.environ.get("LAMINA_VERIFY_OPEN_MB", "256")) * (1 << 20))
@@ -119,7 +118,7 @@ def check_segment(info: Any, *, deep: bool = False, hash_limit: int | None = Non
 
     ``hash_limit``: re-hash the files when their recorded total is at most this many bytes
     (default :data:`OPEN_HASH_BYTES`); ``deep`` re-hashes whatever the size."""
-    from search.segments import VECTOR_DTYPES
+    from lamina.search.segments import VECTOR_DTYPES
 
     sid = info.path.name
     out: list[Problem] = []

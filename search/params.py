@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search.errors import InvalidQueryError
+from lamina.search.errors import InvalidQueryError
 
 DEFAULTS: dict[str, Any] = {
     "nprobe": 16,

@@ -34,12 +34,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from search.ann import AnnIndex, SegmentANN
-from search.filters import Condition, conditions_key
-from search.params import effective
-from search.scan import Backend, default_backend
-from search.views import CollectionView
+from lamina.search.ann import AnnIndex, SegmentANN
+from lamina.search.filters import Condition, conditions_key
+from lamina.search.params import effective
+from lamina.search.scan import Backend, default_backend
+from lamina.search.views import CollectionView
 
 
 @dataclass

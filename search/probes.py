@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-
-from search.errors import InvalidQueryError
-from search.exports import LabeledSet
-from search.views import CollectionView
+from lamina.search.errors import InvalidQueryError
+from lamina.search.exports import LabeledSet
+from lamina.search.views import CollectionView
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 N_BOOTSTRAP = 1000
@@ -260,7 +259,7 @@ def probe_collection(
     progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
     """Build the labeled set exactly as ``lamina export`` would, then probe it."""
-    from search.exports import labeled_set_for
+    from lamina.search.exports import labeled_set_for
 
     ls = labeled_set_for(
         view,

@@ -175,7 +175,7 @@ def default_backend() -> Backend:
     if _BACKEND is None:
         want = os.environ.get("LAMINA_SEARCH_DEVICE", "cpu").lower()
         if want in ("cuda", "auto", "torch-cpu"):
-            from search.gpu import torch_backend
+            from lamina.search.gpu import torch_backend
 
             _BACKEND = torch_backend(want)
         else:

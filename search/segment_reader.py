@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from search.filters import Condition, condition_mask, conditions_key
-from search.integrity import DamagedSegmentError, Problem, check_segment
-from search.segments import VECTOR_DTYPES, SegmentInfo
+from lamina.search.filters import Condition, condition_mask, conditions_key
+from lamina.search.integrity import DamagedSegmentError, Problem, check_segment
+from lamina.search.segments import VECTOR_DTYPES, SegmentInfo
 
 MASK_CACHE_SIZE = 64
 

@@ -38,10 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from search.integrity import Hasher, digest_bytes, file_entry, meta_checksum
-from search.tables import concat_tables as _concat
-from search.tables import rows_table as _table
+from lamina.search.integrity import Hasher, digest_bytes, file_entry, meta_checksum
+from lamina.search.tables import concat_tables as _concat
+from lamina.search.tables import rows_table as _table
 
 TMP_PREFIX = ".tmp-"
 RETIRED_PREFIX = ".retired-"
@@ -551,7 +550,7 @@ def committed_source_ids(segments: Iterable[SegmentInfo]) -> dict[str, list[str]
 
     Damaged segments (failing the cheap checks of ``search.integrity``) are left out: their
     sources count as not indexed, so indexing them again re-commits them."""
-    from search.integrity import check_segment
+    from lamina.search.integrity import check_segment
 
     out: dict[str, list[str]] = {}
     for seg in segments:

@@ -21,16 +21,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from search import planner
-from search.ann import AnnIndex, update_index
-from search.compaction import cluster
-from search.errors import FilterError, InvalidQueryError
-from search.filters import Condition, parse_filters
-from search.index_spec import index_slug
-from search.segment_reader import forget_readers
-from search.store import Collection, Store
-from search.views import CollectionView
+from lamina.search import planner
+from lamina.search.ann import AnnIndex, update_index
+from lamina.search.compaction import cluster
+from lamina.search.errors import FilterError, InvalidQueryError
+from lamina.search.filters import Condition, parse_filters
+from lamina.search.index_spec import index_slug
+from lamina.search.segment_reader import forget_readers
+from lamina.search.store import Collection, Store
+from lamina.search.views import CollectionView
 
 MAX_K = 10_000
 MAX_BATCH = 1_000
@@ -413,7 +412,7 @@ class SearchService:
 
     def rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
         """Slide-level ranking (:func:`search.slide_ranking.rank_slides`)."""
-        from search.slide_ranking import rank_slides
+        from lamina.search.slide_ranking import rank_slides
 
         kwargs.pop("partial", None)  # one process has no shards to miss
         return rank_slides(self, collection, **kwargs)

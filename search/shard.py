@@ -23,14 +23,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from search import planner
-from search.ann import AnnIndex
-from search.filters import Condition
-from search.segments import RESERVED_COLUMNS
-from search.slide_ranking import slide_groups, top_values
-from search.store import Snapshot, Store
-from search.views import CollectionView
+from lamina.search import planner
+from lamina.search.ann import AnnIndex
+from lamina.search.filters import Condition
+from lamina.search.segments import RESERVED_COLUMNS
+from lamina.search.slide_ranking import slide_groups, top_values
+from lamina.search.store import Snapshot, Store
+from lamina.search.views import CollectionView
 
 KEEP_VIEWS = 2
 
@@ -221,7 +220,7 @@ class ShardWorker:
         """Per source on this shard (all, or those in ``only``): its matching tiles' count,
         the ``top_m`` best scores per query (descending, -inf padded) and its ``per_group``
         best tiles (max over queries) as (score, tile id, segment id, row)."""
-        from search.cohorts import score_positions
+        from lamina.search.cohorts import score_positions
 
         view = self._view(name, snapshot_id, segment_ids, ann_key, schema)
         g = slide_groups(view, conds)

@@ -45,14 +45,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from search.errors import InvalidQueryError, ShardUnavailableError, TileNotFoundError
-from search.filters import Condition
-from search.segment_reader import unify_types
-from search.segments import RESERVED_COLUMNS, SegmentInfo
-from search.service import Hit, Ranking, SearchResult, SearchService, _hit
-from search.store import Collection, Snapshot, Store
-from search.views import _jsonable
+from lamina.search.errors import InvalidQueryError, ShardUnavailableError, TileNotFoundError
+from lamina.search.filters import Condition
+from lamina.search.segment_reader import unify_types
+from lamina.search.segments import RESERVED_COLUMNS, SegmentInfo
+from lamina.search.service import Hit, Ranking, SearchResult, SearchService, _hit
+from lamina.search.store import Collection, Snapshot, Store
+from lamina.search.views import _jsonable
 
 NAMESPACE = "lamina"
 ACTOR_PREFIX = "lamina-shard"
@@ -203,8 +202,7 @@ class ShardedSearchService(SearchService):
         self.tag = tag or uuid.uuid4().hex[:8]
         self.timeout_s = timeout_s
         import faiss
-
-        from search.shard import ShardWorker
+        from lamina.search.shard import ShardWorker
 
         remote = ray.remote(ShardWorker)
         home = str(store.home.resolve())
@@ -353,8 +351,8 @@ class ShardedSearchService(SearchService):
                 types.setdefault(column, []).append(typ)
         schema = {n: unify_types(t) for n, t in types.items()}
         if not schemas:
-            from search.segment_reader import sql_type_name
-            from search.segments import TILE_CORE_COLUMNS
+            from lamina.search.segment_reader import sql_type_name
+            from lamina.search.segments import TILE_CORE_COLUMNS
 
             schema = {n: sql_type_name(t) for n, t in TILE_CORE_COLUMNS.items()}
         missing = {d for d, _ in key[3].damaged}
@@ -370,8 +368,8 @@ class ShardedSearchService(SearchService):
     def _maybe_build_index(self, name: str, col: Collection, view: ClusterView) -> None:
         """As the single-process server does: build or extend the collection's ANN index in a
         thread when segments lack it; the next query sees the new index version."""
-        from search.ann import AnnIndex, update_index
-        from search.compaction import cluster
+        from lamina.search.ann import AnnIndex, update_index
+        from lamina.search.compaction import cluster
 
         if col.index_factory == "Flat" or view.n_tiles == 0:
             return
@@ -430,7 +428,7 @@ class ShardedSearchService(SearchService):
         return Ranking(hits, plan, matched, missing)
 
     def rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
-        from search.sharded_slides import rank_slides_sharded
+        from lamina.search.sharded_slides import rank_slides_sharded
 
         return rank_slides_sharded(self, collection, **kwargs)
 

@@ -18,16 +18,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from search.cohorts import checked_conditions
-from search.errors import InvalidQueryError, SourceNotFoundError
-from search.filters import Condition, parse_filters
-from search.params import effective
-from search.service import MAX_K, SearchResult, _hit, unit_queries
-from search.slide_ranking import EXACT_BELOW, mean_of_top, slide_query, slide_result
+from lamina.search.cohorts import checked_conditions
+from lamina.search.errors import InvalidQueryError, SourceNotFoundError
+from lamina.search.filters import Condition, parse_filters
+from lamina.search.params import effective
+from lamina.search.service import MAX_K, SearchResult, _hit, unit_queries
+from lamina.search.slide_ranking import EXACT_BELOW, mean_of_top, slide_query, slide_result
 
 if TYPE_CHECKING:
-    from search.sharded import ClusterView, ShardedSearchService
+    from lamina.search.sharded import ClusterView, ShardedSearchService
 
 
 def _query_vectors(

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from search import planner
-from search.cohorts import checked_conditions, score_positions
-from search.errors import InvalidQueryError
-from search.filters import Condition, conditions_key, parse_filters
-from search.params import effective
-from search.service import (
+from lamina.search import planner
+from lamina.search.cohorts import checked_conditions, score_positions
+from lamina.search.errors import InvalidQueryError
+from lamina.search.filters import Condition, conditions_key, parse_filters
+from lamina.search.params import effective
+from lamina.search.service import (
     MAX_K,
     Group,
     Hit,
@@ -43,7 +42,7 @@ from search.service import (
     _hit,
     unit_queries,
 )
-from search.views import CollectionView
+from lamina.search.views import CollectionView
 
 EXACT_BELOW = 200_000
 NEG = np.float32(-np.inf)

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-
-from search.store import Collection
-from search.verify import quarantined_ids, scan_segments, source_changes
+from lamina.search.store import Collection
+from lamina.search.verify import quarantined_ids, scan_segments, source_changes
 
 SMAPS = "/proc/self/smaps"
 
@@ -59,8 +58,8 @@ def resident_bytes(paths: Iterable[str | os.PathLike[str]], smaps: str = SMAPS) 
 
 def index_status(col: Collection) -> dict[str, Any]:
     """The ANN index: factory, search params, built version, segments indexed, build progress."""
-    from search.ann import AnnIndex, build_progress
-    from search.index_spec import index_slug
+    from lamina.search.ann import AnnIndex, build_progress
+    from lamina.search.index_spec import index_slug
 
     out: dict[str, Any] = {
         "factory": col.index_factory,
@@ -175,7 +174,7 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
 def status_of(store: Any, name: str, *, strict: bool = False) -> dict[str, Any]:
     """:func:`collection_status` of ``name``; a collection whose ``collection.json`` is damaged
     gives ``{"name", "error"}`` (raised instead when ``strict``: it was asked for by name)."""
-    from search.errors import CollectionDamagedError
+    from lamina.search.errors import CollectionDamagedError
 
     try:
         return collection_status(store.collection(name))

@@ -26,15 +26,14 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from search import segments as segments_mod
-from search.errors import (
+from lamina.search import segments as segments_mod
+from lamina.search.errors import (
     CollectionDamagedError,
     CollectionExistsError,
     CollectionNotFoundError,
     EncoderMismatchError,
 )
-from search.segments import (
+from lamina.search.segments import (
     SegmentInfo,
     SegmentWriter,
     committed_source_ids,
@@ -123,7 +122,7 @@ _REQUIRED = ("encoder", "fingerprint", "embed_dim")
 
 def seal(info: dict[str, Any]) -> dict[str, Any]:
     """``info`` with its ``checksum`` (``lamina verify`` compares it with the content)."""
-    from search.integrity import meta_checksum
+    from lamina.search.integrity import meta_checksum
 
     info["checksum"] = meta_checksum(info)
     return info
@@ -299,8 +298,8 @@ class Collection:
         Vectors are not touched; a changed factory is built from them in the background (by a
         server) or by ``lamina index`` / ``lamina collection build``.
         """
-        from search.index_spec import check_factory
-        from search.params import check_params
+        from lamina.search.index_spec import check_factory
+        from lamina.search.params import check_params
 
         info_path = self.path / "collection.json"
         info = json.loads(info_path.read_text())

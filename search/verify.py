@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from search.integrity import (
+from lamina.search.integrity import (
     OPEN_HASH_BYTES,
     Problem,
     check_segment,
@@ -37,8 +36,8 @@ from search.integrity import (
     meta_checksum,
     unverified,
 )
-from search.segments import RESERVED_COLUMNS, SegmentInfo
-from search.store import Collection, next_free_tile_id
+from lamina.search.segments import RESERVED_COLUMNS, SegmentInfo
+from lamina.search.store import Collection, next_free_tile_id
 
 REHASH_BYTES = 64 << 20
 _SOURCE_COLUMNS = ("source_id", "source", "kind", "file_size", "file_mtime_ns")
@@ -222,8 +221,8 @@ def _index_problems(
 ) -> list[Problem]:
     """Problems of the ANN index; ``notes`` gets what is merely not built yet (searched
     exactly meanwhile: ``not_built`` or ``unindexed`` segments)."""
-    from search.ann import AnnIndex
-    from search.index_spec import index_slug
+    from lamina.search.ann import AnnIndex
+    from lamina.search.index_spec import index_slug
 
     if col.index_factory == "Flat":
         return []
@@ -303,7 +302,7 @@ def quarantined_ids(problems: Sequence[Problem]) -> list[str]:
 
 def verify_named(store: Any, name: str, *, deep: bool = False) -> dict[str, Any]:
     """:func:`verify` of collection ``name``; a damaged ``collection.json`` is one problem."""
-    from search.errors import CollectionDamagedError
+    from lamina.search.errors import CollectionDamagedError
 
     try:
         col = store.collection(name)

@@ -20,21 +20,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from search.ann import AnnIndex
-from search.errors import SourceNotFoundError, TileNotFoundError
-from search.filters import Condition, conditions_key
-from search.index_spec import codes_only
-from search.integrity import DamagedSegmentError, Problem, duplicate_tile_ids
-from search.segment_reader import (
+from lamina.search.ann import AnnIndex
+from lamina.search.errors import SourceNotFoundError, TileNotFoundError
+from lamina.search.filters import Condition, conditions_key
+from lamina.search.index_spec import codes_only
+from lamina.search.integrity import DamagedSegmentError, Problem, duplicate_tile_ids
+from lamina.search.segment_reader import (
     SegmentReader,
     lazy_vectors,
     reader_for,
     sql_type_name,
     unify_types,
 )
-from search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
-from search.store import Collection, Snapshot
+from lamina.search.segments import RESERVED_COLUMNS, TILE_CORE_COLUMNS
+from lamina.search.store import Collection, Snapshot
 
 _GLOBAL_MASKS = 16
 _ARROW_OF_SQL = {

@@ -16,7 +16,7 @@ def _shape(path: str) -> str:
 
 
 def test_every_route_is_documented() -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     doc = _shape((REPO / "docs" / "api.md").read_text())
     app = create_app({"HOME": str(REPO / "nonexistent-home")})
@@ -29,7 +29,7 @@ def test_every_route_is_documented() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    from api.app import DEFAULTS
+    from lamina.api.app import DEFAULTS
 
     doc = (REPO / "docs" / "api.md").read_text()
     for key in DEFAULTS:
@@ -39,7 +39,7 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_every_command_and_option_is_documented() -> None:
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     doc = (
         (REPO / "docs" / "cli.md").read_text()
@@ -58,7 +58,7 @@ def test_every_command_and_option_is_documented() -> None:
 
 
 def test_openapi_covers_every_route() -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app({"HOME": str(REPO / "nonexistent-home")})
     spec = app.test_client().get("/api/v1/openapi.json").get_json()

@@ -37,10 +37,30 @@ def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(_top(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(_top(node.module))
     return found
+
+
+def _top(module: str) -> str:
+    """The package an import names: ours by their folder (``lamina.search.x`` -> ``search``)."""
+    parts = module.split(".")
+    if parts[0] == "lamina" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
+def _bare_imports(path: Path) -> list[str]:
+    """Imports of our packages by their folder name instead of through ``lamina``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+    ]
+    return [name for name in names if name.split(".")[0] in OURS]
 
 
 def _modules(package: str) -> list[Path]:
@@ -68,7 +88,19 @@ def test_client_is_light(module: str) -> None:
 def test_request_handlers_never_run_an_ingest() -> None:
     for path in (REPO / "api" / "routes").rglob("*.py"):
         text = path.read_text()
-        assert "indexer.pipeline" not in text and "import ingest" not in text, path
+        assert "lamina.indexer.pipeline" not in text and "import ingest" not in text, path
+
+
+def test_everything_imports_through_the_lamina_namespace() -> None:
+    """A bare ``import search`` would load a second copy of a module (and break when installed)."""
+    roots = [REPO / name for name in (*OURS, "lamina", "tests", "bench")]
+    bad = {
+        str(path.relative_to(REPO)): found
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        if (found := _bare_imports(path))
+    }
+    assert not bad, f"import through lamina.*: {bad}"
 
 
 def test_no_grab_bag_module_names() -> None:

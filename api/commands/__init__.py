@@ -12,8 +12,8 @@ def extra_commands() -> list[ModuleType]:
     out = []
     for name in ("serve", "cohorts", "exports", "probes", "compact", "integrity"):
         try:
-            out.append(importlib.import_module(f"api.commands.{name}"))
+            out.append(importlib.import_module(f"lamina.api.commands.{name}"))
         except ModuleNotFoundError as exc:
-            if exc.name != f"api.commands.{name}":
+            if exc.name != f"lamina.api.commands.{name}":
                 raise
     return out

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def as_doc(obj: Any) -> Any:
@@ -28,7 +27,7 @@ def as_doc(obj: Any) -> Any:
 
 
 def _embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]) -> Any:
-    from api.queries import embed_examples
+    from lamina.api.queries import embed_examples
 
     return embed_examples(collection, files)
 
@@ -114,8 +113,8 @@ def register(cli: click.Group) -> None:
         if (k is not None or min_score is not None) and not (near or near_tiles):
             raise click.UsageError("--k / --min-score need --near or --near-tile")
         if ctx.url:
-            from api.client import Client
-            from search.filters import conditions_to_json, parse_filters
+            from lamina.api.client import Client
+            from lamina.search.filters import conditions_to_json, parse_filters
 
             spec = conditions_to_json(parse_filters(filters)) if filters else None
             res = Client(ctx.url, token=ctx.token).create_cohort(
@@ -130,9 +129,9 @@ def register(cli: click.Group) -> None:
             doc = as_doc(res)
             cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
         else:
-            from search import SearchService
-            from search.catalog import Catalog
-            from search.cohorts import create_cohort
+            from lamina.search import SearchService
+            from lamina.search.catalog import Catalog
+            from lamina.search.cohorts import create_cohort
 
             service = SearchService(ctx.store())
             files = [(p, Path(p).read_bytes()) for p in near]
@@ -164,12 +163,12 @@ def register(cli: click.Group) -> None:
     def list_command(ctx: CliContext, as_json: bool) -> None:
         """Cohorts (latest version of each)."""
         if ctx.url:
-            from api.client import Client
+            from lamina.api.client import Client
 
             doc = as_doc(Client(ctx.url, token=ctx.token).cohorts())
             cohorts = doc.get("cohorts", doc) if isinstance(doc, dict) else doc
         else:
-            from search.catalog import Catalog
+            from lamina.search.catalog import Catalog
 
             with Catalog(ctx.home) as catalog:
                 cohorts = catalog.cohorts()
@@ -207,14 +206,14 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """One cohort with counts per slide, per patient and per label."""
         if ctx.url:
-            from api.client import Client
+            from lamina.api.client import Client
 
             doc = as_doc(Client(ctx.url, token=ctx.token).cohort(name))
             cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
         else:
-            from search import SearchService
-            from search.catalog import Catalog
-            from search.cohorts import show_cohort
+            from lamina.search import SearchService
+            from lamina.search.catalog import Catalog
+            from lamina.search.cohorts import show_cohort
 
             with Catalog(ctx.home) as catalog:
                 cohort = show_cohort(
@@ -237,11 +236,11 @@ def register(cli: click.Group) -> None:
     def delete_command(ctx: CliContext, name: str, as_json: bool) -> None:
         """Delete cohort NAME (all its versions)."""
         if ctx.url:
-            from api.client import Client
+            from lamina.api.client import Client
 
             Client(ctx.url, token=ctx.token).delete_cohort(name)
         else:
-            from search.catalog import Catalog
+            from lamina.search.catalog import Catalog
 
             with Catalog(ctx.home) as catalog:
                 catalog.delete_cohort(name)

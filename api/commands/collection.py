@@ -14,8 +14,7 @@ import sys
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 _STAGES = {"train": "training", "index": "indexing", "cluster": "clustering"}
 
@@ -24,7 +23,7 @@ def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, An
     """Run ``update_index`` on ``col``: the train stage is a line, the index stage a tqdm bar
     (in tiles) on stderr; then large IVF segments are rewritten in list order
     (``search.compaction.cluster``). Returns update_index's report plus ``clustered``."""
-    from search.ann import update_index
+    from lamina.search.ann import update_index
 
     bar: Any = None
     bar_stage = ""
@@ -52,7 +51,7 @@ def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, An
             )
         bar.update(done - bar.n)
 
-    from search.compaction import cluster
+    from lamina.search.compaction import cluster
 
     try:
         out = update_index(col, report if progress else None, rebuild=rebuild)
@@ -65,8 +64,8 @@ def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, An
 
 def index_state(col: Any) -> dict[str, Any]:
     """The settings of ``col`` and how far its index covers the committed segments."""
-    from search.ann import AnnIndex, build_progress
-    from search.params import effective
+    from lamina.search.ann import AnnIndex, build_progress
+    from lamina.search.params import effective
 
     segments = col.segments()
     doc: dict[str, Any] = {
@@ -215,7 +214,7 @@ def register(cli: click.Group) -> None:
     def show_command(ctx: CliContext, name: str, as_json: bool) -> None:
         """Index factory, search parameters, vector dtype and index coverage of NAME."""
         if ctx.url:
-            from api.client import Client
+            from lamina.api.client import Client
 
             remote = Client(ctx.url, token=ctx.token).collection(name)
             if as_json:

@@ -11,8 +11,7 @@ import sys
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def register(cli: click.Group) -> None:
@@ -37,7 +36,7 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Merge small segments: fewer files, faster searches; tile ids do not change."""
-        from search.compaction import DEFAULT_TARGET_ROWS, compact
+        from lamina.search.compaction import DEFAULT_TARGET_ROWS, compact
 
         store = ctx.store()
         names = [collection] if collection else store.names()

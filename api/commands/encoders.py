@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from api.cli import emit_json
+from lamina.api.cli import emit_json
 
 
 def register(cli: click.Group) -> None:
@@ -13,7 +12,7 @@ def register(cli: click.Group) -> None:
     def encoders_command(as_json: bool) -> None:
         """Registered encoders: key, modality, dim, input size, um/px, whether the weights are on
         this machine (and where, or where to put them), licence."""
-        from encoders import encoder_table, plugin_errors
+        from lamina.encoders import encoder_table, plugin_errors
 
         rows = encoder_table()
         failed = plugin_errors()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
-from api.commands.cohorts import as_doc
+from lamina.api.cli import CliContext, emit_json, handle_errors
+from lamina.api.commands.cohorts import as_doc
 
 
 def register(cli: click.Group) -> None:
@@ -57,12 +56,12 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Write one row per labeled tile (tile_id, source, patient, label, split, embedding)."""
-        from search.exports import format_of
+        from lamina.search.exports import format_of
 
         format_of(out)
         if ctx.url:
-            from api.client import Client
-            from api.client_jobs import stderr_progress
+            from lamina.api.client import Client
+            from lamina.api.client_jobs import stderr_progress
 
             res = Client(ctx.url, token=ctx.token).export(
                 collection,
@@ -78,9 +77,9 @@ def register(cli: click.Group) -> None:
             doc = as_doc(res)
             doc = doc if isinstance(doc, dict) else {"ok": True, "result": doc}
         else:
-            from search import SearchService
-            from search.catalog import Catalog
-            from search.exports import export_labeled_set
+            from lamina.search import SearchService
+            from lamina.search.catalog import Catalog
+            from lamina.search.exports import export_labeled_set
 
             service = SearchService(ctx.store())
             with Catalog(ctx.home) as catalog:

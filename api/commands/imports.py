@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def register(cli: click.Group) -> None:
@@ -86,8 +85,8 @@ def register(cli: click.Group) -> None:
         Exit code 0 when everything imported, 1 when some files failed (each named with the
         row at fault), 2 for usage errors. Re-running imports nothing twice.
         """
-        from indexer import Manifest
-        from indexer.importer import (
+        from lamina.indexer import Manifest
+        from lamina.indexer.importer import (
             Import,
             ImportOptions,
             declare_encoder,

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 DEFAULT_ENCODER = "classic/stain-texture"
 
@@ -30,8 +29,8 @@ def load_encoder_for(
     batch_size: int | None = None,
 ):  # noqa: ANN201
     """The encoder of an existing collection (or ``encoder_key`` for a new one)."""
-    from encoders import create_encoder
-    from search import CollectionNotFoundError, EncoderMismatchError
+    from lamina.encoders import create_encoder
+    from lamina.search import CollectionNotFoundError, EncoderMismatchError
 
     try:
         col = ctx.store().collection(collection)
@@ -184,9 +183,9 @@ def register(cli: click.Group) -> None:
 
         Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors.
         """
-        from api.exposure import record_roots
-        from indexer import IngestOptions, Manifest
-        from indexer.pipeline import open_collection_for
+        from lamina.api.exposure import record_roots
+        from lamina.indexer import IngestOptions, Manifest
+        from lamina.indexer.pipeline import open_collection_for
 
         options = IngestOptions(
             tile_px=tile_px,
@@ -240,16 +239,16 @@ def _ingest(
     device: str,
 ) -> Any:
     """A local run, or one on the Ray cluster of ``--cluster`` / ``$RAY_ADDRESS``."""
-    from indexer.distributed import ClusterOptions, cluster_address
+    from lamina.indexer.distributed import ClusterOptions, cluster_address
 
     address = cluster_address(cluster)
     if address is None:
         if encoders is not None:
             raise click.UsageError("--encoders needs --cluster (or RAY_ADDRESS)")
-        from indexer.pipeline import Ingest
+        from lamina.indexer.pipeline import Ingest
 
         return Ingest(col, encoder, options, table).run(paths)
-    from indexer.distributed import ClusterIngest
+    from lamina.indexer.distributed import ClusterIngest
 
     spec = ClusterOptions(address=address, encoders=encoders)
     if workers:
@@ -260,8 +259,8 @@ def _ingest(
 def _update_index(col: Any, progress: bool) -> dict[str, Any]:
     """Bring the ANN index up to date after a run. A factory that cannot be trained yet (too few
     vectors for its lists) is reported, not fatal: the run is committed and search is exact."""
-    from api.commands.collection import build_index
-    from search.errors import InvalidIndexFactoryError
+    from lamina.api.commands.collection import build_index
+    from lamina.search.errors import InvalidIndexFactoryError
 
     try:
         return build_index(col, progress)
@@ -274,7 +273,7 @@ def _create_with_dtype(
     store: Any, name: str, encoder: Any, options: Any, weights: str | None, vector_dtype: str
 ) -> None:
     """Create ``name`` storing ``vector_dtype`` vectors; refuse another dtype on an existing one."""
-    from search import CollectionExistsError, CollectionNotFoundError
+    from lamina.search import CollectionExistsError, CollectionNotFoundError
 
     try:
         existing = store.collection(name)

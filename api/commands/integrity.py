@@ -13,13 +13,12 @@ import sys
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def _local(ctx: CliContext, what: str) -> None:
     if ctx.url:
-        from api.errors import ApiError
+        from lamina.api.errors import ApiError
 
         raise ApiError(f"{what} reads the store's files: run it where the store is, without --url")
 
@@ -57,7 +56,7 @@ def register(cli: click.Group) -> None:
     def verify_command(ctx: CliContext, collection: str | None, deep: bool, as_json: bool) -> None:
         """Check segments, ANN index files, the tile id counter and source files; exit 1 when
         anything is damaged or changed."""
-        from search.verify import verify_named
+        from lamina.search.verify import verify_named
 
         _local(ctx, "verify")
         store = ctx.store()
@@ -92,8 +91,8 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Re-index the sources of quarantined segments from their files and retire those
         segments; reports sources whose files are gone. Exit 1 when a segment stays damaged."""
-        from api.commands.index import load_encoder_for
-        from indexer.repair import repair
+        from lamina.api.commands.index import load_encoder_for
+        from lamina.indexer.repair import repair
 
         _local(ctx, "repair")
         col = ctx.store().collection(collection)

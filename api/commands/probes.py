@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
-from api.commands.cohorts import as_doc
+from lamina.api.cli import CliContext, emit_json, handle_errors
+from lamina.api.commands.cohorts import as_doc
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -88,8 +87,8 @@ def register(cli: click.Group) -> None:
         """Linear probe (AUROC, accuracy, balanced accuracy with 95% CIs) + retrieval metrics."""
         fracs = parse_fractions(fractions)
         if ctx.url:
-            from api.client import Client
-            from api.client_jobs import stderr_progress
+            from lamina.api.client import Client
+            from lamina.api.client_jobs import stderr_progress
 
             doc = as_doc(
                 Client(ctx.url, token=ctx.token).probe(
@@ -105,8 +104,8 @@ def register(cli: click.Group) -> None:
             )
             report = doc.get("report", doc) if isinstance(doc, dict) else doc
         else:
-            from search import SearchService
-            from search.probes import probe_collection
+            from lamina.search import SearchService
+            from lamina.search.probes import probe_collection
 
             view = SearchService(ctx.store()).view(collection)
             if cohort is None:
@@ -120,7 +119,7 @@ def register(cli: click.Group) -> None:
                     test_fraction=test_fraction,
                 )
             else:
-                from search.catalog import Catalog
+                from lamina.search.catalog import Catalog
 
                 with Catalog(ctx.home) as catalog:
                     report = probe_collection(

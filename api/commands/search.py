@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def _print_hits(doc: dict[str, Any]) -> None:
@@ -150,7 +149,7 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("--slide and --region go together")
         box = None
         if region is not None:
-            from api.queries import parse_region
+            from lamina.api.queries import parse_region
 
             try:
                 box = parse_region(region)
@@ -201,8 +200,8 @@ class Query:
 
 
 def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
-    from api.queries import image_vector, region_vector
-    from search import SearchService
+    from lamina.api.queries import image_vector, region_vector
+    from lamina.search import SearchService
 
     service = SearchService(ctx.store())
     kwargs: dict[str, Any] = {
@@ -222,8 +221,8 @@ def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
 
 
 def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
-    from api.client import Client
-    from search.filters import conditions_to_json, parse_filters
+    from lamina.api.client import Client
+    from lamina.search.filters import conditions_to_json, parse_filters
 
     client = Client(url, token=token)
     spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None

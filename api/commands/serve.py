@@ -8,8 +8,7 @@ import sys
 from typing import NoReturn
 
 import click
-
-from api.cli import CliContext
+from lamina.api.cli import CliContext
 
 
 def is_loopback(host: str) -> bool:
@@ -75,8 +74,8 @@ def register(cli: click.Group) -> None:
         /health needs `Authorization: Bearer <token>` of a sufficient scope. With --cluster,
         each collection's segments are spread over SHARDS shard actors (REPLICAS each) on
         that Ray cluster, which must see this home at the same path."""
-        from api.auth import AuthConfigError, Authenticator, env_token
-        from api.exposure import ExposureConfigError
+        from lamina.api.auth import AuthConfigError, Authenticator, env_token
+        from lamina.api.exposure import ExposureConfigError
 
         try:
             enabled = Authenticator(ctx.home, env_token()).enabled
@@ -89,8 +88,7 @@ def register(cli: click.Group) -> None:
                 "'Authorization: Bearer <token>'), or pass --insecure"
             )
         import waitress
-
-        from api.app import create_app
+        from lamina.api.app import create_app
 
         config: dict[str, object] = {"HOME": str(ctx.home)}
         if cluster:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def register(cli: click.Group) -> None:
@@ -27,13 +26,13 @@ def register(cli: click.Group) -> None:
             _cluster_status(cluster, collection, as_json)
             return
         if ctx.url:
-            from api.client import Client
+            from lamina.api.client import Client
 
             client = Client(ctx.url, token=ctx.token)
             cols = [client.collection(collection)] if collection else client.collections()
             where = ctx.url
         else:
-            from search.status import status_of
+            from lamina.search.status import status_of
 
             store = ctx.store()
             names = [collection] if collection else store.names()
@@ -74,8 +73,8 @@ def register(cli: click.Group) -> None:
 
 def _cluster_status(address: str, collection: str | None, as_json: bool) -> None:
     """Shards and replicas of every sharded server on the cluster: snapshot, tiles, memory."""
-    from search.errors import ShardUnavailableError
-    from search.sharded import cluster_status
+    from lamina.search.errors import ShardUnavailableError
+    from lamina.search.sharded import cluster_status
 
     try:
         doc = cluster_status(address=address)

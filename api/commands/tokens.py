@@ -10,12 +10,11 @@ import getpass
 import os
 
 import click
-
-from api.cli import CliContext, emit_json, handle_errors
+from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
 def _audit(ctx: CliContext, action: str, name: str) -> None:
-    from api.audit import AuditLog, audit_enabled
+    from lamina.api.audit import AuditLog, audit_enabled
 
     AuditLog(ctx.home, enabled=audit_enabled(os.environ.get("LAMINA_AUDIT"))).record(
         token=f"local:{getpass.getuser()}", remote="local", action=action, target=name, status=0
@@ -42,8 +41,8 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def add_command(ctx: CliContext, name: str, scope: str, as_json: bool) -> None:
         """Create token NAME and print its secret (shown once; only its hash is stored)."""
-        from api.auth import TokenStore
-        from api.errors import ApiError
+        from lamina.api.auth import TokenStore
+        from lamina.api.errors import ApiError
 
         if not ctx.home.is_dir():
             raise ApiError(
@@ -67,7 +66,7 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def list_command(ctx: CliContext, as_json: bool) -> None:
         """Names, scopes and creation times (never secrets)."""
-        from api.auth import ENV_TOKEN_NAME, ENV_VAR, TokenStore
+        from lamina.api.auth import ENV_TOKEN_NAME, ENV_VAR, TokenStore
 
         tokens = TokenStore(ctx.home).listing()
         if as_json:
@@ -87,7 +86,7 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def revoke_command(ctx: CliContext, name: str, as_json: bool) -> None:
         """Delete token NAME; a running server refuses it from its next request."""
-        from api.auth import TokenStore
+        from lamina.api.auth import TokenStore
 
         TokenStore(ctx.home).revoke(name)
         _audit(ctx, "token revoke", name)

@@ -14,11 +14,10 @@ import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-
-from api.app import state
-from api.errors import ApiError
-from api.jobs import Job
-from api.limits import (
+from lamina.api.app import state
+from lamina.api.errors import ApiError
+from lamina.api.jobs import Job
+from lamina.api.limits import (
     INT64_MAX,
     acquire_within_deadline,
     field_json,
@@ -105,8 +104,8 @@ def _tile_ids(value: Any) -> list[int]:
 
 
 def _embed(collection: Any, files: list[tuple[str, bytes]]) -> tuple[list[Any], list[Any]]:
-    from api.images import check_upload_pixels
-    from api.queries import embed_examples
+    from lamina.api.images import check_upload_pixels
+    from lamina.api.queries import embed_examples
 
     st = state()
     max_pixels = int(st.config.get("MAX_IMAGE_PIXELS") or 80_000_000)
@@ -122,7 +121,7 @@ def _embed(collection: Any, files: list[tuple[str, bytes]]) -> tuple[list[Any], 
 @bp.post("/cohorts")
 @guarded
 def create_cohort() -> Response:
-    from search.cohorts import create_cohort as create
+    from lamina.search.cohorts import create_cohort as create
 
     fields, files = _body()
     if len(files) + len(_tile_ids(fields.get("near_tile_ids"))) > MAX_EXAMPLES:
@@ -159,7 +158,7 @@ def list_cohorts() -> Response:
 
 @bp.get("/cohorts/<name>")
 def show_cohort(name: str) -> Response:
-    from search.cohorts import show_cohort as show
+    from lamina.search.cohorts import show_cohort as show
 
     st = state()
     cohort = show(
@@ -181,9 +180,9 @@ def delete_cohort(name: str) -> Response:
 @bp.post("/exports")
 def create_export() -> Response:
     """Queue an export; the job's file is the export (parquet, csv or npz)."""
-    from api.exposure import source_namer
-    from api.routes.jobs import submit
-    from search.exports import FORMATS, check_columns, export_labeled_set
+    from lamina.api.exposure import source_namer
+    from lamina.api.routes.jobs import submit
+    from lamina.search.exports import FORMATS, check_columns, export_labeled_set
 
     fields, _ = _body()
     fmt = _str(fields.get("format"), "format") or "parquet"
@@ -229,9 +228,9 @@ def create_export() -> Response:
 @bp.post("/probes")
 def create_probe() -> Response:
     """Queue a probe; the job's result is the report."""
-    from api.routes.jobs import submit
-    from search.exports import check_columns
-    from search.probes import DEFAULT_FRACTIONS, probe_collection
+    from lamina.api.routes.jobs import submit
+    from lamina.search.exports import check_columns
+    from lamina.search.probes import DEFAULT_FRACTIONS, probe_collection
 
     fields, _ = _body()
     fractions = fields.get("fractions") or list(DEFAULT_FRACTIONS)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-
-from api.app import state
-from api.errors import ApiError
-from api.limits import guarded
+from lamina.api.app import state
+from lamina.api.errors import ApiError
+from lamina.api.limits import guarded
 
 bp = Blueprint("collections", __name__)
 
@@ -26,7 +25,7 @@ def _version() -> str:
 
 @bp.get("/health")
 def health() -> Response:
-    from search.store import snapshot_id_of
+    from lamina.search.store import snapshot_id_of
 
     store = state().store
     ids: list[str] = []
@@ -46,7 +45,7 @@ def health() -> Response:
 
 @bp.get("/encoders")
 def encoders() -> Response:
-    from encoders import encoder_table
+    from lamina.encoders import encoder_table
 
     return jsonify({"ok": True, "encoders": encoder_table()})
 
@@ -54,8 +53,8 @@ def encoders() -> Response:
 @bp.get("/collections")
 @guarded
 def collections() -> Response:
-    from search.errors import CollectionDamagedError
-    from search.status import collection_status
+    from lamina.search.errors import CollectionDamagedError
+    from lamina.search.status import collection_status
 
     st = state()
     cols = []
@@ -74,7 +73,7 @@ def collections() -> Response:
 @bp.get("/collections/<name>")
 @guarded
 def collection(name: str) -> Response:
-    from search.status import collection_status
+    from lamina.search.status import collection_status
 
     svc = state().service
     view = svc.view(name)  # the snapshot this server answers on (a newer one may be preparing)
@@ -143,7 +142,7 @@ def tile(tile_id: int) -> Response:
 @bp.get("/tiles/<int:tile_id>/image")
 @guarded
 def tile_image(tile_id: int) -> Response:
-    from api.images import tile_png
+    from lamina.api.images import tile_png
 
     _, view, row = _tile_row(tile_id)
     source = view.source(str(row["source_id"]), path=str(row["source"]))
@@ -155,7 +154,7 @@ def tile_image(tile_id: int) -> Response:
 @bp.get("/sources/<source_id>/thumbnail")
 @guarded
 def thumbnail(source_id: str) -> Response:
-    from api.images import thumbnail_png
+    from lamina.api.images import thumbnail_png
 
     name = resolve_collection(request.args.get("collection"))
     source = state().service.view(name).source(source_id)
@@ -165,6 +164,6 @@ def thumbnail(source_id: str) -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from api.openapi import openapi_spec
+    from lamina.api.openapi import openapi_spec
 
     return jsonify(openapi_spec(_version()))

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
-
-from api.app import state
-from api.errors import ApiError
-from api.jobs import Job
-from api.limits import int_in
+from lamina.api.app import state
+from lamina.api.errors import ApiError
+from lamina.api.jobs import Job
+from lamina.api.limits import int_in
 
 bp = Blueprint("imports", __name__)
 
@@ -35,8 +34,13 @@ def _int(value: Any, name: str) -> int | None:
 
 @bp.post("/collections/<name>/import")
 def import_files(name: str) -> Response:
-    from indexer.import_readers import SUFFIXES
-    from indexer.importer import Import, ImportOptions, declare_encoder, open_import_collection
+    from lamina.indexer.import_readers import SUFFIXES
+    from lamina.indexer.importer import (
+        Import,
+        ImportOptions,
+        declare_encoder,
+        open_import_collection,
+    )
 
     if request.mimetype != "multipart/form-data":
         raise ApiError("send multipart/form-data with 'file' fields", 415, "UNSUPPORTED_MEDIA_TYPE")
@@ -55,7 +59,7 @@ def import_files(name: str) -> Response:
         patch_px_level0=_int(request.form.get("patch_px_level0"), "patch_px_level0"),
         progress=False,
     )
-    from api.routes.jobs import queue, submit
+    from lamina.api.routes.jobs import queue, submit
 
     prepared = queue().workdir()
     tmp = prepared[1]

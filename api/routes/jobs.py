@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, send_file
-
-from api.errors import ApiError
-from api.jobs import Job, JobQueue
+from lamina.api.errors import ApiError
+from lamina.api.jobs import Job, JobQueue
 
 bp = Blueprint("jobs", __name__)
 _LOCK = threading.Lock()
@@ -56,7 +55,7 @@ def submit(
     except ApiError as exc:
         if exc.code != "JOB_QUEUE_FULL":
             raise
-        from api.app import error_response
+        from lamina.api.app import error_response
 
         resp = error_response(exc.status, exc.code, str(exc))
         resp.headers["Retry-After"] = "5"

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
-
-from api.app import state
-from api.errors import ApiError
-from api.limits import acquire_within_deadline, field_json, guarded, short
+from lamina.api.app import state
+from lamina.api.errors import ApiError
+from lamina.api.limits import acquire_within_deadline, field_json, guarded, short
 
 bp = Blueprint("search", __name__)
 
@@ -87,7 +86,7 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
 
 def _params(value: Any) -> dict[str, Any] | None:
     """Per-request search parameters: an object (JSON) or a JSON string of one (multipart)."""
-    from search.params import check_params
+    from lamina.search.params import check_params
 
     if value is None or value == "":
         return None
@@ -173,8 +172,8 @@ def _parse_request() -> tuple[dict[str, Any], bytes | None, str]:
 
 
 def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
-    from api.images import check_upload_pixels
-    from api.queries import image_vector
+    from lamina.api.images import check_upload_pixels
+    from lamina.api.queries import image_vector
 
     st = state()
     max_pixels = int(st.config["MAX_IMAGE_PIXELS"])
@@ -193,7 +192,7 @@ def _embed_upload(collection: Any, data: bytes, name: str) -> np.ndarray:
 
 
 def _region_vector(collection: Any, path: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    from api.queries import region_vector
+    from lamina.api.queries import region_vector
 
     st = state()
     acquire_within_deadline(st.embed_lock)

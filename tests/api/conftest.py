@@ -18,9 +18,9 @@ DERM_DIR = (
 
 
 def index_derm(home: Path, images: list[Path] | Path, collection: str = "derm") -> Any:
-    from encoders import create_encoder
-    from indexer import IngestOptions, Manifest, ingest
-    from search import Store
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
+    from lamina.search import Store
 
     paths = images if isinstance(images, list) else [images]
     return ingest(
@@ -53,7 +53,7 @@ def write_synthetic(
     meta: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """A collection built directly from hand-made vectors: source name -> (n, dim) tiles."""
-    from search import Store
+    from lamina.search import Store
 
     col = Store(home).open_or_create(
         name, encoder="synthetic/v1", fingerprint="synthetic@1", embed_dim=dim, tile_px=224, mpp=0.5
@@ -102,7 +102,7 @@ def derm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def app(derm_home: Path) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     return create_app({"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None})
 

@@ -12,7 +12,7 @@ TOKEN = "s3cret-token-4f9a2c7e"
 
 @pytest.fixture()
 def secured(derm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     monkeypatch.setenv("LAMINA_API_TOKEN", TOKEN)  # read raw, never JSON-decoded
     app = create_app({"HOME": str(derm_home)})
@@ -68,8 +68,8 @@ def test_health_and_page_without_token(secured: Any) -> None:
 def test_client_token(
     secured: Any, flask_transport_cls: Any, derm_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.app import create_app
-    from api.client import Client, Unauthorized
+    from lamina.api.app import create_app
+    from lamina.api.client import Client, Unauthorized
 
     monkeypatch.setenv("LAMINA_API_TOKEN", TOKEN)
     app = create_app({"HOME": str(derm_home)})
@@ -82,9 +82,8 @@ def test_client_token(
 
 def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
-
-    from api.cli import cli
-    from api.commands.serve import is_loopback
+    from lamina.api.cli import cli
+    from lamina.api.commands.serve import is_loopback
 
     monkeypatch.delenv("LAMINA_API_TOKEN", raising=False)
     res = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])

@@ -38,7 +38,7 @@ def write_collection(home: Path, name: str, folder: Path, n_sources: int = 4) ->
     """A small collection of hand-made vectors whose sources live under ``folder/sub``.
 
     Returns the source ids."""
-    from search import Store
+    from lamina.search import Store
 
     rng = np.random.default_rng(7)
     col = Store(home).open_or_create(
@@ -78,8 +78,8 @@ def write_collection(home: Path, name: str, folder: Path, n_sources: int = 4) ->
 def make_world(base: Path) -> dict[str, Any]:
     """A home with collection ``syn`` (sources under a recorded root) and ``secret-study``,
     and one token of each scope."""
-    from api.auth import TokenStore
-    from api.exposure import record_roots
+    from lamina.api.auth import TokenStore
+    from lamina.api.exposure import record_roots
 
     home = base / "home"
     home.mkdir()
@@ -108,7 +108,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _app(world: dict[str, Any], **config: Any) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     return create_app({"HOME": str(world["home"]), "API_TOKEN": ENV_TOKEN, **config})
 
@@ -129,8 +129,8 @@ def bearer(token: str | None) -> dict[str, str]:
 def test_create_app_refuses_placeholder_token(
     value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.app import create_app
-    from api.auth import AuthConfigError
+    from lamina.api.app import create_app
+    from lamina.api.auth import AuthConfigError
 
     monkeypatch.setenv("LAMINA_API_TOKEN", value)
     with pytest.raises(AuthConfigError, match="LAMINA_API_TOKEN"):
@@ -141,7 +141,7 @@ def test_create_app_refuses_placeholder_token(
 
 def test_env_token_is_read_raw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A token that JSON would decode (a number, quotes) is still the exact string."""
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     for raw in ("12345678901234567890", '"quoted-token-value-x1"'):
         monkeypatch.setenv("LAMINA_API_TOKEN", raw)
@@ -164,7 +164,7 @@ def test_serve_refuses_placeholder_token(tmp_path: Path) -> None:
     procs = []
     for value in PLACEHOLDERS:
         env = dict(os.environ, LAMINA_API_TOKEN=value, LAMINA_HOME=str(tmp_path))
-        cmd = [sys.executable, "-m", "api", "serve", "--host", "0.0.0.0", "--port", "0"]
+        cmd = [sys.executable, "-m", "lamina.api", "serve", "--host", "0.0.0.0", "--port", "0"]
         procs.append((value, subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)))
     failures = []
     for value, p in procs:
@@ -184,7 +184,7 @@ def test_serve_refuses_placeholder_token(tmp_path: Path) -> None:
 
 
 def test_every_route_has_a_scope(app: Any) -> None:
-    from api.auth import ROUTES
+    from lamina.api.auth import ROUTES
 
     missing = sorted(
         f"{sorted(r.methods - {'HEAD', 'OPTIONS'})} {r.rule} ({r.endpoint})"
@@ -211,7 +211,7 @@ def _sample_requests(app: Any) -> list[tuple[str, str, str]]:
 
 def test_scope_matrix(app: Any, world: dict[str, Any]) -> None:
     """Each route x caller: none/wrong -> 401, lower scope -> 403, enough -> neither."""
-    from api.auth import RANK, ROUTES
+    from lamina.api.auth import RANK, ROUTES
 
     c = app.test_client()
     callers: dict[str, tuple[str | None, int]] = {
@@ -243,7 +243,7 @@ def test_scope_matrix(app: Any, world: dict[str, Any]) -> None:
 
 
 def test_read_cannot_write_and_revoked_is_refused(app: Any, world: dict[str, Any]) -> None:
-    from api.auth import TokenStore
+    from lamina.api.auth import TokenStore
 
     c = app.test_client()
     body = {"name": "m1", "collection": "syn", "near_tile_ids": [0], "k": 3}
@@ -263,8 +263,8 @@ def test_read_cannot_write_and_revoked_is_refused(app: Any, world: dict[str, Any
 def test_revoking_every_token_locks_the_api(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.app import create_app
-    from api.auth import TokenStore
+    from lamina.api.app import create_app
+    from lamina.api.auth import TokenStore
 
     monkeypatch.delenv("LAMINA_API_TOKEN", raising=False)
     store = TokenStore(tmp_path)
@@ -280,8 +280,8 @@ def test_revoking_every_token_locks_the_api(
 
 
 def test_tokens_file_is_private_and_holds_no_secret(world: dict[str, Any]) -> None:
-    from api.app import create_app
-    from api.auth import AuthConfigError, TokenStore
+    from lamina.api.app import create_app
+    from lamina.api.auth import AuthConfigError, TokenStore
 
     store = TokenStore(world["home"])
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
@@ -291,7 +291,7 @@ def test_tokens_file_is_private_and_holds_no_secret(world: dict[str, Any]) -> No
         assert secret not in text and secret[4:20] not in text
     assert {t["name"] for t in json.loads(text)["tokens"]} >= {"t-read", "t-write", "t-admin"}
     res = CliRunner().invoke(
-        __import__("api.cli", fromlist=["cli"]).cli,
+        __import__("lamina.api.cli", fromlist=["cli"]).cli,
         ["--home", str(world["home"]), "token", "list", "--json"],
     )
     assert res.exit_code == 0, res.output
@@ -316,14 +316,23 @@ def server(served: dict[str, Any]) -> Iterator[str]:
     env = dict(os.environ, LAMINA_API_TOKEN=ENV_TOKEN)
     env.pop("LAMINA_TOKEN", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api", "--home", str(served["home"]), "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "lamina.api",
+            "--home",
+            str(served["home"]),
+            "serve",
+            "--port",
+            str(port),
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        from api.client import Client, LaminaError
+        from lamina.api.client import Client, LaminaError
 
         deadline = time.monotonic() + 60
         while True:
@@ -341,7 +350,7 @@ def server(served: dict[str, Any]) -> Iterator[str]:
 
 
 def _lamina(args: list[str], env: dict[str, str | None] | None = None) -> Any:
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     base: dict[str, str | None] = {"LAMINA_TOKEN": None, "LAMINA_CONFIG": None, "LAMINA_URL": None}
     return CliRunner().invoke(cli, args, env={**base, **(env or {})})
@@ -396,7 +405,7 @@ def test_cli_sends_token_to_a_protected_server(
     res = _lamina(search, env={"LAMINA_CONFIG": str(config)})
     assert res.exit_code == 2 and "chmod 600" in res.output and "error:" in res.output
 
-    from api.auth import TokenStore
+    from lamina.api.auth import TokenStore
 
     temp = TokenStore(world["home"]).add("cli-temp", "read")
     assert _lamina(["--token", temp, *search]).exit_code == 0
@@ -408,8 +417,8 @@ def test_cli_sends_token_to_a_protected_server(
 
 def test_audit_log_names_tokens_and_holds_no_vectors(server: str, served: dict[str, Any]) -> None:
     world = served
-    from api.audit import FIELDS
-    from api.client import Client, Forbidden
+    from lamina.api.audit import FIELDS
+    from lamina.api.client import Client, Forbidden
 
     vec = [round(float(v), 6) for v in np.random.default_rng(5).normal(size=16)]
     Client(server, token=world["tokens"]["read"]).search_vector(
@@ -440,7 +449,7 @@ def test_audit_log_names_tokens_and_holds_no_vectors(server: str, served: dict[s
 
 
 def test_audit_rotation_across_threads(tmp_path: Path) -> None:
-    from api.audit import AuditLog
+    from lamina.api.audit import AuditLog
 
     log = AuditLog(tmp_path, max_bytes=16 * 1024, backups=50)
 
@@ -471,7 +480,7 @@ def test_audit_rotation_across_threads(tmp_path: Path) -> None:
 
 
 def test_audit_can_be_disabled(world: dict[str, Any], tmp_path: Path) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app({"HOME": str(tmp_path), "API_TOKEN": None, "AUDIT": "off"})
     assert app.test_client().get("/api/v1/collections").status_code == 200
@@ -601,7 +610,7 @@ def test_source_paths_per_scope(world: dict[str, Any]) -> None:
         for scope, tok in world["tokens"].items()
     }
     assert got == {"read": None, "write": "TCGA-00.svs", "admin": "sub/TCGA-00.svs"}
-    from api.exposure import ExposureConfigError
+    from lamina.api.exposure import ExposureConfigError
 
     with pytest.raises(ExposureConfigError, match="LAMINA_SOURCE_PATHS"):
         _app(world, SOURCE_PATHS="full")

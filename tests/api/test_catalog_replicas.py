@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 def _collection(home: Path) -> None:
     """Collection ``syn``: 4 sources x 25 tiles of hand-made 16-d vectors (tile ids 0..99)."""
-    from search import Store
+    from lamina.search import Store
 
     rng = np.random.default_rng(3)
     col = Store(home).open_or_create(
@@ -61,10 +61,19 @@ def servers(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     try:
         for _ in range(2):
             port = _free_port()
-            cmd = [sys.executable, "-m", "api", "--home", str(home), "serve", "--port", str(port)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "lamina.api",
+                "--home",
+                str(home),
+                "serve",
+                "--port",
+                str(port),
+            ]
             procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
             urls.append(f"http://127.0.0.1:{port}")
-        from api.client import Client, LaminaError
+        from lamina.api.client import Client, LaminaError
 
         deadline = time.monotonic() + 60
         for proc, url in zip(procs, urls, strict=True):
@@ -88,7 +97,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
 def test_two_servers_and_the_cli_create_cohorts_at_once(
     servers: tuple[Path, list[str]],
 ) -> None:
-    from api.client import Client
+    from lamina.api.client import Client
 
     home, urls = servers
     made: list[tuple[str, int, int]] = []  # (name, version, j)
@@ -118,7 +127,7 @@ def test_two_servers_and_the_cli_create_cohorts_at_once(
         t.start()
     # the local CLI writes the same catalog while both servers run
     cli = subprocess.run(
-        [sys.executable, "-m", "api", "--home", str(home), "cohort", "create", "cli-made",
+        [sys.executable, "-m", "lamina.api", "--home", str(home), "cohort", "create", "cli-made",
          "--collection", "syn", "--filter", "tile_id<=4", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={k: v for k, v in os.environ.items() if k != "LAMINA_URL"},
@@ -132,7 +141,7 @@ def test_two_servers_and_the_cli_create_cohorts_at_once(
     assert len(made) == total
     assert len({(n, v) for n, v, _ in made}) == total  # no version number taken twice
 
-    from search.catalog import Catalog
+    from lamina.search.catalog import Catalog
 
     with Catalog(home) as cat:
         for name in ("shared", "only0", "only1"):

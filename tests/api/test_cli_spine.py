@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-LAMINA = [sys.executable, "-m", "api"]
+LAMINA = [sys.executable, "-m", "lamina.api"]
 
 
 def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -36,7 +36,7 @@ def exposed(app: Any, doc: dict[str, Any]) -> dict[str, Any]:
 
 def test_client_import_is_light() -> None:
     code = (
-        "import sys, api.client; heavy = [m for m in ('flask', 'torch', 'faiss', 'duckdb', "
+        "import sys, lamina.api.client; heavy = [m for m in ('flask', 'torch', 'faiss', 'duckdb', "
         "'numpy', 'werkzeug', 'timm', 'pyarrow', 'PIL') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run(
@@ -47,7 +47,7 @@ def test_client_import_is_light() -> None:
 
 def test_congruence_service_vs_http(app: Any, live_url: str) -> None:
     """The same queries in-process (SearchService) and over real HTTP give identical answers."""
-    from api.client import Client
+    from lamina.api.client import Client
 
     svc = app.extensions["lamina"].service
     client = Client(live_url)
@@ -73,8 +73,8 @@ def test_congruence_service_vs_http(app: Any, live_url: str) -> None:
 
 
 def test_congruence_vector_and_image(app: Any, live_url: str, derm_images: list[Path]) -> None:
-    from api.client import Client
-    from api.queries import image_vector
+    from lamina.api.client import Client
+    from lamina.api.queries import image_vector
 
     svc = app.extensions["lamina"].service
     col = svc.collection("derm")
@@ -90,7 +90,7 @@ def test_congruence_vector_and_image(app: Any, live_url: str, derm_images: list[
 
 
 def test_typed_results_and_errors(flask_transport: Any) -> None:
-    from api import client as lc
+    from lamina.api import client as lc
 
     c = lc.Client("http://in-process", transport=flask_transport)
     assert c.health()["ok"] and c.encoders() and c.collections()[0]["name"] == "derm"
@@ -131,7 +131,7 @@ def test_typed_results_and_errors(flask_transport: Any) -> None:
 
 
 def test_unreachable_server() -> None:
-    from api.client import Client, ServerError
+    from lamina.api.client import Client, ServerError
 
     with pytest.raises(ServerError) as err:
         Client("http://127.0.0.1:9", timeout=2).health()
@@ -140,8 +140,7 @@ def test_unreachable_server() -> None:
 
 def test_cli_search_through_url(live_url: str) -> None:
     from click.testing import CliRunner
-
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     res = CliRunner().invoke(
         cli,
@@ -169,8 +168,7 @@ def test_cli_search_through_url(live_url: str) -> None:
 def test_cli_search_params_through_url(live_url: str) -> None:
     """--strategy and --explain work the same against a server: the plan comes back."""
     from click.testing import CliRunner
-
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     args = ["--url", live_url, "search", "--collection", "derm", "--tile-id", "3", "-k", "2"]
     res = CliRunner().invoke(cli, [*args, "--strategy", "exact", "--explain"])

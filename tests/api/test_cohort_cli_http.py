@@ -11,8 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
-from api.cli import cli
+from lamina.api.cli import cli
 
 DERM_DIR = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
@@ -21,7 +20,7 @@ DERM_DIR = (
 
 @pytest.fixture()
 def own_app(derm_home: Path, tmp_path: Path) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     home = tmp_path / "home"
     shutil.copytree(derm_home / "collections", home / "collections")

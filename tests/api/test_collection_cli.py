@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-
-from api.cli import cli
+from lamina.api.cli import cli
 
 
 def lamina(home: Path, *args: str, code: int = 0) -> Result:

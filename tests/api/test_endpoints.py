@@ -180,7 +180,7 @@ def test_tile_metadata_image_thumbnail(client: Any) -> None:
 
 
 def test_tile_needs_collection_when_several(home: Path, synthetic: Any) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     rng = np.random.default_rng(1)
     synthetic(home, "a", {"s1": rng.normal(size=(3, 8))}, 8)

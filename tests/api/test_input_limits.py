@@ -102,7 +102,7 @@ def test_json_depth_and_size(client: Any) -> None:
 
 
 def test_decompression_bomb_is_refused_before_decoding(client: Any) -> None:
-    from indexer.photos import decode_photo
+    from lamina.indexer.photos import decode_photo
 
     bomb = _bomb_jpeg()
     assert len(bomb) == 631
@@ -126,7 +126,7 @@ def test_decompression_bomb_is_refused_before_decoding(client: Any) -> None:
 
 
 def test_real_photos_pass_the_budget(client: Any, derm_images: list[Path]) -> None:
-    from api.images import check_upload_pixels
+    from lamina.api.images import check_upload_pixels
 
     for p in derm_images[:50]:
         check_upload_pixels(p.read_bytes(), 50_000_000)
@@ -137,7 +137,7 @@ def test_real_photos_pass_the_budget(client: Any, derm_images: list[Path]) -> No
 
 
 def test_excess_searches_are_shed_with_429(derm_home: Path) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app(
         {"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None, "MAX_INFLIGHT": 1}
@@ -157,7 +157,7 @@ def test_excess_searches_are_shed_with_429(derm_home: Path) -> None:
 
 
 def test_waits_past_the_deadline_answer_503(derm_home: Path, derm_images: list[Path]) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app(
         {"HOME": str(derm_home), "TESTING": True, "API_TOKEN": None, "SEARCH_TIMEOUT_S": 0.3}
@@ -180,9 +180,8 @@ def test_waits_past_the_deadline_answer_503(derm_home: Path, derm_images: list[P
 def test_filter_coercion_is_the_one_path_for_cli_and_api() -> None:
     """The column-wise filter itself refuses out-of-range values (the CLI's path too)."""
     import pyarrow as pa
-
-    from search.errors import FilterError
-    from search.filters import condition_mask, parse_expr
+    from lamina.search.errors import FilterError
+    from lamina.search.filters import condition_mask, parse_expr
 
     ages = pa.array([10, 60, None, 90], pa.int64())
     assert condition_mask(ages, parse_expr("age>=60"), "BIGINT", 4).tolist() == [

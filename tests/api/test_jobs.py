@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from api.errors import ApiError
-from api.jobs import Job, JobQueue
+from lamina.api.errors import ApiError
+from lamina.api.jobs import Job, JobQueue
 
 
 def _until(pred: Any, timeout: float = 10.0) -> bool:
@@ -57,7 +56,7 @@ def test_queue_bound_cancel_and_expiry() -> None:
 
 
 def test_a_failed_job_carries_the_error_body() -> None:
-    from search.errors import InvalidQueryError
+    from lamina.search.errors import InvalidQueryError
 
     q = JobQueue()
 
@@ -77,7 +76,7 @@ def test_a_failed_job_carries_the_error_body() -> None:
 
 @pytest.fixture()
 def jobs_app(derm_home: Path, tmp_path: Path) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     home = tmp_path / "home"
     shutil.copytree(derm_home / "collections", home / "collections")
@@ -89,7 +88,7 @@ def jobs_app(derm_home: Path, tmp_path: Path) -> Any:
 def test_probe_cancelled_while_running_and_export_through_client(
     jobs_app: Any, flask_transport_cls: Any, tmp_path: Path
 ) -> None:
-    from api.client import Client, LaminaError
+    from lamina.api.client import Client, LaminaError
 
     c = jobs_app.test_client()
     body = {

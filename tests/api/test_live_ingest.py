@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lamina.api.client import Client
 
-from api.client import Client
 from tests.api.conftest import poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 def lamina_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("lamina")
     return (
-        [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from lamina.api.cli import main; main()"]
     )
 
 
@@ -31,7 +33,7 @@ def test_search_during_ingest(
     derm_images: list[Path],
     live_server: Any,
 ) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     labels = derm_images[0].parents[1] / "labels.csv"
     first, second = tmp_path / "first" / "images", tmp_path / "second" / "images"

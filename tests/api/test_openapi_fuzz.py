@@ -29,7 +29,7 @@ HOSTILE_EXAMPLES = 1000
 
 @pytest.fixture(scope="module")
 def fuzz_app(derm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     home = tmp_path_factory.mktemp("fuzz") / "home"
     shutil.copytree(derm_home / "collections", home / "collections")

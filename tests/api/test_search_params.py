@@ -31,9 +31,9 @@ def _meta(sources: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def ivf_app(tmp_path_factory: pytest.TempPathFactory, synthetic: Any) -> Any:
     """A 2000-tile collection with a built IVF16 index."""
-    from api.app import create_app
-    from search import Store
-    from search.ann import update_index
+    from lamina.api.app import create_app
+    from lamina.search import Store
+    from lamina.search.ann import update_index
 
     home = tmp_path_factory.mktemp("ivf") / "home"
     src = _sources(0, 20, 100)
@@ -173,7 +173,7 @@ def test_batch_errors(ivf_app: Any, body: dict[str, Any], status: int, code: str
 
 
 def test_client_params_plan_and_batch(ivf_app: Any, flask_transport_cls: Any) -> None:
-    from api.client import Client, InvalidRequest
+    from lamina.api.client import Client, InvalidRequest
 
     client = Client("http://lamina.test", transport=flask_transport_cls(ivf_app))
     res = client.search_tile("ivf", 5, k=3, params={"strategy": "ann", "nprobe": 3})
@@ -198,8 +198,8 @@ def test_server_prepares_snapshots_and_indexes_in_background(
 ) -> None:
     """A collection with an IVF factory and no index gets one built by the server; a segment
     committed by another writer is picked up without a restart, never going backwards."""
-    from api.app import create_app
-    from search import Store
+    from lamina.api.app import create_app
+    from lamina.search import Store
 
     home = tmp_path / "home"
     first = _sources(1, 10, 100)

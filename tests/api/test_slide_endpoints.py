@@ -9,13 +9,12 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+from lamina.api.app import create_app
+from lamina.encoders import create_encoder
+from lamina.indexer import IngestOptions, ingest
+from lamina.indexer.tile_images import tile_image
+from lamina.search import SearchService, Store
 from PIL import Image
-
-from api.app import create_app
-from encoders import create_encoder
-from indexer import IngestOptions, ingest
-from indexer.tile_images import tile_image
-from search import SearchService, Store
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def test_cli_region_search_through_a_server(wsi_app: Any, slides_dir: Path) -> N
             [
                 sys.executable,
                 "-m",
-                "api",
+                "lamina.api",
                 "--url",
                 server.url,
                 "search",
@@ -142,7 +141,7 @@ def test_cli_status_through_a_server(wsi_app: Any) -> None:
 
     with LiveServer(wsi_app) as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "api", "--url", server.url, "status", "--json"],
+            [sys.executable, "-m", "lamina.api", "--url", server.url, "status", "--json"],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parents[2],

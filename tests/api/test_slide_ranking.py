@@ -37,8 +37,8 @@ def slides_home(home: Path, synthetic: Any) -> Path:
 
 
 def test_slide_level_beats_outlier(slides_home: Path) -> None:
-    from search import SearchService
-    from search.slide_ranking import rank_slides
+    from lamina.search import SearchService
+    from lamina.search.slide_ranking import rank_slides
 
     svc = SearchService(slides_home_store(slides_home))
     q = np.zeros(DIM, np.float32)
@@ -57,8 +57,8 @@ def test_slide_level_beats_outlier(slides_home: Path) -> None:
 
 
 def test_query_by_slide_excludes_itself(slides_home: Path) -> None:
-    from search import SearchService
-    from search.slide_ranking import rank_slides
+    from lamina.search import SearchService
+    from lamina.search.slide_ranking import rank_slides
 
     svc = SearchService(slides_home_store(slides_home))
     res = rank_slides(svc, "slides", source_id="D", k=3)
@@ -68,7 +68,7 @@ def test_query_by_slide_excludes_itself(slides_home: Path) -> None:
 
 
 def test_slide_level_over_http(slides_home: Path) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     c = create_app({"HOME": str(slides_home), "TESTING": True}).test_client()
     q = [1.0] + [0.0] * (DIM - 1)
@@ -90,6 +90,6 @@ def test_slide_level_over_http(slides_home: Path) -> None:
 
 
 def slides_home_store(home: Path) -> Any:
-    from search import Store
+    from lamina.search import Store
 
     return Store(home)

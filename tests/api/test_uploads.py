@@ -63,7 +63,7 @@ def test_over_pixel_limit(client: Any) -> None:
 
 
 def test_body_over_max_content_length(derm_home: Path) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app({"HOME": str(derm_home), "MAX_CONTENT_LENGTH": 100_000})
     r = post_image(app.test_client(), b"\xff" * 200_000)
@@ -74,7 +74,7 @@ def test_body_over_max_content_length(derm_home: Path) -> None:
 
 def test_chunked_body_over_limit_through_waitress(derm_home: Path, live_server: Any) -> None:
     """No Content-Length (chunked): the limit still holds (waitress sets wsgi.input_terminated)."""
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     app = create_app({"HOME": str(derm_home), "MAX_CONTENT_LENGTH": 100_000})
     with live_server(app, threads=2) as srv:

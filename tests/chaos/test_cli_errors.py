@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from lamina.search.catalog import Catalog
 
 from bench.chaos import run_inprocess
-from search.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def lamina(home: Path, *args: str) -> tuple[int, str, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "api", "--home", str(home), *args],
+        [sys.executable, "-m", "lamina.api", "--home", str(home), *args],
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "LAMINA_DEBUG"},
         capture_output=True,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lamina.search import SearchService, Store
 
 from bench.chaos import run_inprocess
-from search import SearchService, Store
 
 REPO = Path(__file__).resolve().parents[2]
 NO_COMPACT = {"LAMINA_COMPACT_SEGMENTS": "1000"}
@@ -66,7 +66,7 @@ def fill(fs: Path, leave_kib: int) -> Path:
 
 def lamina(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "api", "--home", str(home), *args],
+        [sys.executable, "-m", "lamina.api", "--home", str(home), *args],
         cwd=REPO,
         env={**os.environ, **NO_COMPACT, **(env or {})},
         capture_output=True,

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from search import Store
+from lamina.search import Store
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 20
@@ -23,10 +22,10 @@ ROUNDS = 20
 WORKER = """
 import json, sys, time
 from pathlib import Path
-from encoders import create_encoder
-from indexer.pipeline import IngestOptions, ingest
-from search import Store
-from search.errors import EncoderMismatchError
+from lamina.encoders import create_encoder
+from lamina.indexer.pipeline import IngestOptions, ingest
+from lamina.search import Store
+from lamina.search.errors import EncoderMismatchError
 
 home, key, photo, gate = sys.argv[1:5]
 encoder = create_encoder(key, allow_test=True, device="cpu")
@@ -85,7 +84,7 @@ def test_concurrent_creation_with_two_encoders_has_one_winner(
 
     # through the CLI: one command exits 0, the other `error: ...` with exit 2
     cmds = [
-        [sys.executable, "-m", "api", "--home", str(home), "index", photo, "--collection",
+        [sys.executable, "-m", "lamina.api", "--home", str(home), "index", photo, "--collection",
          "cli", "--encoder", key, "--allow-test-encoder", "--no-progress", "--json"]
         for key in ("classic/stain-texture", "test/tiny-vit")
     ]  # fmt: skip
@@ -104,8 +103,8 @@ def test_concurrent_creation_with_two_encoders_has_one_winner(
 SEARCHER = """
 import sys, time
 import numpy as np
-from search import SearchService, Store
-from search.errors import CollectionNotFoundError
+from lamina.search import SearchService, Store
+from lamina.search.errors import CollectionNotFoundError
 
 home, seconds = sys.argv[1], float(sys.argv[2])
 svc = SearchService(Store(home), background=True)  # builds the index in a thread, as a server
@@ -136,7 +135,7 @@ def test_short_lived_searchers_during_commits_and_index_builds(
     home = tmp_path / "home"
     env = {**os.environ, "LAMINA_COMMIT_EVERY_SOURCES": "1", "LAMINA_COMPACT_SEGMENTS": "1000"}
     writer = subprocess.Popen(
-        [sys.executable, "-m", "api", "--home", str(home), "index", str(images), "--collection",
+        [sys.executable, "-m", "lamina.api", "--home", str(home), "index", str(images), "--collection",
          "photos", "--index-factory", "IVF4", "--no-progress", "--json"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _collection(home: Path) -> None:
     """Collection ``syn``: 2 sources x 30 tiles of hand-made 16-d vectors (tile ids 0..59)."""
-    from search import Store
+    from lamina.search import Store
 
     rng = np.random.default_rng(5)
     col = Store(home).open_or_create(
@@ -53,7 +53,7 @@ def _collection(home: Path) -> None:
 def test_two_cluster_servers_and_the_cli_create_cohorts_at_once(
     tmp_path: Path, ray_cluster: Any
 ) -> None:
-    from api.client import Client
+    from lamina.api.client import Client
 
     home = tmp_path / "home"
     _collection(home)
@@ -64,7 +64,7 @@ def test_two_cluster_servers_and_the_cli_create_cohorts_at_once(
     try:
         for _ in range(2):
             port = _free_port()
-            cmd = [sys.executable, "-m", "api", "serve", "--port", str(port)]
+            cmd = [sys.executable, "-m", "lamina.api", "serve", "--port", str(port)]
             cmd += ["--cluster", ray_cluster.address, "--shards", "2", "--shard-cpus", "0"]
             procs.append(
                 subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -105,7 +105,7 @@ def test_two_cluster_servers_and_the_cli_create_cohorts_at_once(
         for t in threads:
             t.start()
         cli = subprocess.run(
-            [sys.executable, "-m", "api", "cohort", "create", "cli-made", "--collection", "syn",
+            [sys.executable, "-m", "lamina.api", "cohort", "create", "cli-made", "--collection", "syn",
              "--filter", "tile_id<=4", "--json"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -116,7 +116,7 @@ def test_two_cluster_servers_and_the_cli_create_cohorts_at_once(
         assert errors == [] and len(made) == 2 * CREATES
         assert len({(n, v) for n, v, _ in made}) == len(made)
 
-        from search.catalog import Catalog
+        from lamina.search.catalog import Catalog
 
         with Catalog(home) as cat:
             for name in ("shared", "only0", "only1"):

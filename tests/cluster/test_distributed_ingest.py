@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from search.store import Store
+from lamina.search.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 LAMINA = str(Path(sys.executable).with_name("lamina"))

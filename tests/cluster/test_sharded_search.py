@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lamina.search import SearchService, Store
+from lamina.search.ann import update_index
+from lamina.search.errors import ShardUnavailableError
+from lamina.search.sharded import ShardedSearchService, assign_segments
 
-from search import SearchService, Store
-from search.ann import update_index
-from search.errors import ShardUnavailableError
-from search.sharded import ShardedSearchService, assign_segments
 from tests.search.clustered import clustered, write_collection
 
 pytestmark = pytest.mark.slow
@@ -352,7 +352,7 @@ def test_replica_serves_a_killed_peer(home: Path, ray_cluster: Any) -> None:
 
 
 def test_http_api_through_shards(home: Path, ray_cluster: Any) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     base = {"HOME": str(home), "AUDIT": "off", "API_TOKEN": None}
     app = create_app({**base, "CLUSTER": ray_cluster.address, "SHARDS": 2, "SHARD_CPUS": 0})
@@ -403,7 +403,7 @@ def test_cli_serve_and_status_cluster(home: Path, ray_cluster: Any) -> None:
     import sys
     import urllib.request
 
-    lamina = [sys.executable, "-m", "api"]
+    lamina = [sys.executable, "-m", "lamina.api"]
     port = _free_port()
     env = ray_cluster.env(LAMINA_HOME=str(home), LAMINA_AUDIT="off")
     env.pop("LAMINA_API_TOKEN", None)
@@ -455,8 +455,7 @@ def test_cli_serve_and_status_cluster(home: Path, ray_cluster: Any) -> None:
             assert r["collections"]["flat"]["heap_bytes"] > 0
         assert sum(r["collections"]["flat"]["tiles"] for r in mine) == N_FLAT
         from click.testing import CliRunner
-
-        from api.cli import cli
+        from lamina.api.cli import cli
 
         text = CliRunner().invoke(cli, ["status", "--cluster", ray_cluster.address])
         assert text.exit_code == 0, text.output

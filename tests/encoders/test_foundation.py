@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lamina.encoders.foundation import import_tensorflow  # noqa: E402
 from PIL import Image
-
-from encoders.foundation import import_tensorflow  # noqa: E402
 
 # through Lamina's import: it loads triton first (the other order segfaults); a test dependency,
 # so a missing TensorFlow fails here instead of skipping
 tf = import_tensorflow("tests")
 
-from encoders import WeightsMismatchError, WeightsNotFoundError, create_encoder  # noqa: E402
-from encoders.base import resize_rgb  # noqa: E402
-from encoders.tf_testing import build_derm_savedmodel, build_path_savedmodel  # noqa: E402
+from lamina.encoders import WeightsMismatchError, WeightsNotFoundError, create_encoder  # noqa: E402
+from lamina.encoders.base import resize_rgb  # noqa: E402
+from lamina.encoders.tf_testing import build_derm_savedmodel, build_path_savedmodel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,8 +108,7 @@ def test_found_in_weights_dir_and_hf_cache(
     path_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants as hf_constants
-
-    from encoders import encoder_table
+    from lamina.encoders import encoder_table
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -169,7 +167,7 @@ def test_a_model_with_other_signatures_is_refused(tmp_path: Path, path_model: Pa
 
 def _lamina(home: Path, *args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "api", "--home", str(home), *args, "--json"],
+        [sys.executable, "-m", "lamina.api", "--home", str(home), *args, "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -180,8 +178,7 @@ def _lamina(home: Path, *args: str) -> dict:
 
 def _stored(home: Path, collection: str) -> tuple[list[dict], np.ndarray]:
     import pyarrow.parquet as pq
-
-    from search import Store
+    from lamina.search import Store
 
     rows: list[dict] = []
     vecs = []
@@ -195,7 +192,7 @@ def _stored(home: Path, collection: str) -> tuple[list[dict], np.ndarray]:
 def test_index_photos_and_slide_through_the_cli(
     tmp_path: Path, path_model: Path, derm_model: Path, derm_dir: Path, slides_dir: Path
 ) -> None:
-    from indexer.tile_images import tile_image
+    from lamina.indexer.tile_images import tile_image
 
     home = tmp_path / "home"
     photos = tmp_path / "photos"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from encoders.foundation import import_tensorflow  # noqa: E402
+from lamina.encoders.foundation import import_tensorflow  # noqa: E402
 
 # test dependencies (the `test` extra): a missing one fails, never skips
 import_tensorflow("tests")  # before tf2onnx imports TensorFlow itself

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from encoders import WeightsNotFoundError, create_encoder, encoder_table, get_config
-from encoders.pathology_models import (
+from lamina.encoders import WeightsNotFoundError, create_encoder, encoder_table, get_config
+from lamina.encoders.pathology_models import (
     RECIPES,
     RecipeEncoder,
     _load,
@@ -20,6 +18,7 @@ from encoders.pathology_models import (
     hf_dinov2_to_timm,
     preprocess,
 )
+from PIL import Image
 
 # key -> (embedding dim, tokens out of the trunk at the input size, full-size parameters, M)
 PUBLISHED = {

@@ -24,7 +24,7 @@ PLUGIN = '''
 """A test plugin: the 4 x 4 grid of mean colours of a 32 px image (48-d)."""
 import numpy as np
 
-from encoders import Encoder, EncoderConfig, register_encoder
+from lamina.encoders import Encoder, EncoderConfig, register_encoder
 
 
 class GridColour(Encoder):
@@ -83,7 +83,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _lamina(home: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "api", "--home", str(home), *args, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "lamina.api", "--home", str(home), *args, "--json"],
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
@@ -97,7 +97,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_an_installed_plugin_works_everywhere(plugin: str, tmp_path: Path, derm_dir: Path) -> None:
-    from api.client import Client
+    from lamina.api.client import Client
 
     home = tmp_path / "home"
     doc = _lamina(home, "encoders")
@@ -123,7 +123,7 @@ def test_an_installed_plugin_works_everywhere(plugin: str, tmp_path: Path, derm_
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "api", "--home", str(home), "serve", "--port", str(port)],
+        [sys.executable, "-m", "lamina.api", "--home", str(home), "serve", "--port", str(port)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

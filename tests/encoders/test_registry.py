@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from encoders import (
+from lamina.encoders import (
     DuplicateEncoderError,
     EncoderConfig,
     InvalidImageBatchError,
@@ -22,7 +21,7 @@ from encoders import (
     list_encoders,
     register_encoder,
 )
-from encoders.registry import unregister_encoder
+from lamina.encoders.registry import unregister_encoder
 
 
 def _pattern(seed: int, size: int = 64) -> np.ndarray:

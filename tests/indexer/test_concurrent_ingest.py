@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from search import SearchService, Store
+from lamina.search import SearchService, Store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _lamina(home: Path, log: Path, *args: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "api", "--home", str(home), *args]
+    cmd = [sys.executable, "-m", "lamina.api", "--home", str(home), *args]
     with open(log, "w") as err:
         return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
 
@@ -51,7 +51,7 @@ def test_second_ingest_waits_for_the_first(tmp_path: Path, derm_dir: Path) -> No
         [
             sys.executable,
             "-m",
-            "api",
+            "lamina.api",
             "--home",
             str(home),
             "index",

@@ -15,17 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from encoders import NoLocalEncoderError, create_encoder  # noqa: E402
-from indexer.errors import DeclaredEncoderError  # noqa: E402
-from indexer.importer import (  # noqa: E402
+from lamina.encoders import NoLocalEncoderError, create_encoder  # noqa: E402
+from lamina.indexer.errors import DeclaredEncoderError  # noqa: E402
+from lamina.indexer.importer import (  # noqa: E402
     Import,
     ImportOptions,
     declare_encoder,
     import_embeddings,
     open_import_collection,
 )
-from search import SearchService, Store  # noqa: E402
+from lamina.search import SearchService, Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = 256
@@ -94,7 +93,7 @@ def _rows(home: Path, name: str) -> list[dict[str, Any]]:
 
 
 def test_trident_h5_of_the_bundled_slides(home: Path, trident_dir: Path, slides_dir: Path) -> None:
-    from indexer.tile_images import tile_image
+    from lamina.indexer.tile_images import tile_image
 
     declared = declare_encoder("external/trident-classic", 416)
     opts = ImportOptions(slides=[slides_dir], progress=False)
@@ -118,7 +117,7 @@ def test_trident_h5_of_the_bundled_slides(home: Path, trident_dir: Path, slides_
         again = create_encoder("classic/stain-texture").embed([image])[0]
         assert float(again @ (feats[i] / np.linalg.norm(feats[i]))) > 0.9999
     # the region is viewable over HTTP too
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     web = create_app({"HOME": str(home), "TESTING": True}).test_client()
     resp = web.get(
@@ -134,7 +133,7 @@ def test_trident_h5_of_the_bundled_slides(home: Path, trident_dir: Path, slides_
 def test_image_queries_need_a_local_encoder_with_the_fingerprint(
     home: Path, trident_dir: Path, slides_dir: Path, derm_dir: Path
 ) -> None:
-    from api.queries import image_vector
+    from lamina.api.queries import image_vector
 
     photo = next((derm_dir / "images").iterdir()).read_bytes()
     store = Store(home)
@@ -252,7 +251,7 @@ def test_a_killed_import_leaves_nothing_and_the_next_run_completes(
     # a second import dies (SIGKILL) with a segment half written
     code = (
         "import os, signal, numpy as np\n"
-        "from search import Store\n"
+        "from lamina.search import Store\n"
         f"col = Store({str(home)!r}).collection('crash')\n"
         "w = col.writer('dying')\n"
         "w.add_source({'source_id': 'x', 'source': 'p1-0', 'kind': 'external'},"
@@ -284,7 +283,7 @@ def test_parquet_import_of_100k_vectors_takes_at_most_10_s(home: Path, tmp_path:
 
 
 def _lamina(home: Path, *args: str, code: int = 0) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "api", "--home", str(home), *args, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "lamina.api", "--home", str(home), *args, "--json"],
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert proc.returncode == code, proc.stderr[-2000:]
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
@@ -297,7 +296,7 @@ def test_cli_import_then_cohort_export_probe(home: Path, tmp_path: Path, derm_di
 
     labels = list(csv.DictReader((derm_dir / "labels.csv").open()))[:120]
     enc = create_encoder("classic/stain-texture")
-    from indexer.photos import read_photo
+    from lamina.indexer.photos import read_photo
 
     vecs = enc.embed([read_photo(derm_dir / r["filename"])[1] for r in labels])
     table = pa.table({
@@ -334,8 +333,8 @@ def test_cli_import_then_cohort_export_probe(home: Path, tmp_path: Path, derm_di
 def test_http_route_and_client(home: Path, trident_dir: Path, tmp_path: Path) -> None:
     from urllib.parse import urlsplit
 
-    from api.app import create_app
-    from api.client import Client, InvalidRequest
+    from lamina.api.app import create_app
+    from lamina.api.client import Client, InvalidRequest
 
     app = create_app({"HOME": str(home), "TESTING": True})
     test_client = app.test_client()

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lamina.encoders import create_encoder
+from lamina.indexer import IngestOptions, Manifest, ManifestError, UnreadableSourceError, ingest
+from lamina.indexer.photos import decode_photo
+from lamina.indexer.sources import discover
+from lamina.search import SearchService, Store
 from PIL import Image
-
-from encoders import create_encoder
-from indexer import IngestOptions, Manifest, ManifestError, UnreadableSourceError, ingest
-from indexer.photos import decode_photo
-from indexer.sources import discover
-from search import SearchService, Store
 
 
 def _encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -165,7 +164,7 @@ def test_bad_files_are_reported_and_the_rest_indexed(
 
 
 def test_photo_tiles_when_tile_px_is_given(home: Path, derm_dir: Path) -> None:
-    from indexer.tile_images import tile_image
+    from lamina.indexer.tile_images import tile_image
 
     photo = sorted((derm_dir / "images").glob("*.jpg"))[0]
     enc = create_encoder("test/tiny-vit", device="cpu")

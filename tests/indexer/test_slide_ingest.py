@@ -10,12 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tifffile
-
-from encoders import Encoder, create_encoder
-from indexer import IngestOptions, Manifest, ingest
-from indexer.slides import Slide
-from indexer.tile_images import tile_image
-from search import SearchService, Store
+from lamina.encoders import Encoder, create_encoder
+from lamina.indexer import IngestOptions, Manifest, ingest
+from lamina.indexer.slides import Slide
+from lamina.indexer.tile_images import tile_image
+from lamina.search import SearchService, Store
 
 CELL = 128  # level-0 side of one synthetic tile (tile_px 64 at 0.5 µm/px on 0.25 µm/px)
 OPTS = {"tile_px": 64, "mpp": 0.5, "workers": 3, "batch_size": 16, "progress": False}
@@ -190,7 +189,7 @@ def test_read_error_mid_slide_then_resume(
         if self.path.name == "a.tiff":
             calls["n"] += 1
             if calls["n"] == 7:
-                from indexer.errors import UnreadableSourceError
+                from lamina.indexer.errors import UnreadableSourceError
 
                 raise UnreadableSourceError(f"{self.name}: cannot read level 1 at (1, 1): boom")
         return original(self, spec, tile_px)
@@ -210,7 +209,7 @@ def test_read_error_mid_slide_then_resume(
 def test_reread_tiles_embed_to_stored_vectors_and_search_finds_them(
     slides_dir: Path, make_slide: Any, encoder: Encoder, home: Path
 ) -> None:
-    from api.queries import region_vector
+    from lamina.api.queries import region_vector
 
     syn = make_slide("search.tiff", tissue=[(0, 0, 5, 4)], cols=5, rows=4, seed=5, folder="search")
     cmu = slides_dir / "CMU-1-Small-Region.svs"

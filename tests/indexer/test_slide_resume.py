@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from search import Store
+from lamina.search import Store
 
 N_SLIDES = 8
 COLLECTION = "crash"
@@ -41,7 +40,7 @@ def _start(home: Path, folder: Path) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-c",
-        "from api.cli import main; main()",
+        "from lamina.api.cli import main; main()",
         "--home",
         str(home),
         "index",

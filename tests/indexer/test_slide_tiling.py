@@ -7,11 +7,18 @@ import time
 
 import numpy as np
 import pytest
-
-from indexer.errors import SlideResolutionError
-from indexer.tile_stream import TileStream
-from indexer.tiling import choose_level, grid_counts, plan_grid
-from indexer.tissue import S_MAX, TissueMask, detect_tissue, hsv, mask_downsample, otsu, pen_mask
+from lamina.indexer.errors import SlideResolutionError
+from lamina.indexer.tile_stream import TileStream
+from lamina.indexer.tiling import choose_level, grid_counts, plan_grid
+from lamina.indexer.tissue import (
+    S_MAX,
+    TissueMask,
+    detect_tissue,
+    hsv,
+    mask_downsample,
+    otsu,
+    pen_mask,
+)
 
 # -- level choice ---------------------------------------------------------------------------
 

@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
-
-from indexer.errors import MissingMppError, UnreadableSourceError
-from indexer.pipeline import IngestOptions
-from indexer.slides import PROPERTY_ALLOWLIST, Slide, prepare_slide, read_region_rgb
-from indexer.sources import SourceFile, classify
-from indexer.tile_images import source_thumbnail, tile_image
+from lamina.indexer.errors import MissingMppError, UnreadableSourceError
+from lamina.indexer.pipeline import IngestOptions
+from lamina.indexer.slides import PROPERTY_ALLOWLIST, Slide, prepare_slide, read_region_rgb
+from lamina.indexer.sources import SourceFile, classify
+from lamina.indexer.tile_images import source_thumbnail, tile_image
 
 ALLOWED_KEYS = set(PROPERTY_ALLOWLIST.values()) | {
     "level_count",
@@ -192,7 +191,7 @@ def test_truncated_and_corrupt_files_are_unreadable(slides_dir: Path, tmp_path: 
 def test_raw_and_public_openslide_reads_agree(
     slides_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import indexer.slides as slides
+    import lamina.indexer.slides as slides
 
     boxes = (
         (slides_dir / CMU, (1000, 1000, 300, 200)),

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from search.store import Collection, Store
+from lamina.search.store import Collection, Store
 
 
 def clustered(

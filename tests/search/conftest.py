@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from search import Store
+from lamina.search import Store
 
 
 def build_derm_home(base: Path, derm_dir: Path) -> Path:
@@ -15,8 +14,8 @@ def build_derm_home(base: Path, derm_dir: Path) -> Path:
     home = base / "derm-home"
     if (home / "collections" / "derm" / "collection.json").is_file():
         return home
-    from encoders import create_encoder
-    from indexer import IngestOptions, Manifest, ingest
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
 
     images = base / "derm-src" / "images"
     images.mkdir(parents=True, exist_ok=True)

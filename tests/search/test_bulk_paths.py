@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from search import SearchService, Store
-from search.catalog import Catalog
-from search.exports import assign_split, column_text
-from search.slide_ranking import rank_slides
-from search.status import collection_status, resident_bytes
+from lamina.search import SearchService, Store
+from lamina.search.catalog import Catalog
+from lamina.search.exports import assign_split, column_text
+from lamina.search.slide_ranking import rank_slides
+from lamina.search.status import collection_status, resident_bytes
 
 DIM = 8
 
@@ -92,7 +91,7 @@ def test_slide_scores_equal_row_by_row_reference(tmp_path: Path, top_m: int, sit
 
 
 def test_slide_ranking_with_ivf_candidates_stays_exact(tmp_path: Path) -> None:
-    from search.ann import update_index
+    from lamina.search.ann import update_index
 
     col = _collection(tmp_path, n_sources=60)
     col.set_index(factory="IVF4")
@@ -222,7 +221,7 @@ def test_resident_bytes_counts_touched_pages(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_score_positions_on_every_path(tmp_path: Path, dtype: str) -> None:
-    from search.cohorts import score_positions
+    from lamina.search.cohorts import score_positions
 
     col = Store(tmp_path).open_or_create(
         "v",

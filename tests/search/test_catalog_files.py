@@ -16,16 +16,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from search.catalog import Catalog
-from search.errors import CatalogDamagedError, CohortNotFoundError
+from lamina.search.catalog import Catalog
+from lamina.search.errors import CatalogDamagedError, CohortNotFoundError
 
 REPO = Path(__file__).resolve().parents[2]
 
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
-    from search.catalog import Catalog
+    from lamina.search.catalog import Catalog
     home, me, n = sys.argv[1], int(sys.argv[3]), int(sys.argv[4])
     cat = Catalog(home)
     for j in range(n):
@@ -69,8 +68,8 @@ def test_concurrent_processes_take_unique_dense_versions(tmp_path: Path) -> None
 DELETER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
-    from search.catalog import Catalog
-    from search.errors import CohortNotFoundError
+    from lamina.search.catalog import Catalog
+    from lamina.search.errors import CohortNotFoundError
     cat = Catalog(sys.argv[1])
     for _ in range(40):
         try:
@@ -182,7 +181,7 @@ def test_damaged_files_are_named_and_the_rest_stays_usable(tmp_path: Path) -> No
             cat.cohort("../x")
     (home / "catalog" / "exports" / "bad.json").write_text("{")
 
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     for args in (["cohort", "show", "x"], ["cohort", "list"]):
         res = CliRunner().invoke(cli, ["--home", str(home), *args, "--json"])
@@ -210,7 +209,7 @@ def test_killed_writers_leave_nothing_for_long(tmp_path: Path) -> None:
 ONE_CREATE = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
-    from search.catalog import Catalog
+    from lamina.search.catalog import Catalog
     rec = {"name": "x", "collection": "x", "snapshot": "s", "encoder": "e", "n_tiles": 1}
     print(Catalog(sys.argv[1]).add_cohort(rec | {"n_sources": 1}, [1], None)["version"])
 """)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search import SearchService, Store
-from search.catalog import Catalog
-from search.cohorts import create_cohort, show_cohort
-from search.errors import CohortNotFoundError, InvalidQueryError
-from search.exports import export_labeled_set
+from lamina.search import SearchService, Store
+from lamina.search.catalog import Catalog
+from lamina.search.cohorts import create_cohort, show_cohort
+from lamina.search.errors import CohortNotFoundError, InvalidQueryError
+from lamina.search.exports import export_labeled_set
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,7 +108,7 @@ def test_counts_equal_duckdb_over_export(derm_home: Path, tmp_path: Path) -> Non
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    from search.catalog import Catalog
+    from lamina.search.catalog import Catalog
     cat = Catalog(sys.argv[1])
     cat.add_cohort({"name": "theirs", "collection": "x", "snapshot": "s", "encoder": "e",
                     "n_tiles": 2, "n_sources": 1}, [5, 9], None)

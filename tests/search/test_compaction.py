@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from threadpoolctl import threadpool_limits
-
-from search import SearchService, Store, planner
-from search.ann import AnnIndex, update_index
-from search.compaction import (
+from lamina.search import SearchService, Store, planner
+from lamina.search.ann import AnnIndex, update_index
+from lamina.search.compaction import (
     THRESHOLD_ENV,
     compact,
     finish_interrupted,
@@ -31,8 +29,9 @@ from search.compaction import (
     merge,
     plan_groups,
 )
-from search.segments import RETIRED_PREFIX, TMP_PREFIX, SegmentInfo, remove_stale
-from search.store import Collection
+from lamina.search.segments import RETIRED_PREFIX, TMP_PREFIX, SegmentInfo, remove_stale
+from lamina.search.store import Collection
+from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -293,8 +292,8 @@ def test_commit_without_retire_then_recovery(home: Path) -> None:
 # in milliseconds) and reports the compacting process's pid and its exit status.
 _FORKER = """
 import os, sys
-from search import Store
-from search.compaction import compact
+from lamina.search import Store
+from lamina.search.compaction import compact
 print("ready", flush=True)
 for line in sys.stdin:
     pid = os.fork()
@@ -389,8 +388,8 @@ def test_maybe_compact_past_threshold_and_gives_way_to_ingest(
 def test_ingest_compacts_at_the_end_of_a_run(
     home: Path, derm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from encoders import create_encoder
-    from indexer import IngestOptions, ingest
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, ingest
 
     monkeypatch.setenv(THRESHOLD_ENV, "3")
     images = tmp_path / "images"
@@ -411,8 +410,7 @@ def test_ingest_compacts_at_the_end_of_a_run(
 
 def test_cli_compact_json(home: Path) -> None:
     from click.testing import CliRunner
-
-    from api.cli import cli
+    from lamina.api.cli import cli
 
     _build(home, 8, n_tiles=3)
     res = CliRunner().invoke(cli, ["--home", str(home), "compact", "--json"])

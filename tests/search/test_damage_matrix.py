@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from api.errors import DOMAIN_ERRORS, error_info
-from search import SearchService, Store
-from search.integrity import meta_checksum
-from search.verify import verify, verify_named
+from lamina.api.errors import DOMAIN_ERRORS, error_info
+from lamina.search import SearchService, Store
+from lamina.search.integrity import meta_checksum
+from lamina.search.verify import verify, verify_named
 
 N_PHOTOS = 48
 PER_SEGMENT = 12
@@ -53,9 +52,9 @@ class Base:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path) -> Base:
-    from encoders import create_encoder
-    from indexer import IngestOptions, Manifest, ingest
-    from search.ann import update_index
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
+    from lamina.search.ann import update_index
 
     root = tmp_path_factory.mktemp("damage")
     src = root / "src" / "images"  # the manifest names files as images/<name>
@@ -234,7 +233,7 @@ def test_damage_is_detected_and_never_answers_wrong(base: Base, tmp_path: Path, 
 
 
 def _check(base: Base, home: Path, case: str) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     store = Store(home)
     doc = verify_named(store, "derm")

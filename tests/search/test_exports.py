@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from search import SearchService, Store
-from search.catalog import Catalog
-from search.exports import assign_split, export_labeled_set, read_labeled_set
+from lamina.search import SearchService, Store
+from lamina.search.catalog import Catalog
+from lamina.search.exports import assign_split, export_labeled_set, read_labeled_set
 
 manifests = st.lists(
     st.tuples(st.integers(0, 30), st.sampled_from(["A", "B", "C"]), st.integers(1, 6)),

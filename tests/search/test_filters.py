@@ -6,9 +6,8 @@ import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from search.errors import FilterError
-from search.filters import (
+from lamina.search.errors import FilterError
+from lamina.search.filters import (
     Condition,
     compile_conditions,
     conditions_to_json,

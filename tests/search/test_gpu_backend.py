@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search import Store, planner
-from search.ann import AnnIndex, update_index
-from search.filters import parse_filters
-from search.gpu import TorchBackend, torch_backend
-from search.scan import NumpyBackend
-from search.segment_reader import SegmentReader, reader_for
-from search.store import Collection
-from search.views import CollectionView
+from lamina.search import Store, planner
+from lamina.search.ann import AnnIndex, update_index
+from lamina.search.filters import parse_filters
+from lamina.search.gpu import TorchBackend, torch_backend
+from lamina.search.scan import NumpyBackend
+from lamina.search.segment_reader import SegmentReader, reader_for
+from lamina.search.store import Collection
+from lamina.search.views import CollectionView
 
 DIM = 48
 LABELS = ("A", "B", "C", "D")

@@ -13,21 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search.ann import AnnIndex, update_index
-from search.compaction import cluster
-from search.segments import remove_stale
-from search.service import SearchService
-from search.store import Store
+from lamina.search.ann import AnnIndex, update_index
+from lamina.search.compaction import cluster
+from lamina.search.segments import remove_stale
+from lamina.search.service import SearchService
+from lamina.search.store import Store
 
 from .clustered import clustered, write_collection
 
 ROOT = Path(__file__).parents[2]
 BUILD = (
     "import sys; sys.path.insert(0, {root!r})\n"
-    "from search.store import Store\n"
-    "from search.ann import update_index\n"
-    "from search.compaction import cluster\n"
+    "from lamina.search.store import Store\n"
+    "from lamina.search.ann import update_index\n"
+    "from lamina.search.compaction import cluster\n"
     "col = Store({home!r}).collection('c')\n"
     "update_index(col)\n"
     "cluster(col, min_rows=1000)\n"

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search import SearchService, Store
-from search.verify import verify
+from lamina.search import SearchService, Store
+from lamina.search.verify import verify
 
 N = 24
 PER_SEGMENT = 8
 
 
 def _ingest(home: Path, src: Path, derm_dir: Path, name: str = "derm") -> object:
-    from encoders import create_encoder
-    from indexer import IngestOptions, Manifest, ingest
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
 
     return ingest(
         Store(home),
@@ -78,8 +77,8 @@ def test_a_lost_or_damaged_counter_never_reuses_tile_ids(
 
 
 def test_repair_reindexes_the_sources_of_a_damaged_segment(built: tuple[Path, Path]) -> None:
-    from encoders import create_encoder
-    from indexer.repair import repair
+    from lamina.encoders import create_encoder
+    from lamina.indexer.repair import repair
 
     home, _ = built
     svc = SearchService(Store(home))
@@ -108,7 +107,7 @@ def test_repair_reindexes_the_sources_of_a_damaged_segment(built: tuple[Path, Pa
 def test_a_changed_photo_is_reported_refused_and_replaced(
     built: tuple[Path, Path], derm_dir: Path, photos: list[Path]
 ) -> None:
-    from api.app import create_app
+    from lamina.api.app import create_app
 
     home, src = built
     victim = sorted(src.iterdir())[5]
@@ -123,7 +122,7 @@ def test_a_changed_photo_is_reported_refused_and_replaced(
     doc = verify(Store(home).collection("derm"))
     assert not doc["ok"] and doc["sources"]["changed"] == 1
     assert doc["sources"]["files"][0]["source"] == str(victim)
-    from search.status import collection_status
+    from lamina.search.status import collection_status
 
     assert collection_status(Store(home).collection("derm"))["changed_sources"]["changed"] == 1
     client = create_app({"HOME": str(home), "TESTING": True, "API_TOKEN": None}).test_client()
@@ -142,9 +141,9 @@ def test_a_changed_photo_is_reported_refused_and_replaced(
 def test_a_recreated_collection_makes_old_cohorts_say_so(
     built: tuple[Path, Path], derm_dir: Path
 ) -> None:
-    from search.catalog import Catalog
-    from search.cohorts import create_cohort, show_cohort
-    from search.errors import StaleCohortError
+    from lamina.search.catalog import Catalog
+    from lamina.search.cohorts import create_cohort, show_cohort
+    from lamina.search.errors import StaleCohortError
 
     home, src = built
     svc = SearchService(Store(home))
@@ -161,7 +160,7 @@ def test_a_recreated_collection_makes_old_cohorts_say_so(
 
 
 def test_a_corrupt_ann_sidecar_is_not_trusted_and_rebuilt(built: tuple[Path, Path]) -> None:
-    from search.ann import AnnIndex, update_index
+    from lamina.search.ann import AnnIndex, update_index
 
     home, _ = built
     col = Store(home).collection("derm")
@@ -184,7 +183,7 @@ def test_a_corrupt_ann_sidecar_is_not_trusted_and_rebuilt(built: tuple[Path, Pat
 
 def _lamina(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api", "--home", str(home), *args],
+        [sys.executable, "-m", "lamina.api", "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,8 +216,8 @@ def test_verify_and_repair_cli(built: tuple[Path, Path]) -> None:
 def test_index_reindexes_a_damaged_segment_with_its_recorded_metadata(
     built: tuple[Path, Path],
 ) -> None:
-    from encoders import create_encoder
-    from indexer import IngestOptions, ingest
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, ingest
 
     home, src = built
     seg = SearchService(Store(home)).view("derm").readers[0].info.path

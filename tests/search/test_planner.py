@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search.ann import update_index
-from search.errors import InvalidQueryError
-from search.filters import parse_filters
-from search.service import SearchService
-from search.store import Store
+from lamina.search.ann import update_index
+from lamina.search.errors import InvalidQueryError
+from lamina.search.filters import parse_filters
+from lamina.search.service import SearchService
+from lamina.search.store import Store
 
 from .clustered import clustered, write_collection
 
@@ -146,7 +145,7 @@ def test_batch_search_equals_single_queries(data) -> None:  # noqa: ANN001
 
 
 def test_clustering_puts_ivf_lists_in_runs_and_keeps_answers(data, tmp_path: Path) -> None:  # noqa: ANN001
-    from search.compaction import cluster
+    from lamina.search.compaction import cluster
 
     _, vectors, queries = data
     col = write_collection(tmp_path, "k", vectors[:6000], np.zeros(6000, int), segments=2)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search import SearchService, Store
-from search.catalog import Catalog
-from search.exports import LabeledSet, export_labeled_set, read_labeled_set
-from search.probes import bootstrap_indices, probe_labeled_set, retrieval_metrics
+from lamina.search import SearchService, Store
+from lamina.search.catalog import Catalog
+from lamina.search.exports import LabeledSet, export_labeled_set, read_labeled_set
+from lamina.search.probes import bootstrap_indices, probe_labeled_set, retrieval_metrics
 
 
 def _sklearn_metrics(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:

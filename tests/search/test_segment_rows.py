@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from search.segment_reader import reader_for
-from search.store import Store
+from lamina.search.segment_reader import reader_for
+from lamina.search.store import Store
 
 
 def test_take_rows_equals_arrow(tmp_path: Path) -> None:

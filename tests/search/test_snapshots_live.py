@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from search.service import SearchService
-from search.store import Store, snapshot_id_of
+from lamina.search.service import SearchService
+from lamina.search.store import Store, snapshot_id_of
 
 from .clustered import clustered, write_collection
 
@@ -44,7 +43,7 @@ def test_commits_become_visible_while_searching_and_answers_never_mix(tmp_path: 
         f"""
         import numpy as np, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from search.store import Store
+        from lamina.search.store import Store
         col = Store({str(tmp_path)!r}).collection("c")
         v = np.load(sys.argv[1])
         for part in range(4):
@@ -87,8 +86,8 @@ def test_commits_become_visible_while_searching_and_answers_never_mix(tmp_path: 
 MEMORY_SCRIPT = """
 import os, sys, numpy as np
 sys.path.insert(0, ROOT)
-from search.service import SearchService
-from search.store import Store
+from lamina.search.service import SearchService
+from lamina.search.store import Store
 
 def rss():
     for line in open("/proc/self/status"):
@@ -136,8 +135,8 @@ def test_flat_memory_stays_within_bound(tmp_path: Path) -> None:
 CODES_SCRIPT = """
 import sys, numpy as np
 sys.path.insert(0, ROOT)
-from search.service import SearchService
-from search.store import Store
+from lamina.search.service import SearchService
+from lamina.search.store import Store
 
 def rss():
     out = {}
@@ -165,7 +164,7 @@ def test_code_index_keeps_only_codes_resident(tmp_path: Path) -> None:
     grows by the codes and the index structures, and of the vector file only the pages around
     re-ranked candidates get mapped (page cache, reclaimable); a Flat collection of the same
     vectors maps them all when its view is built."""
-    from search.ann import update_index
+    from lamina.search.ann import update_index
 
     rng = np.random.default_rng(9)
     n, dim = 120_000, 384

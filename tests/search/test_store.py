@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from search import (
+from lamina.search import (
     EncoderMismatchError,
     InvalidQueryError,
     SearchService,
     Store,
     TileNotFoundError,
 )
-from search.ann import update_index
-from search.segments import TMP_PREFIX, remove_stale
+from lamina.search.ann import update_index
+from lamina.search.segments import TMP_PREFIX, remove_stale
 
 DIM = 16
 
@@ -96,7 +95,7 @@ def test_leftovers_of_a_killed_writer_are_removed(home: Path) -> None:
     col = _collection(home)
     code = (
         "import numpy as np, os, sys\n"
-        "from search import Store\n"
+        "from lamina.search import Store\n"
         f"col = Store({str(home)!r}).collection('c')\n"
         "w = col.writer('r')\n"
         "w.add_source({'source_id': 's', 'source': 'x', 'kind': 'photo'}, "

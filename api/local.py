@@ -1,0 +1,49 @@
+"""The command line's local mode: the HTTP API answered by an app inside this process.
+
+Every CLI command that reads or changes a store talks to it through :class:`lamina.api.client.
+Client`; without ``--url`` the client's transport is :func:`inprocess_transport` over
+:func:`local_app`, so local and remote runs share one code path, one result and one JSON shape.
+The in-process app calls its caller the local owner (admin scope, no token): whoever can run
+this process can already read and write the store's files. That flag is set here in code,
+never from configuration or the environment, so no server can be started with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lamina.api.auth import LOCAL_OWNER_KEY
+from lamina.api.client_http import Transport
+
+LOCAL_URL = "http://lamina.local"
+"""The base URL the in-process client is given (never resolved; no socket is opened)."""
+
+
+def local_app(home: Path, config: dict[str, Any] | None = None) -> Any:
+    """A Flask app over the store at ``home`` whose every caller is the local owner."""
+    from lamina.api.app import create_app
+
+    app = create_app({"HOME": str(home), "API_TOKEN": None, **(config or {})})
+    app.extensions[LOCAL_OWNER_KEY] = True
+    return app
+
+
+def inprocess_transport(app: Any) -> Transport:
+    """A client transport that hands each request to ``app`` directly (Werkzeug's test client)."""
+    http = app.test_client()
+
+    def send(
+        method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(url)
+        resp = http.open(
+            parts.path, method=method, query_string=parts.query, headers=headers, data=body
+        )
+        try:
+            return resp.status_code, dict(resp.headers), resp.get_data()
+        finally:
+            resp.close()
+
+    return send
