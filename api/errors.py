@@ -1,15 +1,15 @@
 """One table from domain errors to (HTTP status, stable code), shared by the API and the CLI.
 
-Errors not in this table are bugs: the API answers 500 INTERNAL without details.
+Errors not in this table are bugs: the API answers 500 INTERNAL without details. The classes
+come from :mod:`lamina.errors` (standard library only), so importing this table loads no store,
+indexer or encoder code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lamina.encoders import errors as enc
-from lamina.indexer import errors as idx
-from lamina.search import errors as st
+from lamina import errors as err
 
 
 class ApiError(Exception):
@@ -34,45 +34,46 @@ class ErrorInfo:
 
 # Most specific classes first: the first isinstance match wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
-    (st.CollectionNotFoundError, ErrorInfo(404, "COLLECTION_NOT_FOUND")),
-    (st.TileNotFoundError, ErrorInfo(404, "TILE_NOT_FOUND")),
-    (st.SourceNotFoundError, ErrorInfo(404, "SOURCE_NOT_FOUND")),
-    (st.CohortNotFoundError, ErrorInfo(404, "COHORT_NOT_FOUND")),
-    (st.EncoderMismatchError, ErrorInfo(409, "ENCODER_MISMATCH")),
-    (st.CollectionExistsError, ErrorInfo(409, "COLLECTION_CONFLICT")),
-    (st.CatalogLockedError, ErrorInfo(409, "CATALOG_LOCKED")),
-    (st.CatalogDamagedError, ErrorInfo(500, "CATALOG_DAMAGED")),
-    (st.CollectionDamagedError, ErrorInfo(409, "COLLECTION_DAMAGED")),
-    (st.DamagedStoreError, ErrorInfo(409, "SEGMENT_DAMAGED")),
-    (st.StaleCohortError, ErrorInfo(409, "COHORT_STALE")),
-    (st.FilterError, ErrorInfo(422, "INVALID_FILTER")),
-    (st.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
-    (st.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
-    (st.ShardUnavailableError, ErrorInfo(503, "SHARD_UNAVAILABLE")),
-    (st.DiskFullError, ErrorInfo(507, "DISK_FULL")),
-    (st.StoreIOError, ErrorInfo(500, "IO_ERROR")),
-    (st.StoreError, ErrorInfo(500, "STORE_ERROR")),
-    (enc.UnknownEncoderError, ErrorInfo(404, "ENCODER_NOT_FOUND")),
-    (enc.WeightsNotFoundError, ErrorInfo(503, "WEIGHTS_MISSING")),
-    (enc.WeightsMismatchError, ErrorInfo(409, "WEIGHTS_MISMATCH")),
-    (enc.TestEncoderRefusedError, ErrorInfo(403, "TEST_ENCODER_REFUSED")),
-    (enc.InvalidImageBatchError, ErrorInfo(422, "INVALID_IMAGE")),
-    (enc.NoLocalEncoderError, ErrorInfo(422, "NO_LOCAL_ENCODER")),
-    (enc.EncoderError, ErrorInfo(500, "ENCODER_ERROR")),
-    (idx.SourceChangedError, ErrorInfo(409, "SOURCE_CHANGED")),
-    (idx.UnreadableSourceError, ErrorInfo(422, "UNREADABLE_IMAGE")),
-    (idx.MissingMppError, ErrorInfo(422, "MISSING_MPP")),
-    (idx.SlideResolutionError, ErrorInfo(422, "SLIDE_RESOLUTION_TOO_LOW")),
-    (idx.ManifestError, ErrorInfo(422, "INVALID_MANIFEST")),
-    (idx.UnsupportedSourceError, ErrorInfo(415, "UNSUPPORTED_SOURCE")),
-    (idx.ImportFormatError, ErrorInfo(422, "INVALID_IMPORT")),
-    (idx.ImportValidationError, ErrorInfo(422, "INVALID_IMPORT")),
-    (idx.DeclaredEncoderError, ErrorInfo(422, "INVALID_ENCODER_NAME")),
-    (idx.ClusterError, ErrorInfo(503, "CLUSTER_UNAVAILABLE")),
-    (idx.IndexerError, ErrorInfo(500, "INDEXER_ERROR")),
+    (err.CollectionNotFoundError, ErrorInfo(404, "COLLECTION_NOT_FOUND")),
+    (err.TileNotFoundError, ErrorInfo(404, "TILE_NOT_FOUND")),
+    (err.SourceNotFoundError, ErrorInfo(404, "SOURCE_NOT_FOUND")),
+    (err.CohortNotFoundError, ErrorInfo(404, "COHORT_NOT_FOUND")),
+    (err.EncoderMismatchError, ErrorInfo(409, "ENCODER_MISMATCH")),
+    (err.CollectionExistsError, ErrorInfo(409, "COLLECTION_CONFLICT")),
+    (err.CatalogLockedError, ErrorInfo(409, "CATALOG_LOCKED")),
+    (err.CatalogDamagedError, ErrorInfo(500, "CATALOG_DAMAGED")),
+    (err.CollectionDamagedError, ErrorInfo(409, "COLLECTION_DAMAGED")),
+    (err.DamagedStoreError, ErrorInfo(409, "SEGMENT_DAMAGED")),
+    (err.StaleCohortError, ErrorInfo(409, "COHORT_STALE")),
+    (err.FilterError, ErrorInfo(422, "INVALID_FILTER")),
+    (err.ManifestFormatError, ErrorInfo(422, "INVALID_MANIFEST")),
+    (err.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
+    (err.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
+    (err.ShardUnavailableError, ErrorInfo(503, "SHARD_UNAVAILABLE")),
+    (err.DiskFullError, ErrorInfo(507, "DISK_FULL")),
+    (err.StoreIOError, ErrorInfo(500, "IO_ERROR")),
+    (err.StoreError, ErrorInfo(500, "STORE_ERROR")),
+    (err.UnknownEncoderError, ErrorInfo(404, "ENCODER_NOT_FOUND")),
+    (err.WeightsNotFoundError, ErrorInfo(503, "WEIGHTS_MISSING")),
+    (err.WeightsMismatchError, ErrorInfo(409, "WEIGHTS_MISMATCH")),
+    (err.TestEncoderRefusedError, ErrorInfo(403, "TEST_ENCODER_REFUSED")),
+    (err.InvalidImageBatchError, ErrorInfo(422, "INVALID_IMAGE")),
+    (err.NoLocalEncoderError, ErrorInfo(422, "NO_LOCAL_ENCODER")),
+    (err.EncoderError, ErrorInfo(500, "ENCODER_ERROR")),
+    (err.SourceChangedError, ErrorInfo(409, "SOURCE_CHANGED")),
+    (err.UnreadableSourceError, ErrorInfo(422, "UNREADABLE_IMAGE")),
+    (err.MissingMppError, ErrorInfo(422, "MISSING_MPP")),
+    (err.SlideResolutionError, ErrorInfo(422, "SLIDE_RESOLUTION_TOO_LOW")),
+    (err.ManifestError, ErrorInfo(422, "INVALID_MANIFEST")),
+    (err.UnsupportedSourceError, ErrorInfo(415, "UNSUPPORTED_SOURCE")),
+    (err.ImportFormatError, ErrorInfo(422, "INVALID_IMPORT")),
+    (err.ImportValidationError, ErrorInfo(422, "INVALID_IMPORT")),
+    (err.DeclaredEncoderError, ErrorInfo(422, "INVALID_ENCODER_NAME")),
+    (err.ClusterError, ErrorInfo(503, "CLUSTER_UNAVAILABLE")),
+    (err.IndexerError, ErrorInfo(500, "INDEXER_ERROR")),
 )
 
-DOMAIN_ERRORS = (st.StoreError, enc.EncoderError, idx.IndexerError, ApiError)
+DOMAIN_ERRORS = (err.StoreError, err.EncoderError, err.IndexerError, ApiError)
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from lamina.encoders.base import Encoder, TorchEncoder, resolve_device
+from lamina.encoders.base import Encoder, TorchEncoder, check_device, resolve_device
 from lamina.encoders.config import EncoderConfig, WeightsSpec, fingerprint_of
 from lamina.encoders.errors import (
     DuplicateEncoderError,
@@ -76,11 +76,23 @@ def create_encoder(
         )
     kwargs: dict[str, object] = {
         "weights": None if weights is None else str(weights),
-        "device": resolve_device(device),
+        "device": device_for(entry.runtime, device),
     }
     if batch_size:
         kwargs["batch_size"] = batch_size
     return entry.builder(entry.config, **kwargs)
+
+
+def device_for(runtime: str, device: str) -> str:
+    """The device handed to a builder: torch encoders resolve ``auto`` with torch; TensorFlow
+    encoders get ``cuda`` for ``auto`` and use a GPU only where TensorFlow sees one; numpy
+    encoders run on the CPU. So a weights-free encoder never imports torch."""
+    if runtime == "torch":
+        return resolve_device(device)
+    check_device(device)
+    if runtime == "numpy":
+        return "cpu"
+    return "cuda" if device == "auto" else device
 
 
 def encoder_table() -> list[dict[str, object]]:

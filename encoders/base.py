@@ -14,11 +14,16 @@ from PIL import Image
 ImageBatch = np.ndarray | Sequence[np.ndarray]
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible to torch, else ``cpu``."""
+def check_device(device: str) -> str:
+    """``device`` itself when it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else ValueError."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
-    if device != "auto":
+    return device
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible to torch, else ``cpu`` (imports torch)."""
+    if check_device(device) != "auto":
         return device
     try:
         import torch

@@ -274,7 +274,7 @@ CONFIG = EncoderConfig(
 )
 
 
-@register_encoder(CONFIG)
+@register_encoder(CONFIG, runtime="numpy")
 def build_stain_texture(
     config: EncoderConfig, weights: str | None = None, device: str = "cpu", batch_size: int = 256
 ) -> Encoder:

@@ -229,5 +229,5 @@ DERM_FOUNDATION = EncoderConfig(
     ),
 )
 
-register_encoder(PATH_FOUNDATION)(_builder(PathFoundationEncoder))
-register_encoder(DERM_FOUNDATION)(_builder(DermFoundationEncoder))
+register_encoder(PATH_FOUNDATION, runtime="tensorflow")(_builder(PathFoundationEncoder))
+register_encoder(DERM_FOUNDATION, runtime="tensorflow")(_builder(DermFoundationEncoder))

@@ -35,6 +35,9 @@ class RegistryEntry:
     builder: Builder
     origin: str = "built-in"
     """``built-in``, or ``plugin <distribution> <version>``."""
+    runtime: str = "torch"
+    """What runs the model: ``torch``, ``tensorflow`` or ``numpy``. Decides how ``device="auto"``
+    is resolved, so that only torch encoders ever import torch."""
 
 
 _REGISTRY: dict[str, RegistryEntry] = {}
@@ -47,8 +50,16 @@ _PLUGIN_ERRORS: dict[str, str] = {}
 _CURRENT_ORIGIN = "built-in"
 
 
-def register_encoder(config: EncoderConfig) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder(config, weights, device) -> Encoder`` under ``config.key``."""
+RUNTIMES = ("torch", "tensorflow", "numpy")
+
+
+def register_encoder(config: EncoderConfig, runtime: str = "torch") -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(config, weights, device) -> Encoder`` under ``config.key``.
+
+    ``runtime`` names what runs the model (see :data:`RUNTIMES`); plugins default to torch.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     ns = config.key.split("/", 1)[0]
     if not _KEY_RE.match(config.key) or ns in RESERVED_NAMESPACES:
         raise ValueError(
@@ -62,7 +73,9 @@ def register_encoder(config: EncoderConfig) -> Callable[[Builder], Builder]:
             raise DuplicateEncoderError(
                 f"encoder {config.key!r} is already registered ({_REGISTRY[config.key].origin})"
             )
-        _REGISTRY[config.key] = RegistryEntry(config=config, builder=builder, origin=origin)
+        _REGISTRY[config.key] = RegistryEntry(
+            config=config, builder=builder, origin=origin, runtime=runtime
+        )
         return builder
 
     return decorate
