@@ -72,6 +72,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "collections.tile": ("read", "tile"),
     "collections.tile_image": ("read", "tile image"),
     "collections.thumbnail": ("read", "thumbnail"),
+    "collections.facets": ("read", "facets"),
     "search.search": ("read", "search"),
     "search.search_batch": ("read", "search batch"),
     "cohorts.list_cohorts": ("read", "cohort list"),
@@ -385,7 +386,10 @@ def _request_collection(request: Any, parsed: bool) -> str | None:
     (read only when ``parsed``: the route has read the body already, so it is cached)."""
     endpoint = request.endpoint or ""
     view_args = request.view_args or {}
-    if endpoint.split(".")[0] in ("search", "imports") or endpoint == "collections.collection":
+    if endpoint.split(".")[0] in ("search", "imports") or endpoint in (
+        "collections.collection",
+        "collections.facets",
+    ):
         name = view_args.get("name")
         return str(name)[:128] if name else None
     name = request.args.get("collection")

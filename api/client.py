@@ -143,6 +143,13 @@ class Client:
     def collection(self, name: str) -> dict[str, Any]:
         return dict(self._json("GET", f"/collections/{_q(name)}")["collection"])
 
+    def facets(self, collection: str, max_values: int | None = None) -> dict[str, Any]:
+        """The collection's filterable metadata columns: numeric ones with min/max/count,
+        text ones with their most frequent values and tile counts (capped at ``max_values``)."""
+        return self._json(
+            "GET", f"/collections/{_q(collection)}/facets", query={"max_values": max_values}
+        )
+
     def openapi(self) -> dict[str, Any]:
         return self._json("GET", "/openapi.json")
 
@@ -163,6 +170,7 @@ class Client:
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         name, data = _file(path_or_bytes)
         fields = {
@@ -173,6 +181,7 @@ class Client:
             "level": level,
             "params": dict(params) if params else None,
             "partial": "true" if partial else None,
+            "offset": offset or None,
         }
         body, ctype = _multipart(fields, [("image", name, data)])
         _, _, raw = self._raw(
@@ -191,6 +200,7 @@ class Client:
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -203,6 +213,7 @@ class Client:
                 "level": level,
                 "params": params,
                 "partial": True if partial else None,
+                "offset": offset or None,
             },
         )
 
@@ -217,6 +228,7 @@ class Client:
         level: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -229,6 +241,7 @@ class Client:
                 "level": level,
                 "params": params,
                 "partial": True if partial else None,
+                "offset": offset or None,
             },
         )
 
@@ -242,6 +255,7 @@ class Client:
         group_by: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         x, y, w, h = (int(v) for v in region)
         return self._search_json(
@@ -253,6 +267,7 @@ class Client:
                 "group_by": group_by,
                 "params": params,
                 "partial": True if partial else None,
+                "offset": offset or None,
             },
         )
 
@@ -267,6 +282,7 @@ class Client:
         encoder: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> BatchResult:
         """Up to 1000 query vectors (or stored tiles), all answered on one snapshot."""
         body = {
@@ -277,6 +293,7 @@ class Client:
             "encoder": encoder,
             "params": params,
             "partial": True if partial else None,
+            "offset": offset or None,
         }
         doc = self._json(
             "POST",
@@ -297,6 +314,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         exclude_same: str | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         """Slide-level retrieval: ``groups`` ranks slides by the top-m mean of tile similarity."""
         return self._search_json(
@@ -311,6 +329,7 @@ class Client:
                 "filter": filter,
                 "exclude_same": exclude_same,
                 "partial": True if partial else None,
+                "offset": offset or None,
             },
         )
 
@@ -337,7 +356,10 @@ class Client:
         near_tiles: Sequence[int] | None = None,
         k: int | None = None,
         min_score: float | None = None,
+        tile_ids: Sequence[int] | None = None,
     ) -> CohortInfo:
+        """Save a cohort: every tile passing ``filter``, narrowed by examples (``near`` image
+        files, ``near_tiles``; ``k`` or ``min_score`` each), or exactly ``tile_ids``."""
         fields: dict[str, Any] = {
             "name": name,
             "collection": collection,
@@ -345,6 +367,7 @@ class Client:
             "near_tile_ids": [int(t) for t in near_tiles] if near_tiles else None,
             "k": k,
             "min_score": min_score,
+            "tile_ids": [int(t) for t in tile_ids] if tile_ids else None,
         }
         if near:
             files = [("near", *_file(p)) for p in near]

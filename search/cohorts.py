@@ -5,7 +5,10 @@ Definition, applied in this order:
 1. ``filters`` (CLI EXPR strings and/or the JSON form) select the candidate tiles; no filter
    means every tile of the collection.
 2. Without example queries, the cohort is every candidate.
-3. With examples (image vectors embedded by the caller, and/or stored tile ids), each
+3. With ``tile_ids`` (tiles picked by hand, e.g. hits selected on the web page), the cohort
+   is exactly those tiles that pass the filters (at most :data:`MAX_TILE_IDS`; every id
+   must exist; no examples then).
+4. With examples (image vectors embedded by the caller, and/or stored tile ids), each
    example ranks the candidates by inner product (exact, brute force). With ``k`` each
    example contributes its k nearest candidates; with ``min_score`` each contributes every
    candidate scoring at least ``min_score``. The cohort is the union over examples, and a
@@ -30,6 +33,7 @@ from lamina.search.store import NAME_RE
 from lamina.search.views import CollectionView
 
 DEFAULT_K = 100
+MAX_TILE_IDS = 10_000
 LABEL_MAX_DISTINCT = 20
 BLOCK = 262_144  # float32 rows per BLAS call (memory-mapped, not copied)
 BLOCK_F16 = 32_768  # float16 rows converted per block
@@ -155,6 +159,21 @@ def compute_members(
     return ids[order].astype(np.int64), sc[order].astype(np.float64)
 
 
+def chosen_members(
+    view: CollectionView,
+    tile_ids: Sequence[int],
+    filters: Sequence[str] = (),
+    filter_json: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """The given tile ids (each must exist: ``TileNotFoundError`` names the first that does
+    not) that pass the filters, ascending and without repeats."""
+    ids = np.unique(np.asarray([int(t) for t in tile_ids], dtype=np.int64))
+    pos = view.positions_of(ids)
+    conds = checked_conditions(view, parse_filters(filters, filter_json))
+    mask = view.mask(conds)  # also drops deleted tiles
+    return ids if mask is None else ids[mask[pos]]
+
+
 # -- counts (column codes, no SQL) ----------------------------------------------------------------
 def _positions(view: CollectionView, tile_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     ids = np.asarray(tile_ids, dtype=np.int64).reshape(-1)
@@ -277,15 +296,27 @@ def create_cohort(
     near_tile_ids: Sequence[int] = (),
     k: int | None = None,
     min_score: float | None = None,
+    tile_ids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Compute and store a new version of cohort ``name``.
 
     ``near_vectors`` are the embeddings of example images (made by the caller with the
     collection's encoder), described for the record by ``near_images`` (name, sha256).
+    ``tile_ids`` names the members outright (rule 3 of the module docstring).
     """
     if not NAME_RE.match(name):
         raise InvalidQueryError(f"invalid cohort name {name!r}: letters, digits, '_', '.', '-'")
     view = service.view(collection)
+    if tile_ids:
+        if near_vectors or near_tile_ids or k is not None or min_score is not None:
+            raise InvalidQueryError(
+                "tile_ids name the members: give no examples, k or min_score with them"
+            )
+        if len(tile_ids) > MAX_TILE_IDS:
+            raise InvalidQueryError(
+                f"at most {MAX_TILE_IDS} tile_ids, got {len(tile_ids)}: save a cohort by "
+                "filter and examples instead"
+            )
     vecs = [np.asarray(v, np.float32).reshape(-1) for v in near_vectors]
     if near_tile_ids:
         vecs.extend(view.tile_vectors([int(t) for t in near_tile_ids]))
@@ -297,9 +328,17 @@ def create_cohort(
         raise InvalidQueryError("k / min_score need examples (near images or near tile ids)")
     if queries is not None and k is None and min_score is None:
         k = DEFAULT_K
-    ids, scores = compute_members(
-        view, filters=filters, filter_json=filter_json, queries=queries, k=k, min_score=min_score
-    )
+    if tile_ids:
+        ids, scores = chosen_members(view, tile_ids, filters, filter_json), None
+    else:
+        ids, scores = compute_members(
+            view,
+            filters=filters,
+            filter_json=filter_json,
+            queries=queries,
+            k=k,
+            min_score=min_score,
+        )
     definition: dict[str, Any] = {
         "filter": conditions_to_json(parse_filters(filters, filter_json)),
         "near_images": [dict(m) for m in near_images],
@@ -308,6 +347,8 @@ def create_cohort(
         "min_score": min_score,
         "collection_uuid": view.collection.uuid,
     }
+    if tile_ids:
+        definition["tile_ids"] = [int(t) for t in ids]
     if view.missing_segments:  # computed without the tiles of damaged segments: said so
         definition["missing_segments"] = view.missing_segments
     record = {

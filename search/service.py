@@ -274,9 +274,13 @@ class SearchService:
         params: Mapping[str, Any] | None = None,
         view: CollectionView | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> SearchResult:
         """k nearest tiles to ``vector`` among those matching the filters (filtered first).
-        ``partial`` lets a sharded service answer without unreachable shards (and say so)."""
+        ``partial`` lets a sharded service answer without unreachable shards (and say so).
+        ``offset`` skips that many of the best hits (groups, when grouped): ranks
+        ``offset .. offset + k - 1`` of the same ranking, so pages concatenate to the top
+        ``offset + k``."""
         view = view or self.view(collection)
         return self._search_many(
             view,
@@ -292,6 +296,7 @@ class SearchService:
             per_group=per_group,
             params=params,
             partial=partial,
+            offset=offset,
         )[0]
 
     def search_batch(
@@ -305,8 +310,10 @@ class SearchService:
         fingerprint: str | None = None,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> list[SearchResult]:
-        """Many query vectors against one snapshot, ranked together (one scan per segment)."""
+        """Many query vectors against one snapshot, ranked together (one scan per segment);
+        ``offset`` as in :meth:`search`, for every query."""
         q = np.asarray(vectors, dtype=np.float32)
         if q.ndim != 2 or not 1 <= len(q) <= MAX_BATCH:
             raise InvalidQueryError(
@@ -321,6 +328,7 @@ class SearchService:
             fingerprint=fingerprint,
             params=params,
             partial=partial,
+            offset=offset,
         )
 
     def search_tile(
@@ -346,12 +354,15 @@ class SearchService:
         per_group: int = 3,
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
+        offset: int = 0,
     ) -> list[SearchResult]:
         col = view.collection
         if fingerprint is not None:
             col.check_fingerprint(fingerprint)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        check_offset(offset, k)
+        query = {"offset": offset} if offset else {}
         q = unit_queries(q, col.dim, col.name)
         conds = list(conditions or []) + parse_filters(filters, filter_json)
         for c in conds:
@@ -363,14 +374,15 @@ class SearchService:
         group_col = self._group_column(view, group_by)
         out = []
         if group_col is None:
-            ranking = self._rank(view, q, k, conds, params, partial)
+            ranking = self._rank(view, q, offset + k, conds, params, partial)
             for hits in ranking.hits:
                 out.append(
                     SearchResult(
                         collection=col.name,
                         snapshot=view.snapshot.id,
                         encoder=col.fingerprint,
-                        hits=hits,
+                        hits=hits[offset:],
+                        query=dict(query),
                         plan=ranking.plan,
                         missing_segments=view.missing_segments,
                         missing_shards=ranking.missing_shards,
@@ -379,15 +391,16 @@ class SearchService:
             return out
         for row in q:
             hits, groups, ranking = self._grouped(
-                view, row[None], k, conds, group_col, per_group, params, partial
+                view, row[None], offset + k, conds, group_col, per_group, params, partial
             )
             out.append(
                 SearchResult(
                     collection=col.name,
                     snapshot=view.snapshot.id,
                     encoder=col.fingerprint,
-                    hits=hits,
-                    groups=groups,
+                    hits=hits[offset:],
+                    groups=groups[offset:],
+                    query=dict(query),
                     plan=ranking.plan,
                     missing_segments=view.missing_segments,
                     missing_shards=ranking.missing_shards,
@@ -410,8 +423,21 @@ class SearchService:
         hits = [self._hits(view, r.scores, r.positions) for r in ranked]
         return Ranking(hits, plan.to_dict(), plan.matched)
 
-    def rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
-        """Slide-level ranking (:func:`search.slide_ranking.rank_slides`)."""
+    def rank_slides(self, collection: str, *, offset: int = 0, **kwargs: Any) -> SearchResult:
+        """Slide-level ranking (:func:`search.slide_ranking.rank_slides`); ``offset`` skips
+        that many of the best slides (ranks ``offset .. offset + k - 1``)."""
+        k = kwargs.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise InvalidQueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        check_offset(offset, k)
+        res = self._rank_slides(collection, **{**kwargs, "k": offset + k})
+        if offset:
+            res.groups = (res.groups or [])[offset:]
+            res.hits = res.hits[offset:]
+            res.query = {**res.query, "offset": offset}
+        return res
+
+    def _rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
         from lamina.search.slide_ranking import rank_slides
 
         kwargs.pop("partial", None)  # one process has no shards to miss
@@ -503,6 +529,18 @@ def _stamp(view: CollectionView) -> tuple[int, ...] | None:
     if time.time_ns() - max(segs, info.st_mtime_ns, ptr) < _SETTLED_NS:
         return None
     return (segs, info.st_mtime_ns, info.st_ino, ptr)
+
+
+def check_offset(offset: Any, k: int) -> None:
+    """``offset`` (0-based rank of the first answer) is an integer >= 0 and ``offset + k``
+    stays within :data:`MAX_K` (a page is a slice of one top-``offset + k`` ranking)."""
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise InvalidQueryError(f"offset must be an integer >= 0, got {offset!r}")
+    if offset + k > MAX_K:
+        raise InvalidQueryError(
+            f"offset + k must be at most {MAX_K} (got offset {offset} + k {k}): "
+            "narrow the filter to reach later results"
+        )
 
 
 def unit_queries(q: np.ndarray, dim: int, name: str) -> np.ndarray:

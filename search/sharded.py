@@ -427,7 +427,7 @@ class ShardedSearchService(SearchService):
         plan["ms"]["fanout_total"] = round((time.perf_counter() - t0) * 1000, 3)
         return Ranking(hits, plan, matched, missing)
 
-    def rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
+    def _rank_slides(self, collection: str, **kwargs: Any) -> SearchResult:
         from lamina.search.sharded_slides import rank_slides_sharded
 
         return rank_slides_sharded(self, collection, **kwargs)

@@ -101,6 +101,13 @@ def register(cli: click.Group) -> None:
     @click.option("--region", default=None, help="X,Y,W,H in level-0 pixels of --slide.")
     @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True)
     @click.option(
+        "--offset",
+        type=click.IntRange(0, 9_999),
+        default=0,
+        show_default=True,
+        help="Skip the N best hits (groups when grouped): the next page; offset + k <= 10000.",
+    )
+    @click.option(
         "--filter",
         "filters",
         multiple=True,
@@ -130,6 +137,7 @@ def register(cli: click.Group) -> None:
         slide: str | None,
         region: str | None,
         k: int,
+        offset: int,
         filters: tuple[str, ...],
         group_by: str | None,
         exclude_same: str | None,
@@ -167,8 +175,9 @@ def register(cli: click.Group) -> None:
             exclude_same,
             search_params(nprobe, ef_search, refine, strategy),
             partial,
+            offset,
         )
-        doc = _remote(ctx.url, query, ctx.token) if ctx.url else _local(ctx, query)
+        doc = run_query(ctx.client(), query)
         if as_json:
             emit_json(doc)
             return
@@ -197,34 +206,13 @@ class Query:
     exclude_same: str | None
     params: dict[str, Any] | None = None
     partial: bool = False
+    offset: int = 0
 
 
-def _local(ctx: CliContext, q: Query) -> dict[str, Any]:
-    from lamina.api.queries import image_vector, region_vector
-    from lamina.search import SearchService
-
-    service = SearchService(ctx.store())
-    kwargs: dict[str, Any] = {
-        "filters": q.filters,
-        "group_by": q.group_by,
-        "exclude_same": q.exclude_same,
-        "params": q.params,
-    }
-    if q.tile_id is not None:
-        return service.search_tile(q.collection, q.tile_id, q.k, **kwargs).to_dict()
-    col = service.collection(q.collection)
-    if q.image is not None:
-        vec = image_vector(col, Path(q.image).read_bytes(), q.image)
-    else:
-        vec, _ = region_vector(col, q.slide or "", q.region or (0, 0, 0, 0))
-    return service.search(q.collection, vec, q.k, **kwargs).to_dict()
-
-
-def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
-    from lamina.api.client import Client
+def run_query(client: Any, q: Query) -> dict[str, Any]:
+    """Answer ``q`` through ``client`` (a server with ``--url``, else the in-process app)."""
     from lamina.search.filters import conditions_to_json, parse_filters
 
-    client = Client(url, token=token)
     spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None
     common: dict[str, Any] = {
         "k": q.k,
@@ -232,6 +220,7 @@ def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
         "group_by": q.group_by,
         "params": q.params,
         "partial": q.partial,
+        "offset": q.offset,
     }
     if q.image is not None:
         res = client.search_image(q.collection, q.image, exclude_same=q.exclude_same, **common)
@@ -243,4 +232,4 @@ def _remote(url: str, q: Query, token: str | None = None) -> dict[str, Any]:
         # the server reads only slides it has indexed: pass the path as indexed
         slide = str(Path(q.slide or "").resolve())
         res = client.search_region(q.collection, slide, list(q.region or ()), **common)
-    return res.to_dict()
+    return dict(res.to_dict())

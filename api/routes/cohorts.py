@@ -46,7 +46,7 @@ def _body() -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     """(fields, uploaded example images) from a JSON or multipart request."""
     if request.mimetype == "multipart/form-data":
         fields: dict[str, Any] = {k: request.form.get(k) for k in request.form}
-        for key in ("near_tile_ids", "filters"):
+        for key in ("near_tile_ids", "tile_ids", "filters"):
             if key in request.form:
                 fields[key] = request.form.getlist(key)
         files = [(f.filename or "upload", f.read()) for f in request.files.getlist("near")]
@@ -103,6 +103,22 @@ def _tile_ids(value: Any) -> list[int]:
     return out
 
 
+def _member_ids(value: Any) -> list[int]:
+    """``tile_ids``: the members named outright (a list, or comma/space-separated text)."""
+    from lamina.search.cohorts import MAX_TILE_IDS
+
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list):
+        raise _invalid("tile_ids must be a list of integers")
+    items = [p for v in value for p in (v.replace(",", " ").split() if isinstance(v, str) else [v])]
+    if len(items) > MAX_TILE_IDS:
+        raise _invalid(f"at most {MAX_TILE_IDS} tile_ids, got {len(items)}")
+    return [_int(v, f"tile_ids[{i}]") or 0 for i, v in enumerate(items)]
+
+
 def _embed(collection: Any, files: list[tuple[str, bytes]]) -> tuple[list[Any], list[Any]]:
     from lamina.api.images import check_upload_pixels
     from lamina.api.queries import embed_examples
@@ -131,8 +147,11 @@ def create_cohort() -> Response:
     k = _int(fields.get("k"), "k", 1, INT64_MAX)
     min_score = _float(fields.get("min_score"), "min_score")
     exprs = fields.get("filters") or []
+    if isinstance(exprs, str):
+        exprs = [exprs]
     if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
         raise ApiError("filters must be a list of COL=V expressions", 422, "INVALID_FILTER")
+    exprs = [e for item in exprs for line in item.splitlines() if (e := line.strip())]
     st = state()
     vectors, described = _embed(st.service.collection(collection), files) if files else ([], [])
     cohort = create(
@@ -147,6 +166,7 @@ def create_cohort() -> Response:
         near_tile_ids=_tile_ids(fields.get("near_tile_ids")),
         k=k,
         min_score=min_score,
+        tile_ids=_member_ids(fields.get("tile_ids")),
     )
     return jsonify({"ok": True, "cohort": cohort})
 

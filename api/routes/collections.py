@@ -86,6 +86,20 @@ def collection(name: str) -> Response:
     return jsonify({"ok": True, "collection": doc})
 
 
+@bp.get("/collections/<name>/facets")
+@guarded
+def facets(name: str) -> Response:
+    """The collection's filterable metadata columns with their values and counts
+    (``search.facets``); ``?max_values=N`` (1-200, default 20) caps each text column's list."""
+    from lamina.api.limits import int_in
+    from lamina.search.facets import MAX_VALUES, MAX_VALUES_LIMIT, collection_facets
+
+    cap = int_in(request.args.get("max_values"), "max_values", 1, MAX_VALUES_LIMIT)
+    view = state().service.view(name)
+    doc = collection_facets(view, MAX_VALUES if cap is None else cap)
+    return jsonify({"ok": True, "collection": view.collection.name, **doc})
+
+
 def resolve_collection(name: str | None) -> str:
     """``?collection=`` or, when the home has exactly one collection, that one."""
     if name:

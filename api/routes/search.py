@@ -63,7 +63,11 @@ def _bool(value: Any, name: str) -> bool:
 
 
 def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
-    """Filter JSON (object, or a JSON string of one) and EXPR strings (list or newline-separated)."""
+    """Filter JSON (object, or a JSON string of one) and EXPR strings (list or newline-separated).
+
+    Every EXPR item is split at line breaks, whichever way it came: a multipart field keeps
+    the typed text's newlines (sent as CRLF), and one ``filters`` field holding two lines is
+    two conditions, never one condition whose value list swallows the second line."""
     if isinstance(spec, str):
         text = spec.strip()
         if not text:
@@ -75,10 +79,11 @@ def _filters(spec: Any, exprs: Any) -> tuple[dict[str, Any] | None, list[str]]:
     if spec is not None and not isinstance(spec, dict):
         raise ApiError("filter must be a JSON object {column: {op: value}}", 422, "INVALID_FILTER")
     if isinstance(exprs, str):
-        exprs = [e for line in exprs.replace(";", "\n").splitlines() if (e := line.strip())]
+        exprs = exprs.replace(";", "\n").splitlines()
     exprs = exprs or []
     if not isinstance(exprs, list) or not all(isinstance(e, str) for e in exprs):
         raise ApiError("filters must be a list of COL=V expressions", 422, "INVALID_FILTER")
+    exprs = [e for item in exprs for line in item.splitlines() if (e := line.strip())]
     if len(exprs) > MAX_FILTER_EXPRS:
         raise ApiError(f"at most {MAX_FILTER_EXPRS} filter expressions", 422, "INVALID_FILTER")
     return spec, exprs
@@ -211,6 +216,7 @@ def search(name: str) -> Response:
     view = svc.view(name)
     col = view.collection
     k = int(_int(fields.get("k"), "k", 10) or 0)  # never None with a default; 0 -> INVALID_QUERY
+    offset = int(_int(fields.get("offset"), "offset", 0) or 0)
     spec, exprs = _filters(fields.get("filter"), fields.get("filters"))
     group_by = _opt_str(fields.get("group_by"), "group_by")
     exclude_same = _opt_str(fields.get("exclude_same"), "exclude_same")
@@ -239,6 +245,7 @@ def search(name: str) -> Response:
         top_m = _int(fields.get("top_m"), "top_m", 5)
         kw: dict[str, Any] = {"k": k, "top_m": top_m, "fingerprint": fingerprint, **common}
         kw["partial"] = partial
+        kw["offset"] = offset
         if what == "tile_id":
             res = svc.rank_slides(name, tile_id=tile_id, **kw)
         elif what == "source_id":
@@ -261,6 +268,7 @@ def search(name: str) -> Response:
             fingerprint=fingerprint,
             params=params,
             partial=partial,
+            offset=offset,
             **common,
         )  # type: ignore[arg-type]
     else:
@@ -274,6 +282,7 @@ def search(name: str) -> Response:
             fingerprint=fingerprint,
             params=params,
             partial=partial,
+            offset=offset,
             **common,
         )  # type: ignore[arg-type]
     return jsonify(res.to_dict())
@@ -292,6 +301,7 @@ def search_batch(name: str) -> Response:
     view = svc.view(name)
     col = view.collection
     k = int(_int(body.get("k"), "k", 10) or 0)
+    offset = int(_int(body.get("offset"), "offset", 0) or 0)
     partial = _bool(body.get("partial"), "partial")
     spec, exprs = _filters(body.get("filter"), body.get("filters"))
     fingerprint = _opt_str(body.get("encoder"), "encoder")
@@ -321,6 +331,7 @@ def search_batch(name: str) -> Response:
         fingerprint=fingerprint,
         params=params,
         partial=partial,
+        offset=offset,
     )
     docs = [r.to_dict() for r in results]
     return jsonify(
