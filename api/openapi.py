@@ -195,6 +195,14 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "integer", "minimum": 0},
             },
             "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
+            "offset": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 9999,
+                "default": 0,
+                "description": "0-based rank of the first answer (hit, group or slide): "
+                "the next page; offset + k <= 10000",
+            },
             "filter": _ref("Filter"),
             "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
             "encoder": _STR,
@@ -224,6 +232,14 @@ SCHEMAS: dict[str, Any] = {
             },
             "source_id": _STR,
             "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
+            "offset": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 9999,
+                "default": 0,
+                "description": "0-based rank of the first answer (hit, group or slide): "
+                "the next page; offset + k <= 10000",
+            },
             "filter": _ref("Filter"),
             "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
             "group_by": {"enum": ["slide", "patient", None]},
@@ -245,7 +261,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "image": {"type": "string", "format": "binary"},
             "k": _INT,
+            "offset": _INT,
             "filter": {"type": "string", "description": "filter JSON"},
+            "filters": {
+                "type": "string",
+                "description": "EXPR lines (COL=V1,V2 / COL>=N ...), one per line; repeatable",
+            },
             "group_by": {"enum": ["slide", "patient"]},
             "exclude_same": _STR,
             "level": {"enum": ["tile", "slide"]},
@@ -307,6 +328,38 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Facets": _ok(
+        {
+            "collection": _STR,
+            "snapshot": _STR,
+            "n_tiles": _INT,
+            "columns": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "type", "kind", "count", "n_null"],
+                    "properties": {
+                        "name": _STR,
+                        "type": _STR,
+                        "kind": {"enum": ["numeric", "text"]},
+                        "count": _INT,
+                        "n_null": _INT,
+                        "min": {"type": ["number", "null"]},
+                        "max": {"type": ["number", "null"]},
+                        "n_distinct": _INT,
+                        "top": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"value": _STR, "n": _INT},
+                            },
+                        },
+                        "truncated": {"type": "boolean"},
+                    },
+                },
+            },
+        }
+    ),
     "CohortCreate": {
         "type": "object",
         "required": ["name", "collection"],
@@ -317,6 +370,13 @@ SCHEMAS: dict[str, Any] = {
             "near_tile_ids": {"type": "array", "items": _INT},
             "k": _INT,
             "min_score": _NUM,
+            "tile_ids": {
+                "type": "array",
+                "maxItems": 10000,
+                "items": _INT,
+                "description": "the members, named outright (those passing the filter); "
+                "no examples, k or min_score with them",
+            },
         },
     },
     "ExportRequest": {
@@ -413,6 +473,22 @@ PATHS: dict[str, Any] = {
             "One collection as the server answers on it: counts, snapshot, index, metadata columns",
             {"200": _json(_ok({"collection": _OBJ}))},
             parameters=[_name_param("c")],
+        )
+    },
+    "/collections/{c}/facets": {
+        "get": _op(
+            "Filterable metadata columns with their values and tile counts: numeric columns "
+            "min/max/count, text columns their most frequent values (capped by max_values)",
+            {"200": _json(_ref("Facets"))},
+            parameters=[
+                _name_param("c"),
+                {
+                    "name": "max_values",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+                },
+            ],
         )
     },
     "/collections/{c}/search": {
@@ -518,6 +594,7 @@ PATHS: dict[str, Any] = {
                                 "k": _INT,
                                 "min_score": _NUM,
                                 "near_tile_ids": _STR,
+                                "tile_ids": _STR,
                                 "near": {
                                     "type": "array",
                                     "items": {"type": "string", "format": "binary"},
