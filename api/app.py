@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "REPLICAS": 1,
     "SHARD_CPUS": 1.0,
     "CLUSTER_TAG": None,  # names the shard actors (lamina status --cluster lists them)
+    "DZ_MAX_SLIDES": 8,  # slide viewer: slides held open at once (api/routes/viewer.py)
+    "DZ_CACHE_BYTES": 64 * 1024 * 1024,  # slide viewer: encoded deep-zoom tiles kept
 }
 
 HTTP_CODES = {
@@ -156,6 +158,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
     app.register_blueprint(imports.bp, url_prefix=API_PREFIX)
     app.register_blueprint(jobs.bp, url_prefix=API_PREFIX)
+    from lamina.api.routes import qc
+
+    app.register_blueprint(qc.bp, url_prefix=API_PREFIX)
+    from lamina.api.routes import viewer
+
+    app.register_blueprint(viewer.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(viewer.pages)
 
     auth.install(app)
 

@@ -72,6 +72,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "collections.tile": ("read", "tile"),
     "collections.tile_image": ("read", "tile image"),
     "collections.thumbnail": ("read", "thumbnail"),
+    "qc.qc_png": ("read", "slide qc picture"),
+    "qc.qc_geojson": ("read", "slide qc geojson"),
     "collections.facets": ("read", "facets"),
     "search.search": ("read", "search"),
     "search.search_batch": ("read", "search batch"),
@@ -86,6 +88,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "jobs.job_status": ("write", "job status"),
     "jobs.cancel_job": ("write", "job cancel"),
     "jobs.job_file": ("write", "job file"),
+    "slides.dzi": ("read", "deep zoom"),
+    "slides.dz_tile": ("read", "deep zoom tile"),
+    "viewer.page": ("public", "page"),
 }
 UNKNOWN_ROUTE = ("read", "unknown")  # 404/405 answers: any valid token, so routes are not mapped
 UNLISTED_ROUTE = ("admin", "unlisted")  # a route missing from ROUTES: fail closed
@@ -386,7 +391,8 @@ def _request_collection(request: Any, parsed: bool) -> str | None:
     (read only when ``parsed``: the route has read the body already, so it is cached)."""
     endpoint = request.endpoint or ""
     view_args = request.view_args or {}
-    if endpoint.split(".")[0] in ("search", "imports") or endpoint in (
+    in_route = ("search", "imports", "slides")
+    if endpoint.split(".")[0] in in_route or endpoint in (
         "collections.collection",
         "collections.facets",
     ):

@@ -346,6 +346,19 @@ class Client:
             "GET", f"/sources/{_q(source_id)}/thumbnail", query={"collection": collection}
         )[2]
 
+    def slide_qc_png(self, collection: str, source_id: str, size: int | None = None) -> bytes:
+        """PNG of a slide with its tissue contour and tile grid (kept tiles blue, rejected red),
+        longest side ``size`` pixels (server default 1024) plus a legend band."""
+        path = f"/collections/{_q(collection)}/sources/{_q(source_id)}/qc.png"
+        return self._raw("GET", path, query={"size": size})[2]
+
+    def slide_qc_geojson(self, collection: str, source_id: str) -> dict[str, Any]:
+        """GeoJSON FeatureCollection (level-0 pixels, y down) of a slide's tissue polygons
+        (``kind`` "tissue") and grid tiles (``kind`` "tile", ``kept``, ``tile_id``)."""
+        return self._json(
+            "GET", f"/collections/{_q(collection)}/sources/{_q(source_id)}/qc.geojson"
+        )
+
     # -- cohorts, exports, probes ------------------------------------------------------------
     def create_cohort(
         self,

@@ -674,6 +674,8 @@ PATHS: dict[str, Any] = {
 
 
 def openapi_spec(version: str) -> dict[str, Any]:
+    from lamina.api.openapi_viewer import VIEWER_PATHS
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -684,7 +686,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": {**PATHS, **VIEWER_PATHS},
         "components": {
             "schemas": SCHEMAS,
             "responses": {"Error": _json(_ref("Error"), "Error")},

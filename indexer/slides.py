@@ -14,19 +14,22 @@ import math
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
+
 from lamina.encoders.base import resize_rgb
 from lamina.indexer.errors import MissingMppError, UnreadableSourceError
-from lamina.indexer.tiling import TileSpec, choose_level, plan_grid
-from lamina.indexer.tissue import detect_tissue, mask_downsample
+from lamina.indexer.tiling import LevelChoice, TileSpec, choose_level, plan_grid
+from lamina.indexer.tissue import TissueMask, detect_tissue, mask_downsample
 from lamina.search.segments import RESERVED_COLUMNS
-from PIL import Image
 
 if TYPE_CHECKING:
     import openslide
+
     from lamina.encoders import Encoder
     from lamina.indexer.pipeline import IngestOptions, PreparedSource
     from lamina.indexer.sources import SourceFile
@@ -351,6 +354,40 @@ def read_region_rgb(
         return rgb
 
 
+@dataclass
+class SlidePlan:
+    """What the ingest decides for one slide: the level and read size, every grid tile, the
+    tissue mask and each grid tile's tissue fraction (tiles kept: fraction >= min_tissue)."""
+
+    choice: LevelChoice
+    grid: list[TileSpec]
+    tissue: TissueMask
+    fractions: np.ndarray
+
+
+def plan_slide(
+    slide: Slide,
+    mpp0: float,
+    target_mpp: float,
+    tile_px: int,
+    workers: int = 1,
+    keep_level0: bool = False,
+) -> SlidePlan:
+    """Level, grid, tissue mask and tile tissue fractions of an open slide whose level 0 is
+    ``mpp0`` µm/px: the one computation both the ingest and the slide QC use."""
+    choice = choose_level(slide.level_downsamples, mpp0, target_mpp, tile_px, slide.name)
+    lw, lh = slide.level_dimensions[choice.level]
+    grid = plan_grid(lw, lh, choice)
+    rgb, ds = slide.overview(
+        mask_downsample(mpp0, choice.extent_l0, slide.width, slide.height),
+        workers=workers,
+        keep_level0=keep_level0 and choice.level == 0,
+    )
+    tissue = detect_tissue(rgb, ds, mpp0, slide.width, slide.height)
+    fractions = tissue.fractions([(t.x, t.y) for t in grid], choice.extent_l0)
+    return SlidePlan(choice, grid, tissue, fractions)
+
+
 def prepare_slide(
     file: SourceFile,
     source_id: str,
@@ -372,18 +409,8 @@ def prepare_slide(
         if slide.mpp is None:  # not reached: Slide(require_mpp=True) raised already
             raise MissingMppError(f"{slide.name}: no microns-per-pixel")
         mpp = slide.mpp
-        choice = choose_level(
-            slide.level_downsamples, mpp, options.mpp, options.tile_px, slide.name
-        )
-        lw, lh = slide.level_dimensions[choice.level]
-        grid = plan_grid(lw, lh, choice)
-        rgb, ds = slide.overview(
-            mask_downsample(mpp, choice.extent_l0, slide.width, slide.height),
-            workers=options.workers,
-            keep_level0=choice.level == 0,
-        )
-        tissue = detect_tissue(rgb, ds, mpp, slide.width, slide.height)
-        fractions = tissue.fractions([(t.x, t.y) for t in grid], choice.extent_l0)
+        plan = plan_slide(slide, mpp, options.mpp, options.tile_px, options.workers, True)
+        choice, grid, tissue, fractions = plan.choice, plan.grid, plan.tissue, plan.fractions
     except BaseException:
         slide.close()
         raise

@@ -10,7 +10,7 @@ def extra_commands() -> list[ModuleType]:
     import importlib
 
     out = []
-    for name in ("serve", "cohorts", "exports", "probes", "compact", "integrity"):
+    for name in ("serve", "cohorts", "exports", "probes", "compact", "integrity", "qc"):
         try:
             out.append(importlib.import_module(f"lamina.api.commands.{name}"))
         except ModuleNotFoundError as exc:

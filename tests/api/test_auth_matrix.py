@@ -197,6 +197,7 @@ def test_every_route_has_a_scope(app: Any) -> None:
 def _sample_requests(app: Any) -> list[tuple[str, str, str]]:
     """(method, path, endpoint) for every registered API route, with sample arguments."""
     values = {"name": "syn", "tile_id": "0", "source_id": "x", "job_id": "nope", "filename": "x"}
+    values |= {"level": "0", "col": "0", "row": "0", "fmt": "jpeg"}  # deep-zoom tiles
     out = []
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/api/v1/"):
