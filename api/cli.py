@@ -107,7 +107,46 @@ class _Unexpected(Exception):
     """An exception no domain error describes, reported as ``error: ...`` with exit 2."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The root group: a usage error (unknown option, bad value, missing argument) of a
+    command run with ``--json`` also prints the JSON error document on stdout, code
+    ``USAGE_ERROR``; click still prints its usage message on stderr and exits 2."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            ctx = super().make_context(info_name, list(args), parent=parent, **extra)
+        except click.UsageError as exc:
+            _usage_json(exc, args)
+            raise
+        ctx.meta["lamina.args"] = list(args)
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_json(exc, ctx.meta.get("lamina.args", []))
+            raise
+
+
+def _usage_json(exc: click.UsageError, args: list[str]) -> None:
+    options = args[: args.index("--")] if "--" in args else args
+    if "--json" in options:
+        emit_json(
+            {"ok": False, "status": 400, "code": "USAGE_ERROR", "error": exc.format_message()}
+        )
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),

@@ -76,6 +76,8 @@ def parse_expr(expr: str) -> Condition:
             f"cannot parse filter {expr!r}: expected COL=V1[,V2], COL!=V, COL>=N, COL<=N, COL>N or COL<N"
         )
     col, sym, raw = m.group(1).strip(), m.group(2), m.group(3).strip()
+    if sym == "=" and raw.startswith("="):  # COL==V (as in SQL or pandas) means COL=V
+        raw = raw[1:].strip()
     if not col:
         raise FilterError(f"filter {expr!r} names no column")
     if raw == "":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from typing import NoReturn
 
@@ -111,16 +113,35 @@ def register(cli: click.Group) -> None:
         auth = "token required" if enabled else "no token"
         if cluster:
             auth += f", {shards} shards x {replicas} replicas on {cluster}"
+        try:  # binds the socket now, so a busy port is refused before anything says "serving"
+            server = waitress.create_server(
+                app,
+                host=host,
+                port=port,
+                threads=workers,
+                ident="lamina",
+                max_request_body_size=limit + 65_536 if limit else 1 << 30,
+                clear_untrusted_proxy_headers=True,
+            )
+        except OSError as exc:
+            _refuse(bind_error(host, port, exc))
+        bound = getattr(server, "effective_port", port)  # the real port of --port 0
         click.echo(
-            f"lamina: serving {ctx.home} on http://{host}:{port} ({workers} threads, {auth})",
+            f"lamina: serving {ctx.home} on http://{host}:{bound} ({workers} threads, {auth})",
             err=True,
         )
-        waitress.serve(
-            app,
-            host=host,
-            port=port,
-            threads=workers,
-            ident="lamina",
-            max_request_body_size=limit + 65_536 if limit else 1 << 30,
-            clear_untrusted_proxy_headers=True,
+        server.run()
+
+
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """One line saying why ``host:port`` cannot be listened on, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another lamina serve or another "
+            "program); stop it, or choose another port with --port N (--port 0 picks a free one)"
         )
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {host}:{port} (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host}:{port}: {host} is not an address of this machine"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
