@@ -75,8 +75,9 @@ class _Handle:
     """An open slide and its generator; shared by reader threads (OpenSlide is thread-safe)."""
 
     def __init__(self, path: Path, tile_size: int, overlap: int) -> None:
-        from lamina.indexer.slides import _open
         from openslide.deepzoom import DeepZoomGenerator
+
+        from lamina.indexer.slides import _open
 
         self.slide = _open(path)
         self.dz = DeepZoomGenerator(
@@ -210,7 +211,6 @@ class DeepZoomCache:
 
 def _read_tile(handle: _Handle, path: str, level: int, col: int, row: int) -> Any:
     import openslide
-
     from PIL import Image
 
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
+
 from lamina.api.app import API_PREFIX, state
 from lamina.api.errors import ApiError
 from lamina.api.limits import guarded

@@ -128,6 +128,7 @@
       st.hits.push({ tile_id: Number(h.tile_id), score: h.score == null ? null : Number(h.score),
         x: Number(h.x), y: Number(h.y), size_px: Number(h.size_px) });
     }
+    st.hits.sort((a, b) => (b.score ?? -Infinity) - (a.score ?? -Infinity) || a.tile_id - b.tile_id);
   }
 
   // -- overlays -----------------------------------------------------------------------------

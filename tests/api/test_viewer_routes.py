@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+from PIL import Image
+
 from lamina.api.app import create_app
 from lamina.encoders import create_encoder
 from lamina.indexer import IngestOptions, ingest
 from lamina.search import Store
-from PIL import Image
 
 API = "/api/v1"
 
