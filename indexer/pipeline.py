@@ -25,6 +25,7 @@ from lamina.encoders.base import resize_rgb
 from lamina.indexer.errors import IndexerError, UnreadableSourceError
 from lamina.indexer.manifest import Manifest
 from lamina.indexer.photos import read_photo
+from lamina.indexer.progress import TileProgress, slide_row
 from lamina.indexer.sources import SourceFile, content_id, discover
 from lamina.search.compaction import carry_over, maybe_compact
 from lamina.search.errors import StoreIOError, io_failure
@@ -110,6 +111,9 @@ class RunReport:
     empty: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     unmatched_manifest: list[str] = field(default_factory=list)
+    slides: list[dict[str, Any]] = field(default_factory=list)
+    """One row per slide committed: tiles, tissue share, mpp and its source, seconds (see
+    indexer/progress.py ``slide_row``)."""
     segments: list[str] = field(default_factory=list)
     cleaned_up: list[str] = field(default_factory=list)
     snapshot: str = ""
@@ -237,6 +241,9 @@ def _now() -> str:
 class Ingest:
     """One ingest run into one collection."""
 
+    _bar: TileProgress | None = None
+    """The run's progress bar (tiles), set by :meth:`_progress_bar`."""
+
     def __init__(
         self,
         collection: Collection,
@@ -333,6 +340,7 @@ class Ingest:
         self._recorded = recorded_metadata(self.collection)
         self._known_paths = {p for paths in self._known.values() for p in paths}
         self._stale: set[tuple[str, str]] = set()
+        self._started: dict[str, float] = {}  # file -> when its preparation began
         bar = self._progress_bar(files)
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
@@ -383,13 +391,22 @@ class Ingest:
         return self.report
 
     def _progress_bar(self, files: list[SourceFile]) -> Any:
-        """The run's one progress bar (sources, with the tiles so far)."""
-        return _progress(len(files), self.options.progress, self.collection.name)
+        """The run's one progress bar: tiles, its total growing as sources are opened."""
+        name = f"indexing {self.collection.name}"
+        self._bar = TileProgress(len(files), self.options.progress, name)
+        return self._bar
 
     def _advance(self, bar: Any, outcome: Any) -> None:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(tiles=self.report.tiles, failed=len(self.report.failed))
+            bar.source_done(len(self.report.failed))
+
+    def _prepare_counted(self, file: SourceFile) -> Any:
+        """:meth:`_prepare`, timed from here, its tiles added to the bar's total."""
+        self._started[str(file.path)] = time.perf_counter()
+        out = self._prepare(file)
+        if isinstance(out, PreparedSource) and self._bar is not None:
+            self._bar.planned(len(out.tiles))
+        return out
 
     def _outcomes(self, files: list[SourceFile]) -> Generator[tuple[SourceFile, Any], None, None]:
         """(file, PreparedSource | Embedded | Skipped | exception) for every file, in the
@@ -412,7 +429,7 @@ class Ingest:
         ahead = max(2, self.options.workers * 4)
         it = iter(files)
         for f in it:
-            window.append((f, pool.submit(self._prepare, f)))
+            window.append((f, pool.submit(self._prepare_counted, f)))
             if len(window) >= ahead:
                 break
         while window:
@@ -423,15 +440,19 @@ class Ingest:
                 yield f, exc
             nxt = next(it, None)
             if nxt is not None:
-                window.append((nxt, pool.submit(self._prepare, nxt)))
+                window.append((nxt, pool.submit(self._prepare_counted, nxt)))
 
     def _encode_source(self, prepared: PreparedSource, writer: SegmentWriter) -> None:
         parts: list[np.ndarray] = []
         try:
             for batch in encoder_batches(prepared.images, self.options.batch_size):
                 parts.append(self.encoder.embed(batch))
+                if self._bar is not None:
+                    self._bar.advance(len(batch))
         except Exception as exc:  # noqa: BLE001 - an unreadable region fails this source only
             self._fail(prepared.file, exc)
+            if self._bar is not None:
+                self._bar.drop(len(prepared.tiles) - sum(len(p) for p in parts))
             return
         finally:
             prepared.close()
@@ -473,6 +494,10 @@ class Ingest:
         self._known.setdefault(sid, []).append(path)
         self.report.indexed += 1
         self.report.tiles += len(done.tiles)
+        if done.source.get("kind") == "slide":
+            t0 = self._started.pop(str(done.file.path), None)
+            seconds = None if t0 is None else time.perf_counter() - t0
+            self.report.slides.append(slide_row(done.source, len(done.tiles), seconds))
         if not done.tiles:
             self.report.empty.append(
                 {"file": str(done.file.path), "reason": done.note or "no tiles"}
@@ -537,23 +562,6 @@ def _cpu_share(encoder: Encoder, readers: int) -> Iterator[None]:
     finally:
         if want != before:
             torch.set_num_threads(before)
-
-
-def _progress(total: int, enabled: bool, name: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        unit="src",
-        desc=f"indexing {name}",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        leave=True,
-        mininterval=0.2 if tty else 5.0,
-    )
 
 
 def open_collection_for(

@@ -315,6 +315,10 @@ def _print_summary(report) -> None:  # noqa: ANN001
         f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
         file=err,
     )
+    from lamina.indexer.progress import slide_table
+
+    for line in slide_table(getattr(report, "slides", [])):
+        print(f"  {line}", file=err)
     for d in report.duplicates[:5]:
         print(f"  duplicate: {d['file']} has the same content as {d['same_as']}", file=err)
     if len(report.duplicates) > 5:
