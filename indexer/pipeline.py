@@ -98,6 +98,16 @@ class Skipped:
 
 
 @dataclass
+class Moved:
+    """A photo whose bytes are already committed (or added by this run) at another path: a
+    duplicate, or a moved source whose stored rows are carried over to the new path (no
+    embedding); :meth:`Ingest._move` tells which, in file order."""
+
+    file: SourceFile
+    source_id: str
+
+
+@dataclass
 class RunReport:
     run_id: str
     collection: str
@@ -106,6 +116,11 @@ class RunReport:
     tiles: int = 0
     unchanged: int = 0
     duplicates: list[dict[str, str]] = field(default_factory=list)
+    """Files with the same bytes as another file of the run (or one committed and indexed
+    again by this run): not indexed a second time."""
+    moved: list[dict[str, str]] = field(default_factory=list)
+    """Files with the bytes of a committed source whose recorded path this run does not
+    index: the source's path is updated (``{"file": new, "from": old}``), nothing re-embedded."""
     replaced: list[dict[str, str]] = field(default_factory=list)
     """Files whose bytes changed since they were indexed: re-indexed, old rows removed."""
     empty: list[dict[str, str]] = field(default_factory=list)
@@ -261,6 +276,9 @@ class Ingest:
             run_id=self.run_id, collection=collection.name, encoder=encoder.fingerprint
         )
         self._known: dict[str, list[str]] = {}
+        self._run_ids: dict[str, str] = {}  # source ids added by this run -> their path
+        self._run_files: set[str] = set()  # resolved paths of the files this run indexes
+        self._moves: dict[tuple[str, str], dict[str, Any]] = {}
         self._recorded: dict[str, dict[str, Any]] = {}
         self._known_paths: set[str] = set()
         self._hasher: ThreadPoolExecutor | None = None
@@ -280,7 +298,7 @@ class Ingest:
             return {}
         return row
 
-    def _prepare(self, file: SourceFile) -> PreparedSource | Skipped:
+    def _prepare(self, file: SourceFile) -> PreparedSource | Skipped | Moved:
         if file.kind == "slide":
             from lamina.indexer.slides import prepare_slide
 
@@ -305,6 +323,8 @@ class Ingest:
         sid = content_id(data)
         if self._committed(sid, file):
             return Skipped(file, sid)
+        if self._identity(sid, str(file.path.resolve()))[0] != "new":
+            return Moved(file, sid)  # moved or a duplicate (decided again in order, in _move)
         meta = self._metadata(file)
         return prepare_photo(file, rgb, sid, meta, self.options, self.encoder.input_px)
 
@@ -339,6 +359,8 @@ class Ingest:
         self._known = self.collection.committed_sources()
         self._recorded = recorded_metadata(self.collection)
         self._known_paths = {p for paths in self._known.values() for p in paths}
+        self._run_files = {str(f.path.resolve()) for f in files}
+        self._run_ids, self._moves = {}, {}
         self._stale: set[tuple[str, str]] = set()
         self._started: dict[str, float] = {}  # file -> when its preparation began
         bar = self._progress_bar(files)
@@ -352,6 +374,9 @@ class Ingest:
                     self._fail(file, outcome)
                 elif isinstance(outcome, Skipped):
                     self.report.unchanged += 1
+                elif isinstance(outcome, Moved):
+                    if self._move(outcome.file, outcome.source_id):
+                        writer = writer or self.collection.writer(self.run_id)
                 elif isinstance(outcome, Embedded):
                     writer = writer or self.collection.writer(self.run_id)
                     self._add_embedded(outcome, writer)
@@ -484,14 +509,20 @@ class Ingest:
                 ),
             )
             return
-        writer.add_source(done.source, done.tiles, done.vectors)
         sid, path = done.source["source_id"], done.source["source"]
+        how, other = self._identity(sid, path)
+        if how == "duplicate":
+            self.report.duplicates.append({"file": path, "same_as": other})
+            return
+        if how == "moved":  # a slide (hashed beside its reads): its stored rows move instead
+            self._move(done.file, sid)
+            return
+        writer.add_source(done.source, done.tiles, done.vectors)
         for old in {s for s, paths in self._known.items() if path in paths and s != sid}:
             self._stale.add((old, path))  # the file's bytes changed: its old rows go
             self.report.replaced.append({"file": path, "old_source_id": old})
-        if self._known.get(sid):
-            self.report.duplicates.append({"file": path, "same_as": self._known[sid][0]})
         self._known.setdefault(sid, []).append(path)
+        self._run_ids[sid] = path
         self.report.indexed += 1
         self.report.tiles += len(done.tiles)
         if done.source.get("kind") == "slide":
@@ -503,12 +534,45 @@ class Ingest:
                 {"file": str(done.file.path), "reason": done.note or "no tiles"}
             )
 
+    def _identity(self, sid: str, path: str) -> tuple[str, str]:
+        """("new" | "duplicate" | "moved", the other path) for a file of content ``sid`` at
+        ``path`` not committed there: a duplicate when this run already added those bytes or
+        indexes their committed path too; moved when they are committed only at paths this
+        run does not index (the source moved or was copied: its path is updated)."""
+        if sid in self._run_ids:
+            return "duplicate", self._run_ids[sid]
+        known = [p for p in self._known.get(sid, ()) if p != path]
+        if not known:
+            return "new", ""
+        for p in known:
+            if p in self._run_files:
+                return "duplicate", p
+        return "moved", known[0]
+
+    def _move(self, file: SourceFile, sid: str) -> bool:
+        """Carry the committed rows of ``sid`` over to ``file``'s path at the next commit
+        (True), or report ``file`` as a duplicate (False)."""
+        new = str(file.path.resolve())
+        how, old = self._identity(sid, new)
+        if how != "moved":
+            self.report.duplicates.append({"file": new, "same_as": old})
+            return False
+        self._moves[(sid, old)] = {"source": new, **file_stat(file.path)}
+        self._known[sid] = [new if p == old else p for p in self._known.get(sid, [])]
+        self._run_ids[sid] = new
+        self.report.moved.append({"file": new, "from": old})
+        return True
+
     def _commit(self, writer: SegmentWriter) -> None:
-        replaced = carry_over(self.collection, writer, self._stale) if self._stale else []
+        replaced = (
+            carry_over(self.collection, writer, self._stale, self._moves)
+            if self._stale or self._moves
+            else []
+        )
         info = writer.commit()
         if replaced:  # the new segment hides them from its commit on
             retire(self.collection.segments_dir, replaced)
-        self._stale = set()
+        self._stale, self._moves = set(), {}
         if info is not None:
             self.report.segments.append(info.segment_id)
             self._done = (self._done[0] + info.n_sources, self._done[1] + info.n_tiles)

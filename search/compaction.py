@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -209,20 +209,48 @@ def _dropped(table: pa.Table, drop: set[tuple[str, str]]) -> np.ndarray:
     return np.array([p in drop for p in zip(ids, paths, strict=True)], bool)
 
 
-def carry_over(col: Collection, writer: SegmentWriter, drop: set[tuple[str, str]]) -> list[str]:
+def _moved(table: pa.Table, moves: Mapping[tuple[str, str], Mapping[str, Any]]) -> pa.Table:
+    """``table`` with the fields of ``moves[(source_id, source)]`` (the new ``source`` path and,
+    in a sources table, the file's ``file_size`` / ``file_mtime_ns``) set on its moved rows."""
+    keys = list(zip(table.column("source_id").to_pylist(), table.column("source").to_pylist(),
+                    strict=True))  # fmt: skip
+    for name in ("source", "file_size", "file_mtime_ns"):
+        if name not in table.column_names:
+            continue
+        values = table.column(name).to_pylist()
+        new = [moves[k][name] if k in moves and name in moves[k] else v
+               for k, v in zip(keys, values, strict=True)]  # fmt: skip
+        col_type = table.schema.field(name).type
+        table = table.set_column(table.column_names.index(name), name, pa.array(new, type=col_type))
+    return table
+
+
+def carry_over(
+    col: Collection,
+    writer: SegmentWriter,
+    drop: set[tuple[str, str]],
+    moves: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+) -> list[str]:
     """Add to ``writer`` every row of the segments holding a (source_id, source path) of
     ``drop`` except those sources' rows, and make ``writer`` replace those segments (so its
     commit removes the dropped rows atomically). Returns the replaced segment ids; the
-    caller retires them after the commit. Used when a file's bytes changed since indexing."""
+    caller retires them after the commit. Used when a file's bytes changed since indexing.
+    ``moves`` maps (source_id, source path) of sources found at a new path to their new
+    ``source`` (and ``file_size`` / ``file_mtime_ns``): their rows are carried over with
+    those fields changed, tile ids and vectors unchanged."""
     hit = []
+    moves = moves or {}
     for seg in col.segments():
         if check_segment(seg, hash_limit=0):
             continue  # damaged: quarantined already (repair re-indexes it)
         sources = _read(seg.sources_path, seg.n_sources)
         keep_src = ~_dropped(sources, drop)
-        if keep_src.all():
+        moved = _dropped(sources, set(moves)).any() if moves else False
+        if keep_src.all() and not moved:
             continue
         tiles = _tiles_in_row_order(seg)
+        if moved:
+            sources, tiles = _moved(sources, moves), _moved(tiles, moves)
         keep = np.flatnonzero(~_dropped(tiles, drop))
         code = np.dtype(VECTOR_DTYPES[seg.dtype][0])
         source_vectors = np.array(seg.source_vectors(), dtype="<f4")[keep_src]

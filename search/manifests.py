@@ -80,7 +80,12 @@ class ColumnReport:
     nulls: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "declared": self.declared, "nulls": self.nulls}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "declared": self.declared,
+            "nulls": self.nulls,
+        }
 
 
 @dataclass
@@ -325,9 +330,7 @@ def _read_parquet(path: Path, na_set: set[str]) -> ManifestTable:
             values = [None if v is None else str(v).strip() for v in values]
             values = [None if v is None or v.lower() in na_set else v for v in values]
         data[name] = values
-    rows = [
-        {name: data[name][i] for name in columns} for i in range(table.num_rows)
-    ]
+    rows = [{name: data[name][i] for name in columns} for i in range(table.num_rows)]
     m = ManifestTable(path, "parquet", columns, fixed, rows, list(range(1, table.num_rows + 1)))
     return m
 

@@ -73,7 +73,33 @@ def register(cli: click.Group) -> None:
         "--manifest",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Metadata CSV joined to the files.",
+        help="Metadata table joined to the files: CSV (any of , ; tab), TSV or Parquet.",
+    )
+    @click.option(
+        "--column-type",
+        "column_types",
+        multiple=True,
+        metavar="COLUMN=TYPE",
+        help="Type of a manifest column (int, float, bool, date, text) instead of the inferred "
+        "one; repeatable.",
+    )
+    @click.option(
+        "--na-values",
+        default=None,
+        metavar="LIST",
+        help="Comma-separated manifest values read as missing, ignoring case (default "
+        "NA,N/A,NaN,unknown,none,null,-; an empty field is always missing).",
+    )
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Show the files, the manifest's column types and how files match its rows; "
+        "write nothing.",
+    )
+    @click.option(
+        "--allow-unmatched",
+        is_flag=True,
+        help="Index even when most files (over half) match no manifest row.",
     )
     @click.option(
         "--source-column",
@@ -162,6 +188,10 @@ def register(cli: click.Group) -> None:
         encoder_key: str | None,
         weights: str | None,
         manifest: str | None,
+        column_types: tuple[str, ...],
+        na_values: str | None,
+        dry_run: bool,
+        allow_unmatched: bool,
         source_column: str,
         tile_px: int,
         mpp: float,
@@ -181,11 +211,20 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Index files or folders (recursively) into a collection.
 
-        Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors.
+        Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors
+        (a missing path, a manifest that cannot be read, most files matching no manifest row).
         """
+        from lamina.api.commands.index_plan import (
+            check_paths,
+            fail,
+            make_plan,
+            mostly_unmatched,
+            print_plan,
+        )
         from lamina.api.exposure import record_roots
         from lamina.indexer import IngestOptions, Manifest
         from lamina.indexer.pipeline import open_collection_for
+        from lamina.search.manifests import parse_column_types, parse_na_values
 
         options = IngestOptions(
             tile_px=tile_px,
@@ -199,7 +238,38 @@ def register(cli: click.Group) -> None:
             options.workers = workers
         tile_px_source = click.get_current_context().get_parameter_source("tile_px")
         options.photo_tiles = tile_px_source == click.core.ParameterSource.COMMANDLINE
-        table = Manifest.load(manifest, source_column) if manifest else None
+        check_paths(paths, as_json)
+        if column_types and not manifest:
+            raise click.UsageError("--column-type needs --manifest")
+        table = (
+            Manifest.load(
+                manifest,
+                source_column,
+                parse_column_types(column_types),
+                parse_na_values(na_values),
+            )
+            if manifest
+            else None
+        )
+        plan = make_plan(list(paths), table)
+        if dry_run:
+            if as_json:
+                emit_json({"ok": True, "dry_run": True, "collection": collection, **plan})
+            else:
+                print_plan(plan)
+            sys.exit(0)
+        if mostly_unmatched(plan) and not allow_unmatched:
+            match = plan["match"]
+            if not as_json:
+                print_plan(plan, sys.stderr)
+            fail(
+                as_json,
+                "MANIFEST_UNMATCHED",
+                f"{len(match['unmatched_files'])} of {match['files']} files match no row of "
+                f"{Path(manifest or '').name} (column {source_column!r}); nothing was indexed. "
+                "Check --source-column and the manifest, or pass --allow-unmatched",
+                **plan,
+            )
         encoder = load_encoder_for(
             ctx, collection, encoder_key, weights, device, allow_test_encoder, batch_size
         )
@@ -216,12 +286,17 @@ def register(cli: click.Group) -> None:
             col, encoder, options, table, list(paths), cluster, encoders, workers, device
         )
         doc = report.to_dict()
+        if table is not None:
+            doc["manifest"] = plan["manifest"]
+            doc["match"] = plan["match"]
         if col.index_factory != "Flat":
             doc["ann_index"] = _update_index(col, progress=not no_progress)
         if as_json:
             emit_json(doc)
         else:
             _print_summary(report)
+            if table is not None:
+                _print_manifest(plan)
             if "ann_index" in doc:
                 _print_index(col.name, doc["ann_index"])
         sys.exit(0 if report.ok else 1)
@@ -338,3 +413,15 @@ def _print_summary(report) -> None:  # noqa: ANN001
             f"{Path(report.unmatched_manifest[0]).name}",
             file=err,
         )
+
+
+def _print_manifest(plan: dict[str, Any]) -> None:
+    """One line of the manifest's column types and one of the match (details: --dry-run)."""
+    m, match = plan["manifest"], plan["match"]
+    types = ", ".join(f"{c['name']} {c['type']}" for c in m["columns"])
+    print(f"  manifest {m['file']}: {types}", file=sys.stdout)
+    print(
+        f"  {match['matched']} of {match['files']} files matched a row; "
+        f"{len(match['unmatched_rows'])} rows matched no file",
+        file=sys.stdout,
+    )

@@ -106,15 +106,19 @@ def derm_store(tmp_path_factory: pytest.TempPathFactory, derm_dir: Path):  # noq
 def test_ingest_indexes_every_photo_with_metadata(derm_store, derm_dir: Path) -> None:  # noqa: ANN001
     home, report, _, _ = derm_store
     n = len(list((derm_dir / "images").glob("*.jpg")))
-    assert report.ok and report.indexed == n and report.tiles == n
+    # the subset holds one byte-identical pair (two SEK photos of PAT_701): the second is
+    # reported as a duplicate of the first and not indexed again
+    assert report.ok and report.indexed == n - 1 and report.tiles == n - 1
     assert not report.unmatched_manifest
-    # the subset holds one byte-identical pair: both indexed, the second reported as duplicate
-    assert len(report.duplicates) == 1
+    assert [(Path(d["file"]).name, Path(d["same_as"]).name) for d in report.duplicates] == [
+        ("PAT_701_4056_457.jpg", "PAT_701_1321_156.jpg")
+    ]
     view = SearchService(Store(home)).view("derm")
-    assert view.n_tiles == n
+    assert view.n_tiles == n - 1
+    assert len(view.sql("SELECT DISTINCT source_id FROM tiles")) == n - 1
     rows = view.sql("SELECT diagnostic, count(*) AS n FROM tiles GROUP BY 1")
     counts = {r["diagnostic"]: r["n"] for r in rows}
-    assert counts == {"ACK": 114, "BCC": 194, "MEL": 43, "NEV": 182, "SCC": 22, "SEK": 131}
+    assert counts == {"ACK": 114, "BCC": 194, "MEL": 43, "NEV": 182, "SCC": 22, "SEK": 130}
     assert view.schema["age"] == "BIGINT" and view.schema["biopsed"] == "BOOLEAN"
 
 
@@ -141,6 +145,7 @@ def test_rerun_is_a_noop(derm_store, derm_dir: Path) -> None:  # noqa: ANN001
         Store(home), "derm", [derm_dir / "images"], enc, IngestOptions(progress=False), manifest
     )
     assert again.indexed == 0 and again.unchanged == first.indexed and again.segments == []
+    assert len(again.duplicates) == 1 and not again.moved  # the twin is still a duplicate
     assert SearchService(Store(home)).view("derm").n_tiles == first.indexed
 
 

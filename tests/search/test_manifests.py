@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.search.errors import ManifestFormatError
 from lamina.search.manifests import parse_column_types, parse_na_values, read_manifest
 
