@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from lamina.search.catalog import Catalog, now_utc
+from lamina.search.columns import patient_column
 from lamina.search.errors import FilterError, InvalidQueryError, StaleCohortError
 from lamina.search.filters import Condition, conditions_to_json, parse_filters
 from lamina.search.service import SearchService
@@ -39,11 +40,6 @@ BLOCK = 262_144  # float32 rows per BLAS call (memory-mapped, not copied)
 BLOCK_F16 = 32_768  # float16 rows converted per block
 DENSE = 0.25
 RUN = 64  # mean run length above which runs of rows are sliced, not gathered
-
-
-def patient_column(view: CollectionView) -> str | None:
-    col = str(view.collection.info.get("patient_column") or "patient_id")
-    return col if col in view.schema else None
 
 
 def checked_conditions(view: CollectionView, conds: Sequence[Condition]) -> list[Condition]:

@@ -3,8 +3,11 @@
 One row per tile, ordered by tile id: ``tile_id, source, source_id, patient, label, split,
 group, embedding``; rows whose label is null are dropped (and counted). ``label`` is the
 label column's value as text; ``patient`` the patient column's value as text (or null);
-``group`` the unit of splitting: the ``--split-by`` value as text, or ``tile:<id>`` when
-there is no ``--split-by`` (or the tile's value is null, which makes the tile its own group).
+``group`` the unit of splitting: the split column's value as text, or ``tile:<id>`` when the
+split is by image (or the tile's value is null, which makes the tile its own group). The split
+column (:func:`search.columns.split_column`): ``split_by`` when given (a column, or a role such
+as ``patient``); without it the collection's patient column when it has one; ``image`` (or no
+patient column) splits by image, and ``meta["warnings"]`` then says why scores may be inflated.
 
 Split (:func:`assign_split`), deterministic in ``seed``: every group gets a majority label
 (ties: the smallest label). For each label in sorted order, that label's groups (sorted) are
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lamina.search.cohorts import patient_column
+from lamina.search.columns import patient_column, split_column
 from lamina.search.errors import InvalidQueryError
 from lamina.search.filters import Condition
 from lamina.search.views import CollectionView
@@ -75,11 +78,12 @@ def _encode(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_columns(view: CollectionView, label_column: str, split_by: str | None) -> None:
-    """InvalidQueryError unless the label (and split-by) columns exist in the collection."""
-    for col, what in ((label_column, "label column"), (split_by, "split-by column")):
-        if col is not None and col not in view.schema:
-            known = ", ".join(view.metadata_columns)
-            raise InvalidQueryError(f"unknown {what} {col!r}; metadata columns: {known}")
+    """InvalidQueryError unless the label column exists and ``split_by`` names a split
+    (:func:`search.columns.split_column`: a column, a role, ``image`` or None)."""
+    if label_column not in view.schema:
+        known = ", ".join(view.metadata_columns)
+        raise InvalidQueryError(f"unknown label column {label_column!r}; metadata columns: {known}")
+    split_column(view, split_by)
 
 
 def assign_split(
@@ -248,6 +252,7 @@ def build_labeled_set(
     pos = (
         np.arange(view.n_tiles, dtype=np.int64)
         if tile_ids is None
+    split_col, warnings = split_column(view, split_by)
         else _present_positions(view, tile_ids)
     )
     n_all = len(pos)
@@ -262,7 +267,7 @@ def build_labeled_set(
     ids = ids_unsorted[order]
     pos_by_id = pos[order]
     label = label.take(by_id)
-    grp = column_text(view, split_by, pos).take(by_id)
+    grp = column_text(view, split_col, pos).take(by_id)
     tile_names = pc.binary_join_element_wise("tile:", pa.array(ids).cast(pa.string()), "")
     groups = pc.if_else(grp.is_valid(), grp, tile_names) if len(ids) else grp
     is_test = assign_split(groups, label, test_fraction, seed)
@@ -288,7 +293,7 @@ def build_labeled_set(
         "encoder": view.collection.fingerprint,
         "encoder_key": view.collection.encoder_key,
         "label_column": label_column,
-        "split_by": split_by,
+        "split_by": split_col,
         "patient_column": pcol,
         "test_fraction": float(test_fraction),
         "seed": int(seed),
@@ -300,6 +305,7 @@ def build_labeled_set(
         "n_train": int((~is_test).sum()),
         "n_test": int(is_test.sum()),
         "embedding_dim": int(view.dim),
+        "warnings": warnings,
     }
     out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta)
     if neighbors is not None:

@@ -3,24 +3,32 @@
 Values never reach the SQL text: they are bound as parameters. Column names are checked
 against the collection's schema and then quoted, so user input cannot change the query.
 
-EXPR: ``COL=V1[,V2...]``, ``COL!=V1[,V2...]``, ``COL>=N``, ``COL<=N``, ``COL>N``, ``COL<N``
+EXPR: ``COL=V1[,V2...]``, ``COL!=V1[,V2...]``, ``COL~=V1[,V2...]``, ``COL>=N``, ``COL<=N``,
+``COL>N``, ``COL<N``
 JSON: ``{"label": {"in": ["MEL", "BCC"]}, "age": {"gte": 50}, "site": {"ne": "A"}, "x": "v"}``
+
+Text matching: ``=`` / ``in`` / ``eq`` are exact (case and accents count); ``~=`` (JSON
+``iin``, a list or one value) matches text case-insensitively (Unicode lower case of both
+sides); on a numeric or boolean column it is ``=``. :func:`value_warnings` names the values of
+``=``, ``!=`` and ``~=`` conditions that match no value of their column, with the column's
+values that differ only in case.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lamina.search.errors import FilterError
 
-OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
+OPERATORS = ("eq", "ne", "in", "nin", "iin", "gt", "gte", "lt", "lte")
+LIST_OPERATORS = ("in", "nin", "iin")
 _SQL_OP = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-_EXPR_RE = re.compile(r"^\s*([^!<>=]+?)\s*(!=|>=|<=|=|>|<)(.*)$", re.S)
-_EXPR_OP = {"=": "in", "!=": "nin", ">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+_EXPR_RE = re.compile(r"^\s*([^!<>=~]+?)\s*(!=|~=|>=|<=|=|>|<)(.*)$", re.S)
+_EXPR_OP = {"=": "in", "!=": "nin", "~=": "iin", ">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
 NUMERIC_TYPES = (
     "TINYINT",
     "SMALLINT",
@@ -73,7 +81,8 @@ def parse_expr(expr: str) -> Condition:
     m = _EXPR_RE.match(expr)
     if not m:
         raise FilterError(
-            f"cannot parse filter {expr!r}: expected COL=V1[,V2], COL!=V, COL>=N, COL<=N, COL>N or COL<N"
+            f"cannot parse filter {expr!r}: expected COL=V1[,V2], COL!=V, COL~=V (any case), "
+            "COL>=N, COL<=N, COL>N or COL<N"
         )
     col, sym, raw = m.group(1).strip(), m.group(2), m.group(3).strip()
     if sym == "=" and raw.startswith("="):  # COL==V (as in SQL or pandas) means COL=V
@@ -83,7 +92,7 @@ def parse_expr(expr: str) -> Condition:
     if raw == "":
         raise FilterError(f"filter {expr!r} has no value")
     op = _EXPR_OP[sym]
-    values = tuple(_split_values(raw)) if op in ("in", "nin") else (raw,)
+    values = tuple(_split_values(raw)) if op in LIST_OPERATORS else (raw,)
     if len(values) > MAX_IN_VALUES:
         raise FilterError(
             f"filter on {col!r} lists {len(values)} values; the limit is {MAX_IN_VALUES}"
@@ -110,7 +119,9 @@ def parse_json(spec: Mapping[str, Any]) -> list[Condition]:
                 raise FilterError(
                     f"unknown filter operator {op!r} on {col!r}; use one of {OPERATORS}"
                 )
-            if op in ("in", "nin"):
+            if op == "iin" and not isinstance(value, list | tuple | Mapping):
+                value = [value]
+            if op in LIST_OPERATORS:
                 if not isinstance(value, list | tuple):
                     raise FilterError(f"{col}.{op} needs a list of values")
                 if len(value) > MAX_IN_VALUES:
@@ -188,6 +199,11 @@ def _coerce_number(value: Any, base: str, cond: Condition) -> int | float:
     return num
 
 
+def is_text(sql_type: str) -> bool:
+    """Whether a column of this DuckDB type holds text (``~=`` folds its case)."""
+    return sql_type.upper().split("(")[0] in ("VARCHAR", "TEXT", "STRING")
+
+
 def _coerce(value: Any, sql_type: str, cond: Condition) -> Any:
     base = sql_type.upper().split("(")[0]
     if value is None:
@@ -222,7 +238,14 @@ def compile_conditions(
         col = prefix + quote_ident(cond.column)
         typ = schema[cond.column]
         vals = [_coerce(v, typ, cond) for v in cond.values]
-        if cond.op in ("in", "nin"):
+        if cond.op == "iin" and is_text(typ):
+            non_null = [v.lower() for v in vals if v is not None]
+            parts = [f"lower({col}) IN ({', '.join('?' for _ in non_null)})"] if non_null else []
+            params.extend(non_null)
+            if len(non_null) != len(vals):
+                parts.append(f"{col} IS NULL")
+            clauses.append(f"({' OR '.join(parts) if parts else 'FALSE'})")
+        elif cond.op in LIST_OPERATORS:
             non_null = [v for v in vals if v is not None]
             has_null = len(non_null) != len(vals)
             parts = []
@@ -232,7 +255,7 @@ def compile_conditions(
             if has_null:
                 parts.append(f"{col} IS NULL")
             inner = " OR ".join(parts) if parts else "FALSE"
-            clauses.append(f"({inner})" if cond.op == "in" else f"NOT coalesce(({inner}), FALSE)")
+            clauses.append(f"({inner})" if cond.op != "nin" else f"NOT coalesce(({inner}), FALSE)")
         elif vals[0] is None:
             if cond.op not in ("eq", "ne"):
                 raise FilterError(f"cannot compare {cond.column!r} with null")
@@ -250,8 +273,70 @@ def conditions_to_json(conds: Iterable[Condition]) -> dict[str, dict[str, Any]]:
     """Canonical JSON form (used to record cohort definitions)."""
     out: dict[str, dict[str, Any]] = {}
     for c in conds:
-        val: Any = list(c.values) if c.op in ("in", "nin") else c.values[0]
+        val: Any = list(c.values) if c.op in LIST_OPERATORS else c.values[0]
         out.setdefault(c.column, {})[c.op] = val
+    return out
+
+
+MAX_WARNINGS = 10
+
+
+def value_warnings(
+    conds: Iterable[Condition],
+    schema: Mapping[str, str],
+    distinct: Callable[[str], Collection[Any]],
+) -> list[str]:
+    """One warning per value of an ``=``/``!=``/``~=`` (``in``/``nin``/``eq``/``ne``/``iin``)
+    condition that equals no value of its column (``distinct(column)``: the column's distinct
+    non-null values), naming the values that differ from it only in case. At most
+    :data:`MAX_WARNINGS`; never raises for a value the filter itself accepts."""
+    out: list[str] = []
+    for cond in conds:
+        if cond.op not in ("eq", "ne", *LIST_OPERATORS) or cond.column not in schema:
+            continue
+        typ = schema[cond.column]
+        try:
+            vals = [_coerce(v, typ, cond) for v in cond.values]
+        except FilterError:
+            continue
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            continue
+        known = distinct(cond.column)
+        text = is_text(typ)
+        folded: dict[str, list[str]] | None = None
+        for v in vals:
+            if cond.op == "iin" and text:
+                if folded is None:
+                    folded = _fold(known)
+                if str(v).lower() in folded:
+                    continue
+            elif v in known or (not text and str(v) in {str(k) for k in known}):
+                continue
+            if text:
+                folded = _fold(known) if folded is None else folded
+                variants = sorted(folded.get(str(v).lower(), []))
+            else:
+                variants = []
+            what = f"no tile has {cond.column} {_short(v)}"
+            if variants:
+                shown = ", ".join(_short(x) for x in variants[:5])
+                what += (
+                    f" (values differing only in case: {shown}; `=` matches exactly, "
+                    f"`{cond.column}~=...` matches any case)"
+                )
+            out.append(f"filter on {cond.column!r}: {what}")
+            if len(out) >= MAX_WARNINGS:
+                return out
+    return out
+
+
+def _fold(values: Iterable[Any]) -> dict[str, list[str]]:
+    """Lower-cased text -> the values that fold to it."""
+    out: dict[str, list[str]] = {}
+    for v in values:
+        if isinstance(v, str):
+            out.setdefault(v.lower(), []).append(v)
     return out
 
 
@@ -314,7 +399,11 @@ def condition_mask(column: Any, cond: Condition, sql_type: str, n: int) -> Any:
             ) from None
         return res.fill_null(False).to_numpy(zero_copy_only=False)
 
-    if cond.op in ("in", "nin"):
+    folded = cond.op == "iin" and want == pa.string()
+    if folded:
+        column = pc.utf8_lower(column)
+        vals = [v.lower() if isinstance(v, str) else v for v in vals]
+    if cond.op in LIST_OPERATORS:
         non_null = [v for v in vals if v is not None]
         hit = np.zeros(n, dtype=bool)
         if non_null:
@@ -332,7 +421,7 @@ def condition_mask(column: Any, cond: Condition, sql_type: str, n: int) -> Any:
             hit = hit & ~is_null
         if len(non_null) != len(vals):
             hit = hit | is_null
-        return hit if cond.op == "in" else ~hit
+        return hit if cond.op != "nin" else ~hit
     if vals[0] is None:
         if cond.op not in ("eq", "ne"):
             raise FilterError(f"cannot compare {cond.column!r} with null")

@@ -2,7 +2,8 @@
 
 Probe, per training fraction f (default 12.5, 25, 50, 100 %):
 
-* The training *groups* (the ``group`` column: patients with ``--split-by``, tiles without)
+* The training *groups* (the ``group`` column: the split column's values -- by default the
+  collection's patient column, see :func:`search.columns.split_column` -- or tiles by image)
   are sorted and shuffled once with ``numpy.random.default_rng(seed)``; fraction f trains on
   the first ``max(1, ceil(f * n_groups))`` of them, so smaller fractions are nested in larger.
 * Inputs are standardised (``StandardScaler`` fit on that training subset), then
@@ -221,6 +222,7 @@ def probe_labeled_set(
         "encoder": meta.get("encoder"),
         "label_column": meta.get("label_column"),
         "split_by": meta.get("split_by"),
+        "warnings": list(meta.get("warnings") or []),
         "cohort": meta.get("cohort"),
         "seed": int(seed),
         "test_fraction": meta.get("test_fraction"),

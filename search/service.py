@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from lamina.search import planner
 from lamina.search.ann import AnnIndex, update_index
+from lamina.search.columns import column_by_name, group_column
 from lamina.search.compaction import cluster
 from lamina.search.errors import FilterError, InvalidQueryError
-from lamina.search.filters import Condition, parse_filters
+from lamina.search.filters import Condition, parse_filters, value_warnings
 from lamina.search.index_spec import index_slug
 from lamina.search.segment_reader import forget_readers
 from lamina.search.store import Collection, Store
@@ -58,20 +59,29 @@ class Hit:
 
 @dataclass
 class Group:
+    """One group of a grouped answer: ``key`` the column (``slide`` for sources), ``value``
+    its value (a source id for slides), ``score`` its best tile's score, ``n_hits`` its tiles
+    matching the query's filters, ``hits`` up to ``per_group`` of its best tiles among those
+    ranked (the first is its best), ``name`` (slides only) the source file as hits show it."""
+
     key: str
     value: Any
     score: float
     n_hits: int
     hits: list[Hit]
+    name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "key": self.key,
             "value": self.value,
             "score": self.score,
             "n_hits": self.n_hits,
             "hits": [h.to_dict() for h in self.hits],
         }
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass
@@ -87,6 +97,8 @@ class SearchResult:
     """Damaged (quarantined) segments of the snapshot: the answer covers the others only."""
     missing_shards: list[int] = field(default_factory=list)
     """Shards that did not answer a ``partial=true`` sharded search (``search.sharded``)."""
+    warnings: list[str] = field(default_factory=list)
+    """Filter values matching no value of their column (``search.filters.value_warnings``)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -95,6 +107,7 @@ class SearchResult:
             "snapshot": self.snapshot,
             "encoder": self.encoder,
             "hits": [h.to_dict() for h in self.hits],
+            "warnings": list(self.warnings),
         }
         if self.groups is not None:
             out["groups"] = [g.to_dict() for g in self.groups]
@@ -181,6 +194,7 @@ class SearchService:
         if current is None or wait or (wait is None and not self.background):
             return self._refresh(name, col, state, key)
         with state.lock:
+            current.collection.info = col.info  # settings (column roles...) as now on disk
             start = not state.refreshing
             state.refreshing = True
         if start:
@@ -374,6 +388,7 @@ class SearchService:
         group_col = self._group_column(view, group_by)
         out = []
         if group_col is None:
+        warnings = value_warnings(conds, view.schema, view.distinct_values)
             ranking = self._rank(view, q, offset + k, conds, params, partial)
             for hits in ranking.hits:
                 out.append(
@@ -391,6 +406,7 @@ class SearchService:
             return out
         for row in q:
             hits, groups, ranking = self._grouped(
+                        warnings=warnings,
                 view, row[None], offset + k, conds, group_col, per_group, params, partial
             )
             out.append(
@@ -409,6 +425,7 @@ class SearchService:
         return out
 
     def _rank(
+                    warnings=warnings,
         self,
         view: Any,
         q: np.ndarray,
@@ -447,8 +464,7 @@ class SearchService:
     def _exclude_same(
         self, view: CollectionView, column: str, query_tile_id: int | None
     ) -> list[Condition]:
-        if column not in view.schema:
-            raise InvalidQueryError(f"exclude_same: unknown column {column!r}")
+        column = column_by_name(view, column, "exclude_same")
         if query_tile_id is None:
             raise InvalidQueryError("exclude_same needs a stored query (tile_id or region)")
         value = view.tile(query_tile_id).get(column)
@@ -459,16 +475,7 @@ class SearchService:
     def _group_column(self, view: CollectionView, group_by: str | None) -> str | None:
         if group_by in (None, ""):
             return None
-        if group_by == "slide" or group_by == "source":
-            return "source_id"
-        if group_by == "patient":
-            col = str(view.collection.info.get("patient_column") or "patient_id")
-            if col not in view.schema:
-                raise InvalidQueryError(
-                    f"group_by=patient needs a {col!r} metadata column in {view.collection.name!r}"
-                )
-            return col
-        raise InvalidQueryError(f"group_by must be 'slide' or 'patient', not {group_by!r}")
+        return group_column(view, str(group_by))
 
     def _hits(self, view: CollectionView, scores: np.ndarray, pos: np.ndarray) -> list[Hit]:
         rows = view.rows_at(pos)
@@ -485,7 +492,12 @@ class SearchService:
         params: Mapping[str, Any] | None,
         partial: bool = False,
     ) -> tuple[list[Hit], list[Group], Ranking]:
-        """Fetch ever more hits (x4) until they hold k groups or every matching tile."""
+        """The k best groups: fetch ever more ranked tiles (x4) until they hold k groups or
+        every matching tile. Tiles without a value in ``column`` belong to no group. A group
+        is ranked by its best tile (the first of its tiles in the ranking), so the first k
+        distinct groups of the ranking are the k best; the answer's hits are their best
+        tiles, one per group, in that order."""
+        conds = [*conds, Condition(column, "ne", (None,))]
         fetch = max(100, k * per_group * 10)  # the planner clamps it to the matching tiles
         while True:
             ranking = self._rank(view, q, fetch, conds, params, partial)
@@ -494,17 +506,32 @@ class SearchService:
             groups: dict[Any, list[Hit]] = {}
             for h in hits:
                 value = h.source_id if column == "source_id" else h.metadata.get(column)
-                groups.setdefault(value, []).append(h)
+                groups.setdefault(_hashable(value), []).append(h)
             if len(groups) >= k or fetch >= n_avail:
                 break
             fetch = min(n_avail, fetch * 4)
-        ranked_groups = sorted(groups.items(), key=lambda kv: -kv[1][0].score)[:k]
+        ranked_groups = list(groups.values())[:k]  # first appearance = best tile, in rank order
         key = "slide" if column == "source_id" else column
         out = [
-            Group(key=key, value=v, score=g[0].score, n_hits=len(g), hits=g[:per_group])
-            for v, g in ranked_groups
+            Group(
+                key=key,
+                value=v,
+                score=g[0].score,
+                n_hits=n,
+                hits=g[:per_group],
+                name=g[0].source if column == "source_id" else None,
+            )
+            for v, g, n in zip(values, ranked_groups, counts, strict=True)
         ]
-        return hits[:k], out, ranking
+        return best, out, ranking
+
+
+def _hashable(value: Any) -> Any:
+    """A dict key for a group value (lists, from list-typed columns, become tuples)."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+        best = [g[0] for g in ranked_groups]
+        values = [h.source_id if column == "source_id" else h.metadata.get(column) for h in best]
+        counts = view.group_counts(column, conds, [h.tile_id for h in best], values)
 
 
 _SETTLED_NS = 100_000_000  # file times older than this cannot hide a later change

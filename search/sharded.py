@@ -155,6 +155,41 @@ class ClusterView:
             + (f"; damaged segments not answering: {', '.join(missing)})" if missing else ")")
         )
 
+    def distinct_values(self, column: str) -> frozenset[Any]:
+        """The distinct non-null values of ``column`` over every shard."""
+        from lamina.search.filters import quote_ident
+
+        col = quote_ident(column)
+        rows = self.sql(f"SELECT DISTINCT {col} AS v FROM tiles WHERE {col} IS NOT NULL")
+        return frozenset(row["v"] for row in rows)
+
+    def group_counts(
+        self,
+        column: str,
+        conds: Sequence[Condition],
+        tile_ids: Sequence[int],
+        values: Sequence[Any],
+    ) -> list[int]:
+        """For each value: the tiles matching ``conds`` with that value of ``column``, counted
+        on every shard and summed (as :meth:`search.views.CollectionView.group_counts`)."""
+        from lamina.search.filters import compile_conditions, quote_ident
+
+        wanted = [v for v in values if v is not None]
+        if not wanted:
+            return [0 for _ in values]
+        where, params = compile_conditions(conds, self.schema)
+        col = quote_ident(column)
+        marks = ", ".join("?" for _ in wanted)
+        query = (
+            f"SELECT {col} AS v, count(*) AS n FROM tiles WHERE ({where}) AND {col} IN ({marks}) "
+            "GROUP BY 1"
+        )
+        total: dict[Any, int] = {}
+        for row in self.sql(query, [*params, *wanted]):
+            v = _jsonable(row["v"])
+            total[v] = total.get(v, 0) + int(row["n"])
+        return [total.get(v, 0) for v in values]
+
     def sql(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """A row lookup on every shard, rows concatenated in shard order (not for aggregates)."""
         found, _ = self.service.fan(self, "sources", lambda i: (query, list(params or [])))

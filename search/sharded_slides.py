@@ -20,10 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from lamina.search.cohorts import checked_conditions
 from lamina.search.errors import InvalidQueryError, SourceNotFoundError
-from lamina.search.filters import Condition, parse_filters
+from lamina.search.filters import parse_filters, value_warnings
 from lamina.search.params import effective
 from lamina.search.service import MAX_K, SearchResult, _hit, unit_queries
-from lamina.search.slide_ranking import EXACT_BELOW, mean_of_top, slide_query, slide_result
+from lamina.search.slide_ranking import (
+    EXACT_BELOW,
+    exclusion,
+    mean_of_top,
+    slide_query,
+    slide_result,
+)
 
 if TYPE_CHECKING:
     from lamina.search.sharded import ClusterView, ShardedSearchService
@@ -91,14 +97,8 @@ def rank_slides_sharded(
     raw, query_row = _query_vectors(svc, view, vectors, tile_id, source_id, max_queries)
     q = unit_queries(np.asarray(raw).reshape(-1, col.dim), col.dim, col.name)
     conds = checked_conditions(view, parse_filters(filters, filter_json))  # type: ignore[arg-type]
-    if exclude_same:
-        if exclude_same not in view.schema:
-            raise InvalidQueryError(f"exclude_same: unknown column {exclude_same!r}")
-        if query_row is None:
-            raise InvalidQueryError("exclude_same needs a stored query (tile_id or source_id)")
-        value = query_row.get(exclude_same)
-        if value is not None:
-            conds.append(Condition(exclude_same, "ne", (value,)))
+    warnings = value_warnings(conds, view.schema, view.distinct_values)
+    conds += exclusion(view, exclude_same, query_row)
 
     def gather(only: list[str] | None) -> tuple[dict[int, Any], list[int]]:
         return svc.fan(
@@ -135,7 +135,7 @@ def rank_slides_sharded(
         ]
         slides.append((name, float(m["score"]), int(m["count"]), g_hits))
     query = slide_query(top_m, len(q), use_ann, matched)
-    return slide_result(view, slides, query, plan, missing)
+    return slide_result(view, slides, query, plan, missing, warnings)
 
 
 def _merge(

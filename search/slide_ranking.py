@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from lamina.search import planner
 from lamina.search.cohorts import checked_conditions, score_positions
+from lamina.search.columns import column_by_name
 from lamina.search.errors import InvalidQueryError
-from lamina.search.filters import Condition, conditions_key, parse_filters
+from lamina.search.filters import Condition, conditions_key, parse_filters, value_warnings
 from lamina.search.params import effective
 from lamina.search.service import (
     MAX_K,
@@ -239,14 +240,8 @@ def rank_slides(
     q = unit_queries(np.asarray(queries).reshape(-1, col.dim), col.dim, col.name)
 
     conds = checked_conditions(view, parse_filters(filters, filter_json))
-    if exclude_same:
-        if exclude_same not in view.schema:
-            raise InvalidQueryError(f"exclude_same: unknown column {exclude_same!r}")
-        if query_row is None:
-            raise InvalidQueryError("exclude_same needs a stored query (tile_id or source_id)")
-        value = query_row.get(exclude_same)
-        if value is not None:
-            conds.append(Condition(exclude_same, "ne", (value,)))
+    warnings = value_warnings(conds, view.schema, view.distinct_values)
+    conds += exclusion(view, exclude_same, query_row)
     g = slide_groups(view, conds)
     excluded = g.names.index(source_id) if source_id is not None else -1
     matched = len(g.positions) - (int(g.counts[excluded]) if excluded >= 0 else 0)
@@ -287,7 +282,19 @@ def rank_slides(
         at += len(tiles)
         slides.append((g.names[code], float(scores[code]), int(g.counts[code]), g_hits))
     query = slide_query(top_m, len(q), use_ann, matched)
-    return slide_result(view, slides, query, plan)
+    return slide_result(view, slides, query, plan, warnings=warnings)
+
+
+def exclusion(view: Any, exclude_same: str | None, query_row: Any) -> list[Condition]:
+    """The condition leaving out tiles that share the query's value of ``exclude_same`` (a
+    column, or a role such as ``patient``: :func:`search.columns.column_by_name`)."""
+    if not exclude_same:
+        return []
+    column = column_by_name(view, exclude_same, "exclude_same")
+    if query_row is None:
+        raise InvalidQueryError("exclude_same needs a stored query (tile_id or source_id)")
+    value = query_row.get(column)
+    return [] if value is None else [Condition(column, "ne", (value,))]
 
 
 def slide_query(top_m: int, n_queries: int, use_ann: bool, matched: int) -> dict[str, Any]:
@@ -308,12 +315,20 @@ def slide_result(
     query: dict[str, Any],
     plan: dict[str, Any],
     missing_shards: list[int] | None = None,
+    warnings: list[str] | None = None,
 ) -> SearchResult:
-    """A slide-level answer: one group per ranked slide (name, score, matching tiles, its best
-    tiles), and each slide's best tile as the hit list."""
+    """A slide-level answer: one group per ranked slide (source id, score, matching tiles, its
+    best tiles, its file as ``name``), and each slide's best tile as the hit list."""
     col = view.collection
     groups = [
-        Group(key="slide", value=name, score=round(score, 6), n_hits=count, hits=hits)
+        Group(
+            key="slide",
+            value=name,
+            score=round(score, 6),
+            n_hits=count,
+            hits=hits,
+            name=hits[0].source if hits else None,
+        )
         for name, score, count, hits in slides
     ]
     return SearchResult(
@@ -326,4 +341,5 @@ def slide_result(
         plan=plan,
         missing_segments=view.missing_segments,
         missing_shards=list(missing_shards or []),
+        warnings=list(warnings or []),
     )

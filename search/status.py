@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from lamina.search.columns import declared, role_columns
 from lamina.search.store import Collection
 from lamina.search.verify import quarantined_ids, scan_segments, source_changes
 
@@ -85,6 +87,17 @@ def index_status(col: Collection) -> dict[str, Any]:
     out["built_at"] = ann.meta.get("built_at")
     out["segments_indexed"] = sum(ann.sidecar(s.segment_id).exists() for s in col.segments())
     return out
+
+
+def _column_names(healthy: list[Any]) -> set[str]:
+    """Column names of the segments' tile tables (footers only)."""
+    names: set[str] = set()
+    for seg in healthy:
+        try:
+            names.update(pq.read_schema(seg.tiles_path).names)
+        except (OSError, ValueError):  # damaged since listed: status reports it elsewhere
+            continue
+    return names
 
 
 STATUS_SOURCES = 10_000  # sources stat-ed by status (all of them: lamina verify)
@@ -165,6 +178,9 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
     }
     if view is not None:
         out["memory_bytes"] = int(view.memory_bytes())
+    names = set(view.schema) if view is not None else _column_names(healthy)
+    out.update(role_columns(col, names))  # patient_column, case_column, lesion_column
+    out["declared_columns"] = {f"{r}_column": c for r, c in declared(col).items()}
         out["resident_vector_bytes"] = resident_bytes(
             str(r.info.vectors_path) for r in view.readers
         )

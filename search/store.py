@@ -419,7 +419,6 @@ class Store:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index_factory": "Flat",
             "vector_dtype": vector_dtype,
-            "patient_column": "patient_id",
             "uuid": uuid.uuid4().hex,
         }
         info.update(extra or {})

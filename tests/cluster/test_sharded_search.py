@@ -123,8 +123,9 @@ def test_200_random_queries_equal_single_process(home: Path, sharded: Any) -> No
         ["bucket>=900"],
         ["patient_id!=P2"],
         ["bucket<50", "cluster_group!=1"],
+        ["patient_id~=p1,P2"],
     ]
-    group_pool = [None, None, "slide", "patient"]
+    group_pool = [None, None, "slide", "patient", "cluster_group"]
     compared_groups = 0
     for i in range(200):
         k = int(rng.choice([1, 5, 10, 37]))
@@ -143,14 +144,22 @@ def test_200_random_queries_equal_single_process(home: Path, sharded: Any) -> No
             b = sharded.search("flat", q, k, filters=filters, group_by=group_by, params=params)
         assert _strip(b.to_dict()) == _strip(a.to_dict()), (i, filters, group_by)
         assert b.snapshot == a.snapshot
-        assert len(b.hits) == min(k, a.plan["matched"])
+        if b.groups is None:
+            assert len(b.hits) == min(k, a.plan["matched"])
+        else:  # one hit per group: each group's best tile
+            assert [h.tile_id for h in b.hits] == [g.hits[0].tile_id for g in b.groups]
+            assert len(b.groups) <= k
         compared_groups += b.groups is not None
     assert compared_groups > 50
-    # a metadata column as the group key (the single process accepts slide/patient only)
+    # any metadata column is a group key: the same groups, scores and group sizes
+    a = single.search("flat", np.ones(DIM), 5, group_by="cluster_group", filters=["bucket<700"])
+    b = sharded.search("flat", np.ones(DIM), 5, group_by="cluster_group", filters=["bucket<700"])
+    assert _strip(b.to_dict()) == _strip(a.to_dict()) and a.groups
+    # an unknown column is refused by both, naming the columns
     with pytest.raises(Exception) as e1:
-        single.search("flat", np.ones(DIM), 5, group_by="bucket")
+        single.search("flat", np.ones(DIM), 5, group_by="ward")
     with pytest.raises(type(e1.value)):
-        sharded.search("flat", np.ones(DIM), 5, group_by="bucket")
+        sharded.search("flat", np.ones(DIM), 5, group_by="ward")
 
 
 def test_slide_ranking_and_batch_equal_single_process(home: Path, sharded: Any) -> None:
