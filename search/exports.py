@@ -246,13 +246,13 @@ def build_labeled_set(
     ``params`` are the search parameters of the neighbour search (see the module docstring).
     ``source_name`` maps each stored source path to what the file shows (a server's policy)."""
     check_columns(view, label_column, split_by)
+    split_col, warnings = split_column(view, split_by)
     if neighbors is not None and not 1 <= int(neighbors) <= 1000:
         raise InvalidQueryError(f"neighbors must be between 1 and 1000, got {neighbors!r}")
     pcol = patient_column(view)
     pos = (
         np.arange(view.n_tiles, dtype=np.int64)
         if tile_ids is None
-    split_col, warnings = split_column(view, split_by)
         else _present_positions(view, tile_ids)
     )
     n_all = len(pos)
@@ -295,6 +295,7 @@ def build_labeled_set(
         "label_column": label_column,
         "split_by": split_col,
         "patient_column": pcol,
+        "warnings": warnings,
         "test_fraction": float(test_fraction),
         "seed": int(seed),
         "neighbors": neighbors,
@@ -305,7 +306,6 @@ def build_labeled_set(
         "n_train": int((~is_test).sum()),
         "n_test": int(is_test.sum()),
         "embedding_dim": int(view.dim),
-        "warnings": warnings,
     }
     out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta)
     if neighbors is not None:

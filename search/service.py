@@ -189,12 +189,12 @@ class SearchService:
         col = self.store.collection(name)
         key = self._key(col)
         if current is not None and state.key is not None and state.key[:3] == key[:3]:
+            current.collection.info = col.info  # settings (column roles...) as now on disk
             state.stamp = stamp
             return current
         if current is None or wait or (wait is None and not self.background):
             return self._refresh(name, col, state, key)
         with state.lock:
-            current.collection.info = col.info  # settings (column roles...) as now on disk
             start = not state.refreshing
             state.refreshing = True
         if start:
@@ -383,12 +383,12 @@ class SearchService:
             if c.column not in view.schema:
                 known = ", ".join(sorted(view.schema))
                 raise FilterError(f"unknown filter column {c.column!r}; columns: {known}")
+        warnings = value_warnings(conds, view.schema, view.distinct_values)
         if exclude_same:
             conds += self._exclude_same(view, exclude_same, query_tile_id)
         group_col = self._group_column(view, group_by)
         out = []
         if group_col is None:
-        warnings = value_warnings(conds, view.schema, view.distinct_values)
             ranking = self._rank(view, q, offset + k, conds, params, partial)
             for hits in ranking.hits:
                 out.append(
@@ -401,12 +401,12 @@ class SearchService:
                         plan=ranking.plan,
                         missing_segments=view.missing_segments,
                         missing_shards=ranking.missing_shards,
+                        warnings=warnings,
                     )
                 )
             return out
         for row in q:
             hits, groups, ranking = self._grouped(
-                        warnings=warnings,
                 view, row[None], offset + k, conds, group_col, per_group, params, partial
             )
             out.append(
@@ -420,12 +420,12 @@ class SearchService:
                     plan=ranking.plan,
                     missing_segments=view.missing_segments,
                     missing_shards=ranking.missing_shards,
+                    warnings=warnings,
                 )
             )
         return out
 
     def _rank(
-                    warnings=warnings,
         self,
         view: Any,
         q: np.ndarray,
@@ -512,6 +512,9 @@ class SearchService:
             fetch = min(n_avail, fetch * 4)
         ranked_groups = list(groups.values())[:k]  # first appearance = best tile, in rank order
         key = "slide" if column == "source_id" else column
+        best = [g[0] for g in ranked_groups]
+        values = [h.source_id if column == "source_id" else h.metadata.get(column) for h in best]
+        counts = view.group_counts(column, conds, [h.tile_id for h in best], values)
         out = [
             Group(
                 key=key,
@@ -529,9 +532,6 @@ class SearchService:
 def _hashable(value: Any) -> Any:
     """A dict key for a group value (lists, from list-typed columns, become tuples)."""
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
-        best = [g[0] for g in ranked_groups]
-        values = [h.source_id if column == "source_id" else h.metadata.get(column) for h in best]
-        counts = view.group_counts(column, conds, [h.tile_id for h in best], values)
 
 
 _SETTLED_NS = 100_000_000  # file times older than this cannot hide a later change

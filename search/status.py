@@ -176,11 +176,11 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
         + (_tree_bytes(col.index_dir) if col.index_dir.is_dir() else 0),
         "index": index_status(col),
     }
-    if view is not None:
-        out["memory_bytes"] = int(view.memory_bytes())
     names = set(view.schema) if view is not None else _column_names(healthy)
     out.update(role_columns(col, names))  # patient_column, case_column, lesion_column
     out["declared_columns"] = {f"{r}_column": c for r, c in declared(col).items()}
+    if view is not None:
+        out["memory_bytes"] = int(view.memory_bytes())
         out["resident_vector_bytes"] = resident_bytes(
             str(r.info.vectors_path) for r in view.readers
         )

@@ -268,6 +268,35 @@ class CollectionView:
         codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return codes, list(values)
 
+    def distinct_values(self, column: str) -> frozenset[Any]:
+        """The distinct non-null values of ``column`` in this snapshot (cached per view)."""
+        cache = self.cache("distinct")
+        hit = cache.get(column)
+        if hit is None:
+            codes, values = self.codes(column)
+            live = self.mask(())
+            if live is not None:  # values of deleted tiles only do not count
+                kept = np.unique(codes[live])
+                values = [values[c] for c in kept.tolist() if c >= 0]
+            hit = cache[column] = frozenset(values)
+        return hit
+
+    def group_counts(
+        self,
+        column: str,
+        conds: Sequence[Condition],
+        tile_ids: Sequence[int],
+        values: Sequence[Any],
+    ) -> list[int]:
+        """For each tile id: how many tiles matching ``conds`` share its value of ``column``
+        (the sizes of groups named by one member each; ``values`` serve sharded views)."""
+        codes, _ = self.codes(column)
+        mask = self.mask(conds)
+        kept = codes if mask is None else codes[mask]
+        counts = np.bincount(kept[kept >= 0], minlength=int(codes.max(initial=-1)) + 1)
+        mine = codes[self.positions_of(tile_ids)] if len(tile_ids) else np.zeros(0, np.int64)
+        return [int(counts[c]) if c >= 0 else 0 for c in mine.tolist()]
+
     # -- bulk SQL ----------------------------------------------------------------------------
     def _tables(self) -> tuple[pa.Table, pa.Table]:
         cols = list(self.schema)
@@ -302,35 +331,6 @@ class CollectionView:
                     con.execute(_EMPTY_TILES)
                     con.execute(_EMPTY_SOURCES)
                 else:
-    def distinct_values(self, column: str) -> frozenset[Any]:
-        """The distinct non-null values of ``column`` in this snapshot (cached per view)."""
-        cache = self.cache("distinct")
-        hit = cache.get(column)
-        if hit is None:
-            codes, values = self.codes(column)
-            live = self.mask(())
-            if live is not None:  # values of deleted tiles only do not count
-                kept = np.unique(codes[live])
-                values = [values[c] for c in kept.tolist() if c >= 0]
-            hit = cache[column] = frozenset(values)
-        return hit
-
-    def group_counts(
-        self,
-        column: str,
-        conds: Sequence[Condition],
-        tile_ids: Sequence[int],
-        values: Sequence[Any],
-    ) -> list[int]:
-        """For each tile id: how many tiles matching ``conds`` share its value of ``column``
-        (the sizes of groups named by one member each; ``values`` serve sharded views)."""
-        codes, _ = self.codes(column)
-        mask = self.mask(conds)
-        kept = codes if mask is None else codes[mask]
-        counts = np.bincount(kept[kept >= 0], minlength=int(codes.max(initial=-1)) + 1)
-        mine = codes[self.positions_of(tile_ids)] if len(tile_ids) else np.zeros(0, np.int64)
-        return [int(counts[c]) if c >= 0 else 0 for c in mine.tolist()]
-
                     con.register("tiles", tiles)
                     con.register("sources", sources)
                 self._con = con
