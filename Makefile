@@ -28,14 +28,14 @@ $(BIN)/python:
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	@echo "== installing lamina[server] in editable mode: numpy, faiss-cpu, duckdb, pyarrow,"
-	@echo "   OpenSlide, scikit-image, scikit-learn, Flask... (~90 MB of wheels, ~500 MB on disk; no torch)"
+	@echo "   OpenSlide, scikit-image, scikit-learn, Flask... (~220 MB of wheels, ~0.8 GB on disk; no torch)"
 	$(BIN)/pip install --progress-bar on -e ".[server]"
 	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(MAKE) --no-print-directory torch
 	@echo "== installing lamina[server,torch,test]: the server, timm, and the test tools"
-	@echo "   (TensorFlow CPU, ONNX Runtime, Ray, Playwright, pytest, ruff, mypy; ~1.5 GB on disk)"
+	@echo "   (TensorFlow CPU, ONNX Runtime, Ray, Playwright, pytest, ruff, mypy; ~3 GB on disk besides torch)"
 	$(BIN)/pip install --progress-bar on -e ".[server,torch,test]"
 	touch $(STAMP) $(DEMO_STAMP)
 
@@ -50,10 +50,10 @@ torch: | $(BIN)/python
 	    if $(BIN)/pip install --progress-bar on --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS); then exit 0; fi; \
 	  fi; \
 	  echo "== the CPU index $(TORCH_CPU_INDEX) could not be reached or had no matching build;"; \
-	  echo "   installing torch from PyPI instead: it carries CUDA libraries (~5 GB on disk) that"; \
+	  echo "   installing torch from PyPI instead: it carries CUDA libraries (5.3 GB on disk) that"; \
 	  echo "   a machine without a GPU never uses. Re-run with network access to the CPU index to avoid it."; \
 	else \
-	  echo "== installing CUDA torch + torchvision from PyPI (~2.5 GB of wheels, ~5 GB on disk)"; \
+	  echo "== installing CUDA torch + torchvision from PyPI (~3 GB of wheels, 5.3 GB on disk with its CUDA libraries)"; \
 	fi; \
 	$(BIN)/pip install --progress-bar on $(TORCH_PINS) || $(BIN)/pip install --progress-bar on torch torchvision
 
