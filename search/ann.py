@@ -542,9 +542,11 @@ def copy_sidecars(
     target_id: str,
     n_tiles: int,
     vectors_digest: str | None = None,
+    keep: Sequence[np.ndarray | None] | None = None,
 ) -> bool:
     """Give a compacted segment the concatenated IVF assignments of the segments it merges
-    (rows keep their order), so compaction never forces re-assignment. False if not possible."""
+    (rows keep their order; ``keep[i]``: the rows of segment i carried over, None = all), so
+    compaction never forces re-assignment. False if not possible."""
     current = AnnIndex.load(col)
     if current is None or current.spec.kind != "ivf":
         return False
@@ -553,7 +555,9 @@ def copy_sidecars(
         path = current.sidecar(seg.segment_id)
         if not path.exists() or current.part_problem(seg.segment_id) is not None:
             return False  # not indexed or not trusted: the merged segment is indexed afresh
-        parts.append(np.load(path))
+        part = np.load(path)
+        rows = keep[len(parts)] if keep is not None else None
+        parts.append(part if rows is None else part[rows])
     assign = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
     if len(assign) != n_tiles:
         raise StoreError("compacted segment and its sources disagree on the number of tiles")

@@ -374,8 +374,22 @@ def show_cohort(
     if view.missing_segments:
         record["missing_segments"] = view.missing_segments
     ids, _ = catalog.members(name, record["version"])
-    record["counts"] = cohort_counts(view, ids, label_column)
+    present = present_members(view, ids)
+    record["deleted_members"] = len(ids) - len(present)
+    record["counts"] = cohort_counts(view, present, label_column)
     return record
+
+
+def present_members(view: CollectionView, tile_ids: Sequence[int]) -> np.ndarray:
+    """The cohort members still in the view (ascending): members deleted since the cohort was
+    made (and erased, or tombstoned) are left out; ``show_cohort`` counts them."""
+    ids = np.unique(np.asarray(tile_ids, dtype=np.int64).reshape(-1))
+    found = np.zeros(len(ids), bool)
+    for r in view.readers:
+        inside = (ids >= r.min_id) & (ids <= r.max_id)
+        if inside.any():
+            found[np.flatnonzero(inside)[r.rows_of(ids[inside]) >= 0]] = True
+    return ids[found]
 
 
 def check_identity(record: Mapping[str, Any], collection_uuid: str) -> None:

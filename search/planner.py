@@ -35,7 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 from lamina.search.ann import AnnIndex, SegmentANN
-from lamina.search.filters import Condition, conditions_key
+from lamina.search.filters import Condition
 from lamina.search.params import effective
 from lamina.search.scan import Backend, default_backend
 from lamina.search.views import CollectionView
@@ -89,7 +89,7 @@ def search(
     p = effective(view.collection.index_params, params)
     t0 = time.perf_counter()
     masks = view.segment_masks(conds)
-    key = conditions_key(conds) if conds else None
+    key = view.mask_key(conds)
     counts = (
         [int(np.count_nonzero(m)) for m in masks]
         if masks is not None

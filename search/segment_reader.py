@@ -7,7 +7,9 @@ immutable, so a reader is valid for the life of the process and is shared by eve
 that contains the segment: a new snapshot costs only the readers of its new segments.
 
 Row ``r`` of the table, of the vectors and of ``tile_ids`` is the same tile (the writer and
-compaction keep ``row`` equal to the physical row).
+compaction keep ``row`` equal to the physical row). A segment rewritten by a deletion keeps its
+rows (the vectors file is shared, not rewritten) and lists the deleted ones; ``live`` marks the
+others, and every mask and id lookup leaves deleted rows out.
 """
 
 from __future__ import annotations
@@ -157,6 +159,14 @@ class SegmentReader:
         self.min_id = int(self._sorted_ids[0]) if self.n else 0
         self.max_id = int(self._sorted_ids[-1]) if self.n else -1
         self.schema: dict[str, str] = {f.name: sql_type_name(f.type) for f in self.table.schema}
+        # tombstones (a deletion's rewrite): rows still on disk that no answer may include
+        self.live: np.ndarray | None = None
+        self.n_live = self.n
+        if info.n_deleted:
+            live = np.ones(self.n, dtype=bool)
+            live[info.deleted_rows()] = False
+            live.flags.writeable = False
+            self.live, self.n_live = live, int(np.count_nonzero(live))
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
         self._sources: pa.Table | None = None
@@ -181,24 +191,29 @@ class SegmentReader:
         masks = sum(m.nbytes for m in self._masks.values())
         return int(self.table.nbytes + self._id_order.nbytes + masks)
 
-    def rows_of(self, tile_ids: np.ndarray) -> np.ndarray:
-        """Rows of the given tile ids in this segment, -1 where absent."""
+    def rows_of(self, tile_ids: np.ndarray, *, deleted: bool = False) -> np.ndarray:
+        """Rows of the given tile ids in this segment, -1 where absent (and where deleted,
+        unless ``deleted``: then a deleted tile's row is given too)."""
         ids = np.asarray(tile_ids, dtype=np.int64)
         if self.n == 0:
             return np.full(len(ids), -1, np.int64)
         idx = np.clip(np.searchsorted(self._sorted_ids, ids), 0, self.n - 1)
         found = self._sorted_ids[idx] == ids
-        return np.where(found, self._id_order[idx], -1)
+        rows = np.where(found, self._id_order[idx], -1)
+        if self.live is not None and not deleted:
+            rows = np.where((rows >= 0) & self.live[np.maximum(rows, 0)], rows, -1)
+        return rows
 
     def mask(self, conds: Sequence[Condition], schema: dict[str, str]) -> np.ndarray:
-        """Bool mask over this segment's rows for the AND of ``conds`` (cached, LRU)."""
+        """Bool mask over this segment's rows for the AND of ``conds`` (cached, LRU); deleted
+        rows (tombstones) are always False, so no filter, scan or index answers them."""
         key = conditions_key(conds)
         with self._lock:
             hit = self._masks.get(key)
             if hit is not None:
                 self._masks.move_to_end(key)
                 return hit
-        out = np.ones(self.n, dtype=bool)
+        out = np.ones(self.n, dtype=bool) if self.live is None else self.live.copy()
         names = self.table.column_names
         for cond in conds:
             col = self.table.column(cond.column) if cond.column in names else None

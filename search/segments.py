@@ -8,7 +8,9 @@ A segment is a directory ``segments/<segment_id>/`` holding
 - ``sources.parquet``  one row per source (slide or photo) with its allowlisted properties;
 - ``source_vectors.f32`` row-aligned per-source vectors (mean of its tiles, L2-normalised);
 - ``segment.json``     counts, dim, vector dtype, encoder fingerprint, run id, and for a segment
-                       made by compaction the ids of the segments it ``replaces``.
+                       made by compaction the ids of the segments it ``replaces``;
+- ``deleted_rows.i64`` only in a segment rewritten by a deletion (``search.rewrite``): the rows
+                       that are tombstones (their vectors stay until the next compaction).
 
 It is written under ``segments/.tmp-<segment_id>/`` while an exclusive ``flock`` is held on a
 file inside it, fsynced, then made visible by one atomic ``rename`` (the commit). A crash
@@ -47,6 +49,7 @@ RETIRED_PREFIX = ".retired-"
 LOCK_NAME = ".writer.lock"
 RETIRED_GRACE_S = float(os.environ.get("LAMINA_RETIRED_GRACE_S", "120"))
 VECTOR_DTYPES = {"float32": ("<f4", "vectors.f32"), "float16": ("<f2", "vectors.f16")}
+DELETED_ROWS_FILE = "deleted_rows.i64"  # tombstones: raw little-endian int64 rows
 
 # Columns every tile row has. Metadata columns (from a manifest) may not use these names.
 TILE_CORE_COLUMNS: dict[str, pa.DataType] = {
@@ -169,6 +172,17 @@ class SegmentInfo:
         """The recorded checksum of one of the segment's files (None: not recorded)."""
         entry = ((self.meta or {}).get("files") or {}).get(name) or {}
         return entry.get("xxh3_64")
+
+    @property
+    def n_deleted(self) -> int:
+        """Rows deleted but still on disk (tombstones, erased by the next compaction)."""
+        return int((self.meta or {}).get("deleted_rows") or 0)
+
+    def deleted_rows(self) -> np.ndarray:
+        """The tombstoned rows of this segment, ascending (``deleted_rows.i64``; empty if none)."""
+        if not self.n_deleted:
+            return np.zeros(0, np.int64)
+        return np.fromfile(self.path / DELETED_ROWS_FILE, dtype="<i8").astype(np.int64)
 
     @property
     def tiles_path(self) -> Path:

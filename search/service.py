@@ -164,6 +164,11 @@ class SearchService:
     def collection(self, name: str) -> Collection:
         return self.store.collection(name)
 
+    def forget(self, name: str) -> None:
+        """Drop the cached view of ``name`` (its collection was dropped)."""
+        with self._states_lock:
+            self._states.pop(name, None)
+
     def _state(self, name: str) -> _State:
         with self._states_lock:
             return self._states.setdefault(name, _State())

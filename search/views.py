@@ -91,6 +91,8 @@ class CollectionView:
         if not self.readers:
             self.schema = {n: sql_type_name(t) for n, t in TILE_CORE_COLUMNS.items()}
         self.metadata_columns = [c for c in self.schema if c not in RESERVED_COLUMNS]
+        self.has_deletions = any(r.live is not None for r in self.readers)
+        """Some segment holds tombstones: every search then runs with per-segment masks."""
         self.vectors = GlobalVectors(self)
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._con: Any = None
@@ -141,7 +143,25 @@ class CollectionView:
     # -- positions ---------------------------------------------------------------------------
     @property
     def n_tiles(self) -> int:
+        """Positions of the view, deleted rows (tombstones not yet erased) included."""
         return int(self.offsets[-1])
+
+    @property
+    def n_live(self) -> int:
+        """Tiles that answer: :attr:`n_tiles` less the deleted ones."""
+        return sum(r.n_live for r in self.readers)
+
+    def live_positions(self) -> np.ndarray:
+        """Every position that is not deleted, ascending."""
+        if not self.has_deletions:
+            return np.arange(self.n_tiles, dtype=np.int64)
+        parts = [
+            np.arange(r.n, dtype=np.int64) + self.offsets[i]
+            if r.live is None
+            else np.flatnonzero(r.live) + self.offsets[i]
+            for i, r in enumerate(self.readers)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment index, row) of each global position."""
@@ -161,6 +181,15 @@ class CollectionView:
                 out[np.flatnonzero(inside)[found]] = rows[found] + self.offsets[i]
         if np.any(out < 0):
             missing = self.missing_segments
+            first = int(ids[out < 0][0])
+            if self.has_deletions and any(
+                r.live is not None and r.rows_of(np.array([first]), deleted=True)[0] >= 0
+                for r in self.readers
+            ):
+                raise TileNotFoundError(
+                    f"tile {first} was deleted from collection {self.collection.name!r} "
+                    f"(snapshot {self.snapshot.id})"
+                )
             raise TileNotFoundError(
                 f"tile {int(ids[out < 0][0])} is not in collection {self.collection.name!r} "
                 f"(snapshot {self.snapshot.id}"
@@ -231,14 +260,15 @@ class CollectionView:
 
     # -- filters -----------------------------------------------------------------------------
     def segment_masks(self, conds: Sequence[Condition]) -> list[np.ndarray] | None:
-        """Per-segment bool masks of the filter (None: no filter), cached per segment."""
-        if not conds:
+        """Per-segment bool masks of the filter (None: no filter and nothing deleted), cached
+        per segment; deleted rows are False in every mask."""
+        if not conds and not self.has_deletions:
             return None
         return [r.mask(conds, self.schema) for r in self.readers]
 
     def mask(self, conds: Sequence[Condition]) -> np.ndarray | None:
-        """Global bool mask over positions (None: no filter)."""
-        if not conds:
+        """Global bool mask over positions (None: no filter and nothing deleted)."""
+        if not conds and not self.has_deletions:
             return None
         key = conditions_key(conds)
         with self._lock:
@@ -252,6 +282,10 @@ class CollectionView:
             while len(self._masks) > _GLOBAL_MASKS:
                 self._masks.popitem(last=False)
         return out
+
+    def mask_key(self, conds: Sequence[Condition]) -> str | None:
+        """The cache key of :meth:`segment_masks` (None when it gives None)."""
+        return conditions_key(conds) if conds or self.has_deletions else None
 
     def matching_positions(self, conds: Sequence[Condition]) -> np.ndarray:
         mask = self.mask(conds)
@@ -314,7 +348,8 @@ class CollectionView:
                 else:
                     arr = pa.nulls(r.n, _ARROW_OF_SQL.get(want, pa.string()))
                 arrays.append(arr)
-            chunks.append(pa.Table.from_arrays(arrays, names=cols))
+            chunk = pa.Table.from_arrays(arrays, names=cols)
+            chunks.append(chunk if r.live is None else chunk.filter(pa.array(r.live)))
         tiles = pa.concat_tables(chunks) if chunks else None
         sources = [r.sources for r in self.readers]
         src = pa.concat_tables(sources, promote_options="permissive") if sources else None
