@@ -169,11 +169,12 @@ def merge(
     """
     dtype = group[0].dtype
     code = np.dtype(VECTOR_DTYPES[dtype][0])
-    total = sum(s.n_tiles for s in group)
+    total = sum(s.n_tiles - s.n_deleted for s in group)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     writer = SegmentWriter(
         col.segments_dir, col.dim, col.fingerprint, f"compact-{stamp}", _no_ids, dtype
     )
+    keeps: list[np.ndarray | None] = []
     try:
         done = 0
         for seg in group:
@@ -186,6 +187,22 @@ def merge(
             writer.add_block(
                 sources, tiles.slice(0, 0), np.zeros((0, col.dim), code), source_vectors
             )
+            keep = _live_rows(seg)
+            keeps.append(keep)
+            if keep is not None:  # tombstones: only the live rows are written (erasure)
+                vectors = seg.vectors()
+                for lo in range(0, len(keep), BLOCK_ROWS):
+                    rows = keep[lo : lo + BLOCK_ROWS]
+                    writer.add_block(
+                        sources.slice(0, 0),
+                        tiles.take(pa.array(rows)),
+                        np.asarray(vectors[rows]),
+                        source_vectors[:0],
+                    )
+                    done += len(rows)
+                    if progress is not None:
+                        progress("merge", done, total)
+                continue
             for lo, block in _blocks(seg, code):
                 writer.add_block(
                     sources.slice(0, 0), tiles.slice(lo, len(block)), block, source_vectors[:0]
@@ -194,7 +211,9 @@ def merge(
                 if progress is not None:
                     progress("merge", done, total)
         writer.replaces = tuple(s.segment_id for s in group)
-        copy_sidecars(col, group, writer.segment_id, writer.n_tiles, writer.vectors_digest())
+        copy_sidecars(
+            col, group, writer.segment_id, writer.n_tiles, writer.vectors_digest(), keeps
+        )
         info = writer.commit()
     except BaseException:
         writer.abort()
@@ -202,6 +221,15 @@ def merge(
     if info is None:  # pragma: no cover - a group always has sources
         raise ValueError("nothing to merge")
     return info
+
+
+def _live_rows(seg: SegmentInfo) -> np.ndarray | None:
+    """The rows of a segment that are not tombstones (None: it has none)."""
+    if not seg.n_deleted:
+        return None
+    live = np.ones(seg.n_tiles, bool)
+    live[seg.deleted_rows()] = False
+    return np.flatnonzero(live)
 
 
 def _dropped(table: pa.Table, drop: set[tuple[str, str]]) -> np.ndarray:
@@ -251,7 +279,11 @@ def carry_over(
         tiles = _tiles_in_row_order(seg)
         if moved:
             sources, tiles = _moved(sources, moves), _moved(tiles, moves)
-        keep = np.flatnonzero(~_dropped(tiles, drop))
+        alive = _live_rows(seg)  # tombstones are never carried over
+        gone = _dropped(tiles, drop)
+        if alive is not None:
+            gone[np.setdiff1d(np.arange(seg.n_tiles), alive)] = True
+        keep = np.flatnonzero(~gone)
         code = np.dtype(VECTOR_DTYPES[seg.dtype][0])
         source_vectors = np.array(seg.source_vectors(), dtype="<f4")[keep_src]
         writer.add_block(
@@ -322,8 +354,17 @@ def compact(
     progress: Progress | None = None,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    erase: bool = False,
 ) -> dict[str, Any]:
     """Merge the collection's small segments (see the module docstring); returns a summary.
+
+    Every segment holding tombstones (deleted rows) is written again without them, merged or
+    alone, whatever its size: the deleted vectors and rows are then in no visible segment. The
+    replaced directories are retired and removed after ``LAMINA_RETIRED_GRACE_S`` (120 s) by
+    the next compaction or ingest; with ``erase`` they are removed at once (a process that has
+    them mapped keeps its mapping until its next snapshot; the blocks are freed when it lets go)
+    and, when deleted rows were erased, the ANN index is trained again on the remaining
+    vectors (its centroids or codebooks were trained on a sample that may hold deleted ones).
 
     Holds the ingest lock; with ``wait=False`` returns ``{"skipped": ...}`` instead of waiting
     for an ingest that holds it (``on_wait(holder)`` is called once when waiting).
@@ -336,6 +377,9 @@ def compact(
             before = col.segments()
             healthy = [s for s in before if not check_segment(s, hash_limit=0)]
             groups = plan_groups(healthy, target_rows, min_segments)
+            grouped = {s.segment_id for g in groups for s in g}
+            groups += [[s] for s in healthy if s.n_deleted and s.segment_id not in grouped]
+            erased = sum(s.n_deleted for g in groups for s in g)
             for group in groups:
                 t1 = time.perf_counter()
                 info = merge(col, group, progress)
@@ -351,6 +395,12 @@ def compact(
                 )
             if merged:
                 cleaned["sidecars"] += _drop_sidecars(col)
+            if erase:
+                cleaned["removed"] += remove_stale(col.segments_dir, grace_s=0)
+                if erased and AnnIndex.load(col) is not None:
+                    from lamina.search.ann import update_index
+
+                    update_index(col, rebuild=True)
             after = col.segments()
     except _Busy as busy:
         return {"skipped": f"an ingest ({busy}) holds the collection's ingest lock"}
@@ -366,6 +416,8 @@ def compact(
         "tiles": sum(s.n_tiles for s in after),
         "merged": merged,
         "retired_leftovers": cleaned["retired"],
+        "erased_tiles": erased,
+        "erase": erase,
         "removed": cleaned["removed"],
         "target_rows": target_rows,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -412,8 +464,8 @@ def cluster(
     try:
         with _locked(col, wait, None):
             for seg in col.segments():
-                if seg.n_tiles < min_rows or check_segment(seg, hash_limit=0):
-                    continue
+                if seg.n_tiles < min_rows or seg.n_deleted or check_segment(seg, hash_limit=0):
+                    continue  # (a segment with tombstones is written again by compaction)
                 part = ann.segment(seg.segment_id)
                 if part is None or part.assign is None or part.contiguous:
                     continue
