@@ -219,33 +219,58 @@ def test_viewer_for_a_hit(sync_playwright: Any, wsi: Any, live_server: Any, tmp_
             browser.close()
 
 
-def test_viewer_reads_hits_from_session_storage(
+def test_viewer_with_a_token_and_stored_hits(
     sync_playwright: Any, wsi: Any, live_server: Any
 ) -> None:
-    """The other contract: the page that links here stores the search API's hits."""
+    """On a server with a token, the viewer uses the one the search page stored and sends it
+    with every tile; the other hits come from session storage (the search page's contract)."""
+    from lamina.api.app import create_app
+
+    secret = "viewer-test-token-5Gq8Zr2Lx7Pw"
+    app = create_app({"HOME": str(wsi.extensions["lamina"].home), "API_TOKEN": secret})
     rows = _rows(wsi)
     hit, others = rows[3], rows[5:8]
     stored = {
         "collection": "wsi",
         "hits": [{**r, "score": 0.5} for r in [hit, *others]],
     }
-    with live_server(wsi) as server, sync_playwright() as p:
+    with live_server(app) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.goto(server.url + "/viewer")  # no tile: says how to open one
-            page.wait_for_function("document.body.dataset.ready === 'error'")
-            assert "tile=" in page.inner_text("#status")
+            tiles: list[tuple[int, str | None]] = []
+            page.on(
+                "response",
+                lambda r: (
+                    tiles.append((r.status, r.request.headers.get("authorization")))
+                    if "/dz/" in r.url
+                    else None
+                ),
+            )
+            page.goto(f"{server.url}/viewer?collection=wsi&tile={hit['tile_id']}")
+            assert page.is_visible("#token-box")  # asks for the token, loads nothing
+            assert "token" in page.inner_text("#status")
             page.evaluate(
-                "doc => sessionStorage.setItem('lamina-viewer-hits', JSON.stringify(doc))", stored
+                """([doc, secret]) => {
+                    sessionStorage.setItem('lamina-viewer-hits', JSON.stringify(doc));
+                    sessionStorage.setItem('lamina-token', secret);
+                }""",
+                [stored, secret],
             )
             page.goto(f"{server.url}/viewer?collection=wsi&tile={hit['tile_id']}")
             page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=30_000)
+            page.wait_for_function(
+                "laminaViewer.viewer.world.getItemAt(0).getFullyLoaded()", timeout=30_000
+            )
+            assert tiles and all(t == (200, f"Bearer {secret}") for t in tiles), tiles
             marked = page.eval_on_selector_all(
                 ".hit-marker", "els => els.map(e => e.dataset.tileId)"
             )
             assert sorted(int(t) for t in marked) == sorted(r["tile_id"] for r in others)
             assert "0.5000" in page.inner_text("#tile-info")  # its score came from the store
+            page.goto(f"{server.url}/viewer")  # no tile: says how to open one
+            page.wait_for_function("document.body.dataset.ready === 'error'")
+            assert "tile=" in page.inner_text("#status")
             page.goto(f"{server.url}/viewer?collection=wsi&tile=999999999")
             page.wait_for_function("document.body.dataset.ready === 'error'")
             assert "TILE_NOT_FOUND" in page.inner_text("#status")

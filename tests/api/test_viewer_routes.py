@@ -269,3 +269,4 @@ def test_viewer_page_uses_only_local_scripts(world: Any) -> None:
         vendored / "images" / "home_rest.png"
     ).is_file()
     assert "openseadragon 5.0.1" in (vendored / "openseadragon.min.js").read_text()[:200]
+    assert "5.0.1" in (vendored / "VERSION.md").read_text()
