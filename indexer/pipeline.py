@@ -129,6 +129,9 @@ class RunReport:
     slides: list[dict[str, Any]] = field(default_factory=list)
     """One row per slide committed: tiles, tissue share, mpp and its source, seconds (see
     indexer/progress.py ``slide_row``)."""
+    updated: list[dict[str, Any]] = field(default_factory=list)
+    """Unchanged files whose manifest row changed: their metadata was rewritten (no
+    re-embedding), one entry per source with ``changes`` {column: {old, new}}."""
     segments: list[str] = field(default_factory=list)
     cleaned_up: list[str] = field(default_factory=list)
     snapshot: str = ""
@@ -283,6 +286,8 @@ class Ingest:
         self._known_paths: set[str] = set()
         self._hasher: ThreadPoolExecutor | None = None
         self._done = (0, 0)  # (sources, tiles) committed by this run
+        # manifest rows of files already committed, applied after the run's commits
+        self._metadata_updates: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- preparation (worker threads) ---------------------------------------------------------
     def _metadata(self, file: SourceFile) -> dict[str, Any]:
@@ -297,6 +302,33 @@ class Ingest:
             self.report.unmatched_manifest.append(str(file.path))
             return {}
         return row
+
+    def _note_metadata(self, skipped: Skipped) -> None:
+        """Remember the manifest row of a file already committed (applied by
+        :meth:`_update_metadata` once the run's new sources are committed)."""
+        if self.manifest is None:
+            return
+        row = self.manifest.match(skipped.file.path)
+        if row is None:
+            return
+        sid = skipped.source_id
+        where = self._known.get(sid) or []
+        here = str(skipped.file.path.resolve())
+        found = here if here in where else (where[0] if len(where) == 1 else None)
+        if found is not None:  # the key is the path the segments hold (see _located_sources)
+            stored = getattr(self, "_stored", {}).get((sid, found), found)
+            self._metadata_updates[(sid, stored)] = row
+
+    def _update_metadata(self) -> None:
+        """Rewrite the metadata of committed sources whose manifest row changed (see
+        ``search.rewrite.annotate``: a new snapshot sharing the vectors; nothing re-embedded)."""
+        updates = self._metadata_updates
+        if not updates:
+            return
+        from lamina.search.rewrite import annotate
+
+        self.report.updated = annotate(self.collection, updates, locked=True)["changed"]
+        self._metadata_updates = {}
 
     def _prepare(self, file: SourceFile) -> PreparedSource | Skipped | Moved:
         if file.kind == "slide":
@@ -374,6 +406,7 @@ class Ingest:
                     self._fail(file, outcome)
                 elif isinstance(outcome, Skipped):
                     self.report.unchanged += 1
+                    self._note_metadata(outcome)
                 elif isinstance(outcome, Moved):
                     if self._move(outcome.file, outcome.source_id):
                         writer = writer or self.collection.writer(self.run_id)
@@ -395,6 +428,7 @@ class Ingest:
             if writer is not None:
                 self._commit(writer)
                 writer = None
+            self._update_metadata()
         except KeyboardInterrupt:
             self.report.interrupted = True
             if writer is not None:

@@ -250,11 +250,15 @@ def build_labeled_set(
     if neighbors is not None and not 1 <= int(neighbors) <= 1000:
         raise InvalidQueryError(f"neighbors must be between 1 and 1000, got {neighbors!r}")
     pcol = patient_column(view)
-    pos = (
-        np.arange(view.n_tiles, dtype=np.int64)
-        if tile_ids is None
-        else _present_positions(view, tile_ids)
-    )
+    pos = view.live_positions() if tile_ids is None else _present_positions(view, tile_ids)
+    if tile_ids is not None:
+        absent = len(np.unique(np.asarray(tile_ids, dtype=np.int64))) - len(pos)
+        if absent:
+            warnings = [
+                *warnings,
+                f"{absent} of the cohort's members were deleted from the collection since "
+                "it was made and are left out",
+            ]
     n_all = len(pos)
     label = column_text(view, label_column, pos)
     keep = label.is_valid().to_numpy(zero_copy_only=False)

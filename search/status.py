@@ -143,8 +143,10 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
         "mpp": col.info.get("mpp"),
         "sources": sum(s.n_sources for s in healthy),
         "sources_by_kind": kinds,
-        "tiles": sum(s.n_tiles for s in healthy),
-        "vectors": sum(s.n_tiles for s in healthy),
+        "tiles": sum(s.n_tiles - s.n_deleted for s in healthy),
+        "vectors": sum(s.n_tiles - s.n_deleted for s in healthy),
+        # deleted tiles whose vectors are still on disk (erased by the next `lamina compact`)
+        "deleted_pending_erasure": sum(s.n_deleted for s in healthy),
         "segments": len(healthy),
         "missing_segments": quarantined_ids(problems),
         "damaged": [p.to_dict() for p in problems],
