@@ -447,6 +447,46 @@ class Client:
             n_bytes=len(data),
         )
 
+    def export_trident(
+        self,
+        collection: str,
+        out_dir: str | Path,
+        cohort: str | None = None,
+        label_column: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Write one TRIDENT patch-feature ``.h5`` per slide (``features``, ``coords`` and their
+        attributes, as TRIDENT writes them) and ``slides.csv`` into ``out_dir``.
+
+        The server runs it as a job and sends a zip; this waits, downloads it and unpacks the
+        files (plain names only). Returns the job's result: ``meta`` lists the slides written."""
+        import io
+        import zipfile
+
+        body = {
+            "collection": collection,
+            "cohort": cohort,
+            "label_column": label_column,
+            "format": "trident-h5",
+        }
+        _, _, data = self._raw(
+            "POST", "/exports", json_body={k: v for k, v in body.items() if v is not None}
+        )
+        job = wait_for_job(self, accepted_job(data), progress)
+        _, _, data = self._raw("GET", f"/jobs/{_q(job['id'])}/file")
+        out = Path(out_dir)
+        written = []
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if "/" in name or "\\" in name or name.startswith(".") or info.is_dir():
+                    raise InvalidRequest(0, "BAD_ARCHIVE", f"unexpected entry {name!r} in export")
+                _write_atomically(out / name, zf.read(info))
+                written.append(str(out / name))
+        result = dict(job.get("result") or {})
+        result["files"] = written
+        return result
+
     def probe(
         self,
         collection: str,

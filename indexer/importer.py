@@ -10,7 +10,8 @@ Every file is read and checked whole before anything from it is written: the vec
 be the declared dimension, values finite, no vector all zeros, no two vectors of one source at
 the same (x, y), no id twice; the first offending row is named with its file. A bad file is
 reported and skipped; the others are imported (exit 1, as ``lamina index``). Vectors are stored
-L2-normalised (float32), as every collection is searched by inner product on unit vectors.
+L2-normalised (float32), as every collection is searched by inner product on unit vectors;
+vectors already of unit length (within 1e-6) are stored bit for bit as given.
 
 Idempotent and crash-safe as ``lamina index``: a source's id is a hash of (file content, source
 name); sources already committed from the same place are skipped; sources are committed whole,
@@ -53,6 +54,8 @@ from lamina.search.segments import RESERVED_COLUMNS, SegmentWriter
 from lamina.search.store import Collection, Store
 
 EXTERNAL_PREFIX = "external/"
+UNIT_TOLERANCE = 1e-6
+"""A vector whose L2 norm is within this of 1 is stored as given (not divided again)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,10 @@ def check_vectors(src: ImportedSource, dim: int) -> np.ndarray:
         _first_duplicate(src, src.xy[:, 0] * (1 << 32) + src.xy[:, 1], "(x, y)")
     if src.ids is not None:
         _first_duplicate(src, np.asarray(src.ids), "id")
-    return (v / norms[:, None]).astype(np.float32, copy=False)
+    # unit vectors (to float32 rounding) are kept bit for bit: a Lamina export imported
+    # again holds identical vectors
+    scale = np.where(np.abs(norms - 1.0) <= UNIT_TOLERANCE, 1.0, norms).astype(np.float32)
+    return (v / scale[:, None]).astype(np.float32, copy=False)
 
 
 def _first_duplicate(src: ImportedSource, keys: np.ndarray, what: str) -> None:

@@ -1,7 +1,9 @@
 """Labeled embedding sets for linear probes, split without group (patient) leakage.
 
 One row per tile, ordered by tile id: ``tile_id, source, source_id, patient, label, split,
-group, embedding``; rows whose label is null are dropped (and counted). ``label`` is the
+group, x, y, level, size_px, mpp, embedding``; rows whose label is null are dropped (and
+counted). The coordinate columns say where each tile lies (level-0 pixels, the level read, the
+pixels read there, µm/px; photos and nulls: see search/export_coords.py). ``label`` is the
 label column's value as text; ``patient`` the patient column's value as text (or null);
 ``group`` the unit of splitting: the split column's value as text, or ``tile:<id>`` when the
 split is by image (or the tile's value is null, which makes the tile its own group). The split
@@ -44,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lamina.search.columns import patient_column, split_column
 from lamina.search.errors import InvalidQueryError
+from lamina.search.export_coords import coordinate_arrays, coordinates_of, tile_coordinates
 from lamina.search.filters import Condition
 from lamina.search.views import CollectionView
 
@@ -144,6 +147,8 @@ class LabeledSet:
     nn_tile_id: list[list[int]] | None = None
     nn_score: list[list[float]] | None = None
     nn_label: list[list[str]] = field(default_factory=list)
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+    """x, y, level, size_px (int64) and mpp (float64, NaN: null) per row."""
 
     @property
     def n(self) -> int:
@@ -153,6 +158,7 @@ class LabeledSet:
         cols: dict[str, pa.Array] = {"tile_id": pa.array(self.tile_id, pa.int64())}
         for c in TEXT_COLUMNS:
             cols[c] = pa.array(self.text[c], pa.string())
+        cols.update(coordinate_arrays(self.coords))
         dim = self.embedding.shape[1]
         flat = pa.array(self.embedding.reshape(-1), pa.float32())
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
@@ -311,7 +317,8 @@ def build_labeled_set(
         "n_test": int(is_test.sum()),
         "embedding_dim": int(view.dim),
     }
-    out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta)
+    coords = tile_coordinates(view, pos_by_id)
+    out = LabeledSet(tile_id=ids, text=text, embedding=emb, meta=meta, coords=coords)
     if neighbors is not None:
         strategy = _add_neighbors(view, out, label_column, int(neighbors), params)
         meta["neighbors_strategy"] = strategy
@@ -403,6 +410,7 @@ def _csv_table(ls: LabeledSet) -> pa.Table:
     cols: dict[str, Any] = {"tile_id": pa.array(ls.tile_id, pa.int64())}
     for c in TEXT_COLUMNS:
         cols[c] = pa.array(ls.text[c], pa.string())
+    cols.update(coordinate_arrays(ls.coords))
     if ls.nn_tile_id is not None:
         cols["nn_tile_id"] = [json.dumps(v) for v in ls.nn_tile_id]
         cols["nn_score"] = [
@@ -418,6 +426,7 @@ def _npz_arrays(ls: LabeledSet) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"tile_id": ls.tile_id, "embedding": ls.embedding}
     for c in TEXT_COLUMNS:
         arrays[c] = np.asarray(["" if v is None else v for v in ls.text[c]], dtype=str)
+    arrays.update({c: np.asarray(v) for c, v in ls.coords.items()})
     if ls.nn_tile_id is not None:
         k = max((len(v) for v in ls.nn_tile_id), default=0)
         arrays["nn_tile_id"] = np.full((ls.n, k), -1, np.int64)
@@ -446,6 +455,7 @@ def read_labeled_set(path: str | os.PathLike[str]) -> LabeledSet:
                 text=text,
                 embedding=z["embedding"],
                 meta=json.loads(str(z["meta_json"])),
+                coords=coordinates_of({k: z[k] for k in z.files}),
             )
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -468,6 +478,7 @@ def read_labeled_set(path: str | os.PathLike[str]) -> LabeledSet:
         text=text,
         embedding=np.asarray(emb, np.float32),
         meta=meta,
+        coords=coordinates_of({c: table.column(c) for c in table.column_names}),
     )
 
 

@@ -15,7 +15,20 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--cohort", default=None, help="Only the members of this cohort (latest version)."
     )
-    @click.option("--label-column", required=True, help="Metadata column used as the label.")
+    @click.option(
+        "--label-column",
+        default=None,
+        help="Metadata column used as the label (required, except with --format trident-h5: "
+        "there it adds a label column to slides.csv).",
+    )
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["parquet", "csv", "npz", "trident-h5"]),
+        default=None,
+        help="Default: --out's suffix. trident-h5: --out is a folder that gets one TRIDENT "
+        ".h5 per slide (features + coords, level-0 px) and slides.csv.",
+    )
     @click.option(
         "--neighbors",
         type=click.IntRange(1, 1000),
@@ -37,8 +50,9 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--out",
         required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="FILE.parquet, FILE.csv (+ FILE.csv.meta.json) or FILE.npz",
+        type=click.Path(path_type=Path),
+        help="FILE.parquet, FILE.csv (+ FILE.csv.meta.json) or FILE.npz; a folder for "
+        "--format trident-h5",
     )
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
@@ -47,7 +61,8 @@ def register(cli: click.Group) -> None:
         ctx: CliContext,
         collection: str,
         cohort: str | None,
-        label_column: str,
+        label_column: str | None,
+        fmt: str | None,
         neighbors: int | None,
         split_by: str | None,
         test_fraction: float,
@@ -55,7 +70,17 @@ def register(cli: click.Group) -> None:
         out: Path,
         as_json: bool,
     ) -> None:
-        """Write one row per labeled tile (tile_id, source, patient, label, split, embedding)."""
+        """Write one row per labeled tile (tile_id, source, patient, label, split, x, y, level,
+        size_px, mpp, embedding), or with --format trident-h5 one TRIDENT .h5 per slide."""
+        if fmt == "trident-h5":
+            from lamina.api.commands.export_trident import trident_export
+
+            trident_export(ctx, collection, cohort, label_column, split_by, neighbors, out, as_json)
+            return
+        if label_column is None:
+            raise click.UsageError("--label-column is required (except with --format trident-h5)")
+        if fmt is not None and out.suffix.lower().lstrip(".") != fmt:
+            raise click.UsageError(f"--format {fmt} writes FILE.{fmt}; --out is {out}")
         from lamina.search.exports import format_of
 
         format_of(out)

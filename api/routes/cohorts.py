@@ -199,15 +199,20 @@ def delete_cohort(name: str) -> Response:
 
 @bp.post("/exports")
 def create_export() -> Response:
-    """Queue an export; the job's file is the export (parquet, csv or npz)."""
+    """Queue an export; the job's file is the export (parquet, csv or npz; for trident-h5 a
+    zip of one .h5 per slide, api/routes/trident_export.py)."""
     from lamina.api.exposure import source_namer
     from lamina.api.routes.jobs import submit
     from lamina.search.exports import FORMATS, check_columns, export_labeled_set
 
     fields, _ = _body()
     fmt = _str(fields.get("format"), "format") or "parquet"
+    if fmt == "trident-h5":
+        from lamina.api.routes.trident_export import create_trident_export
+
+        return create_trident_export(fields)
     if fmt not in FORMATS:
-        raise _invalid(f"format must be one of {', '.join(FORMATS)}")
+        raise _invalid(f"format must be one of {', '.join(FORMATS)} or trident-h5")
     st = state()
     view = st.service.view(_str(fields.get("collection"), "collection", required=True) or "")
     test_fraction = _float(fields.get("test_fraction"), "test_fraction")

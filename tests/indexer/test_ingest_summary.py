@@ -14,11 +14,18 @@ import pytest
 from lamina.search import SearchService, Store
 
 LAMINA = [sys.executable, "-m", "lamina.api"]
-SLIDES = ("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs")
+SLIDES = ("CMU-1-Small-Region.svs", "no-mpp.tiff")
+"""A real slide that carries its µm/px and a synthetic one without it (--mpp-override)."""
 
 
-def index(home: Path, slides_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    paths = [str(slides_dir / s) for s in SLIDES]
+@pytest.fixture()
+def slides(slides_dir: Path, make_slide: Any) -> list[Path]:
+    no_mpp = make_slide(SLIDES[1], tissue=[(1, 1, 9, 8)], mpp=None, folder="summary")
+    return [slides_dir / SLIDES[0], no_mpp]
+
+
+def index(home: Path, slides: list[Path], *extra: str) -> subprocess.CompletedProcess[str]:
+    paths = [str(s) for s in slides]
     return subprocess.run(
         [*LAMINA, "--home", str(home), "index", *paths, "--collection", "s"]
         + ["--mpp-override", "0.5", "--workers", "2", *extra],
@@ -37,8 +44,8 @@ def stored_counts(home: Path) -> dict[str, tuple[int, dict[str, Any]]]:
     return out
 
 
-def test_json_rows_match_the_store(tmp_path: Path, slides_dir: Path) -> None:
-    proc = index(tmp_path, slides_dir, "--json")
+def test_json_rows_match_the_store(tmp_path: Path, slides: list[Path]) -> None:
+    proc = index(tmp_path, slides, "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     rows = {r["slide"]: r for r in doc["slides"]}
@@ -51,9 +58,9 @@ def test_json_rows_match_the_store(tmp_path: Path, slides_dir: Path) -> None:
         assert r["mpp"] == pytest.approx(props["mpp"], abs=1e-5)
         assert r["mpp_source"] == props["mpp_source"]
         assert r["seconds"] > 0
-    # CMU carries its own resolution; the TCGA copy has none, so the override applies
-    assert rows["CMU-1-Small-Region.svs"]["mpp_source"] == "properties"
-    assert rows["tcga-cr-7395-01a-01-ts1.svs"]["mpp_source"] == "override"
+    # CMU carries its own resolution; the synthetic slide has none, so the override applies
+    assert rows[SLIDES[0]]["mpp_source"] == "properties"
+    assert rows[SLIDES[1]]["mpp_source"] == "override"
     assert sum(r["tiles"] for r in rows.values()) == doc["tiles"]
     # the bar counted tiles: its last state is every tile of the run, with a rate
     total = doc["tiles"]
@@ -61,8 +68,8 @@ def test_json_rows_match_the_store(tmp_path: Path, slides_dir: Path) -> None:
     assert "src" not in proc.stderr
 
 
-def test_text_summary_is_a_table(tmp_path: Path, slides_dir: Path) -> None:
-    proc = index(tmp_path, slides_dir, "--no-progress")
+def test_text_summary_is_a_table(tmp_path: Path, slides: list[Path]) -> None:
+    proc = index(tmp_path, slides, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["slide", "tiles"])
