@@ -328,8 +328,10 @@
         ["score", fmt(st.score, 4)]);
       for (const [k, v] of Object.entries(t.metadata || {})) rows.push([k, fmt(v)]);
     }
-    rows.push(["slide", st.dzi.width + " × " + st.dzi.height + " px"],
-      ["slide µm/px", fmt(st.slideMpp, 3)]);
+    if (st.dzi) {
+      rows.push(["slide", st.dzi.width + " × " + st.dzi.height + " px"],
+        ["slide µm/px", fmt(st.slideMpp, 3)]);
+    }
     for (const [k, v] of rows) {
       const dt = document.createElement("dt");
       dt.textContent = k;
@@ -403,8 +405,14 @@
     try {
       desc = await api(sourcePath(st.sourceId) + "/dzi");
     } catch (e) {
-      if (e.code === "NOT_A_SLIDE") await showPhoto(st.sourceId);
-      throw e;
+      if (e.code !== "NOT_A_SLIDE") throw e;
+      // a photo: no pyramid to zoom into; its image and the tile's record instead
+      await showPhoto(st.sourceId);
+      $("osd").hidden = true;
+      showInfo();
+      setStatus("A photo has no deep-zoom pyramid: its image is shown in the panel.");
+      document.body.dataset.ready = "photo";
+      return;
     }
     st.dzi = desc.dzi;
     st.slideMpp = desc.mpp;

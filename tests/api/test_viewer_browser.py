@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def wsi(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path) -> Any:
+def wsi(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path, derm_dir: Path) -> Any:
     from lamina.api.app import create_app
     from lamina.encoders import create_encoder
     from lamina.indexer import IngestOptions, ingest
@@ -34,11 +34,15 @@ def wsi(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path) -> Any:
     report = ingest(
         Store(home),
         "wsi",
-        [slides_dir / "CMU-1-Small-Region.svs", slides_dir / "tcga-cr-7395-01a-01-ts1.svs"],
+        [
+            slides_dir / "CMU-1-Small-Region.svs",
+            slides_dir / "tcga-cr-7395-01a-01-ts1.svs",
+            sorted((derm_dir / "images").glob("*.jpg"))[0],
+        ],
         create_encoder("classic/stain-texture"),
         IngestOptions(progress=False, mpp_override=0.5),
     )
-    assert report.ok and report.indexed == 2
+    assert report.ok and report.indexed == 3
     return create_app({"HOME": str(home), "DEVICE": "cpu", "API_TOKEN": None})
 
 
@@ -268,6 +272,14 @@ def test_viewer_with_a_token_and_stored_hits(
             )
             assert sorted(int(t) for t in marked) == sorted(r["tile_id"] for r in others)
             assert "0.5000" in page.inner_text("#tile-info")  # its score came from the store
+            # a photo has no pyramid: its image is shown instead
+            view = wsi.extensions["lamina"].service.view("wsi")
+            photo = view.sql("SELECT tile_id FROM tiles WHERE kind = 'photo'")[0]["tile_id"]
+            page.goto(f"{server.url}/viewer?collection=wsi&tile={photo}")
+            page.wait_for_function("document.body.dataset.ready === 'photo'", timeout=30_000)
+            page.wait_for_function("document.getElementById('photo').naturalWidth > 0")
+            assert page.is_visible("#photo") and not page.is_visible("#osd")
+            assert str(photo) in page.inner_text("#tile-info")
             page.goto(f"{server.url}/viewer")  # no tile: says how to open one
             page.wait_for_function("document.body.dataset.ready === 'error'")
             assert "tile=" in page.inner_text("#status")
