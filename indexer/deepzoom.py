@@ -12,7 +12,9 @@ Bounds (per :class:`DeepZoomCache`, one per server process):
 
 - at most ``max_slides`` slide handles open at once, least recently used evicted (an evicted
   handle closes when the last request using it ends, never under a reader);
-- encoded tiles kept in an LRU of at most ``max_tile_bytes`` bytes;
+- encoded tiles kept in an LRU of at most ``max_tile_bytes`` bytes, and OpenSlide's decoded
+  slide tiles in one cache of ``decoded_cache_bytes`` shared by all open slides (instead of
+  OpenSlide's 32 MiB per slide);
 - a handle is keyed by (path, size, mtime): a file replaced on disk is opened again, and a
   file whose size or bytes differ from what was indexed is refused
   (:class:`~lamina.indexer.errors.SourceChangedError`) before any pixel is served.
@@ -41,6 +43,7 @@ JPEG_QUALITY = 85
 FORMATS = ("jpeg", "png")
 DEFAULT_MAX_SLIDES = 8
 DEFAULT_MAX_TILE_BYTES = 64 << 20
+DEFAULT_DECODED_CACHE_BYTES = 64 << 20
 
 
 class DeepZoomRangeError(IndexerError):
@@ -74,12 +77,14 @@ class DeepZoomInfo:
 class _Handle:
     """An open slide and its generator; shared by reader threads (OpenSlide is thread-safe)."""
 
-    def __init__(self, path: Path, tile_size: int, overlap: int) -> None:
+    def __init__(self, path: Path, tile_size: int, overlap: int, cache: Any = None) -> None:
         from openslide.deepzoom import DeepZoomGenerator
 
         from lamina.indexer.slides import _open
 
         self.slide = _open(path)
+        if cache is not None:
+            self.slide.set_cache(cache)
         self.dz = DeepZoomGenerator(
             self.slide, tile_size=tile_size, overlap=overlap, limit_bounds=False
         )
@@ -104,8 +109,11 @@ class DeepZoomCache:
         max_tile_bytes: int = DEFAULT_MAX_TILE_BYTES,
         tile_size: int = TILE_SIZE,
         overlap: int = OVERLAP,
+        decoded_cache_bytes: int = DEFAULT_DECODED_CACHE_BYTES,
     ) -> None:
         self.max_slides = max(1, int(max_slides))
+        self.decoded_cache_bytes = int(decoded_cache_bytes)
+        self._decoded: Any = None  # one OpenSlideCache shared by every open slide
         self.max_tile_bytes = max(0, int(max_tile_bytes))
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
@@ -139,7 +147,7 @@ class DeepZoomCache:
         from lamina.indexer.tile_images import check_unchanged
 
         check_unchanged(source)
-        handle = _Handle(Path(key[0]), self.tile_size, self.overlap)
+        handle = _Handle(Path(key[0]), self.tile_size, self.overlap, self._decoded_cache())
         with self._lock:
             found = self._handles.get(key)
             if found is not None:
@@ -150,6 +158,18 @@ class DeepZoomCache:
             while len(self._handles) > self.max_slides:
                 self._handles.popitem(last=False)  # closed by GC once no reader holds it
         return key, handle
+
+    def _decoded_cache(self) -> Any:
+        """OpenSlide's decoded-tile cache, one for all open slides (OpenSlide >= 4; older
+        libraries keep one cache per slide)."""
+        if self._decoded is None and self.decoded_cache_bytes > 0:
+            import openslide
+
+            try:
+                self._decoded = openslide.OpenSlideCache(self.decoded_cache_bytes)
+            except (AttributeError, openslide.OpenSlideVersionError):
+                self.decoded_cache_bytes = 0
+        return self._decoded
 
     def info(self, source: Mapping[str, Any]) -> DeepZoomInfo:
         """The pyramid geometry of an indexed slide (opens it once; later calls reuse it)."""
