@@ -272,6 +272,11 @@ def test_viewer_with_a_token_and_stored_hits(
             )
             assert sorted(int(t) for t in marked) == sorted(r["tile_id"] for r in others)
             assert "0.5000" in page.inner_text("#tile-info")  # its score came from the store
+            # a slide by source id: no tile outlined, the slide's geometry in the panel
+            page.goto(f"{server.url}/viewer?collection=wsi&source={hit['source_id']}")
+            page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=30_000)
+            assert page.locator("#hit-outline").count() == 0
+            assert "2220 × 2967 px" in page.inner_text("#tile-info")
             # a photo has no pyramid: its image is shown instead
             view = wsi.extensions["lamina"].service.view("wsi")
             photo = view.sql("SELECT tile_id FROM tiles WHERE kind = 'photo'")[0]["tile_id"]
