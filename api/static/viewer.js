@@ -440,6 +440,13 @@
   $("toggle-tissue").addEventListener("change", (e) => { $("tissue-layer").style.display = e.target.checked ? "" : "none"; });
   $("toggle-hits").addEventListener("change", (e) => { $("osd").classList.toggle("hide-hits", !e.target.checked); });
   $("draw-box").addEventListener("click", () => setDrawMode(!st.drawMode));
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || (!st.drawMode && !st.drag)) return;
+    st.drag = null;
+    const box = $("draw-layer") && $("draw-layer").querySelector("rect.draw-box");
+    if (box) box.remove();
+    setDrawMode(false);
+  });
   $("token-save").addEventListener("click", () => {
     sessionStorage.setItem("lamina-token", $("token").value.trim());
     location.reload();

@@ -171,6 +171,10 @@ def test_viewer_for_a_hit(sync_playwright: Any, wsi: Any, live_server: Any, tmp_
                     else None
                 ),
             )
+            page.click("#draw-box")  # Escape leaves the draw mode; press it again
+            assert page.get_attribute("#draw-box", "aria-pressed") == "true"
+            page.keyboard.press("Escape")
+            assert page.get_attribute("#draw-box", "aria-pressed") == "false"
             page.click("#draw-box")
             x0, y0 = screen["x"] + 2, screen["y"] + 2
             x1, y1 = screen["x"] + screen["w"] - 2, screen["y"] + screen["h"] - 2
