@@ -381,7 +381,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "ExportRequest": {
         "type": "object",
-        "required": ["collection", "label_column"],
+        "required": ["collection"],
+        "description": "label_column is required except with format trident-h5",
         "properties": {
             "collection": _STR,
             "cohort": _STR,
@@ -390,7 +391,11 @@ SCHEMAS: dict[str, Any] = {
             "split_by": _STR,
             "test_fraction": {"type": "number", "default": 0.2},
             "seed": _SEED,
-            "format": {"enum": ["parquet", "csv", "npz"]},
+            "format": {
+                "enum": ["parquet", "csv", "npz", "trident-h5"],
+                "description": "trident-h5: a zip of one TRIDENT .h5 per slide and slides.csv "
+                "(label_column optional; split_by and neighbors refused)",
+            },
         },
     },
     "ProbeRequest": {
@@ -674,6 +679,7 @@ PATHS: dict[str, Any] = {
 
 
 def openapi_spec(version: str) -> dict[str, Any]:
+    from lamina.api.openapi_qc import QC_PATHS
     from lamina.api.openapi_viewer import VIEWER_PATHS
 
     return {
@@ -686,7 +692,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": {**PATHS, **VIEWER_PATHS},
+        "paths": {**PATHS, **VIEWER_PATHS, **QC_PATHS},
         "components": {
             "schemas": SCHEMAS,
             "responses": {"Error": _json(_ref("Error"), "Error")},
