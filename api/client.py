@@ -72,6 +72,21 @@ __all__ = [
 ]
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half a file)."""
+    import os
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Client:
     """A Lamina server at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
@@ -142,6 +157,35 @@ class Client:
 
     def collection(self, name: str) -> dict[str, Any]:
         return dict(self._json("GET", f"/collections/{_q(name)}")["collection"])
+
+    def collection_index(self, name: str) -> dict[str, Any]:
+        """Index factory, stored/effective search parameters, dtype and index coverage."""
+        return dict(self._json("GET", f"/collections/{_q(name)}/index")["collection"])
+
+    def set_collection_index(
+        self,
+        name: str,
+        index_factory: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a new index factory and/or default search parameters (admin scope); vectors
+        are never touched. Returns the new settings as :meth:`collection_index` does."""
+        body = {"index_factory": index_factory, "params": dict(params) if params else None}
+        return dict(
+            self._json(
+                "PUT",
+                f"/collections/{_q(name)}/index",
+                json_body={k: v for k, v in body.items() if v is not None},
+            )["collection"]
+        )
+
+    def compact(
+        self, name: str, target_rows: int | None = None, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Merge ``name``'s small segments (a server job; waits for it): the summary."""
+        body = {} if target_rows is None else {"target_rows": int(target_rows)}
+        _, _, data = self._raw("POST", f"/collections/{_q(name)}/compact", json_body=body)
+        return dict(wait_for_job(self, accepted_job(data), progress)["result"])
 
     def facets(self, collection: str, max_values: int | None = None) -> dict[str, Any]:
         """The collection's filterable metadata columns: numeric ones with min/max/count,
@@ -396,8 +440,16 @@ class Client:
         doc = self._json("GET", "/cohorts")
         return [CohortInfo(data=dict(c), raw=c) for c in doc["cohorts"]]
 
-    def cohort(self, name: str) -> CohortInfo:
-        doc = self._json("GET", f"/cohorts/{_q(name)}")
+    def cohort(
+        self, name: str, version: int | None = None, label_column: str | None = None
+    ) -> CohortInfo:
+        """Cohort ``name`` (its latest version, or ``version``) with counts per slide, per
+        patient and per label (every low-cardinality column, or ``label_column`` only)."""
+        doc = self._json(
+            "GET",
+            f"/cohorts/{_q(name)}",
+            query={"version": version, "label_column": label_column},
+        )
         return CohortInfo(data=dict(doc["cohort"]), raw=doc)
 
     def delete_cohort(self, name: str) -> str:
@@ -438,13 +490,20 @@ class Client:
         )
         job = wait_for_job(self, accepted_job(data), progress)
         _, headers, data = self._raw("GET", f"/jobs/{_q(job['id'])}/file")
-        out.write_bytes(data)
+        result = job.get("result") or {}
+        meta = dict(result.get("meta") or {})
+        _write_atomically(out, data)
+        if fmt == "csv":  # a CSV cannot carry its provenance: it goes beside it, as locally
+            text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+            _write_atomically(Path(str(out) + ".meta.json"), text.encode())
         h = {k.lower(): v for k, v in headers.items()}
         return ExportInfo(
             path=out,
             snapshot=h.get("x-lamina-snapshot"),
             encoder=h.get("x-lamina-encoder"),
             n_bytes=len(data),
+            export=dict(result.get("export") or {}),
+            meta=meta,
         )
 
     def export_trident(

@@ -167,7 +167,21 @@ class ProbeReport(Document):
 
 @dataclass
 class ExportInfo:
+    """A downloaded export: where it was written, and the server's record of it (``export``:
+    id, args, rows, sha256...; ``meta``: what the file itself records)."""
+
     path: Path
     snapshot: str | None
     encoder: str | None
     n_bytes: int
+    export: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job's answer as the API gives it: ``{"ok", "export", "meta", "n_bytes"}``."""
+        return {
+            "ok": True,
+            "export": copy.deepcopy(self.export),
+            "meta": copy.deepcopy(self.meta),
+            "n_bytes": self.n_bytes,
+        }

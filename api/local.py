@@ -27,6 +27,10 @@ def local_app(home: Path, config: dict[str, Any] | None = None) -> Any:
 
     app = create_app({"HOME": str(home), "API_TOKEN": None, **(config or {})})
     app.extensions[LOCAL_OWNER_KEY] = True
+    # a command lives for one answer: views are prepared before answering (never on a thread
+    # the exit would cut short), and no ANN index is built behind it (`lamina collection build`
+    # and servers do that)
+    app.extensions["lamina"].service.background = False
     return app
 
 

@@ -200,3 +200,35 @@ def status_of(store: Any, name: str, *, strict: bool = False) -> dict[str, Any]:
         if strict:
             raise
         return {"name": name, "error": str(exc)}
+
+
+def index_state(col: Collection) -> dict[str, Any]:
+    """The index settings of ``col`` and how far its ANN index covers the committed segments
+    (``index.state``: ``exact`` for Flat, else ``none``, ``partial`` or ``ready``)."""
+    from lamina.search.ann import AnnIndex, build_progress
+    from lamina.search.params import effective
+
+    segments = col.segments()
+    doc: dict[str, Any] = {
+        "name": col.name,
+        "index_factory": col.index_factory,
+        "index_params": col.index_params,
+        "effective_params": effective(col.index_params, None),
+        "vector_dtype": col.vector_dtype,
+        "tiles": sum(s.n_tiles for s in segments),
+        "segments": len(segments),
+    }
+    if col.index_factory == "Flat":
+        doc["index"] = {"state": "exact", "segments_indexed": 0}
+        return doc
+    ann = AnnIndex.load(col)
+    indexed = [s for s in segments if ann is not None and ann.sidecar(s.segment_id).exists()]
+    doc["index"] = {
+        "state": "none" if ann is None else "ready" if len(indexed) == len(segments) else "partial",
+        "version": None if ann is None else ann.version,
+        "built_at": None if ann is None else ann.meta.get("built_at"),
+        "segments_indexed": len(indexed),
+        "tiles_indexed": sum(s.n_tiles for s in indexed),
+        "build": build_progress(col),
+    }
+    return doc

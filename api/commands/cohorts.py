@@ -1,17 +1,18 @@
 """`lamina cohort create|list|show|delete`: saved, versioned tile sets (see search/cohorts.py).
 
-Locally the command reads and writes the home's catalog directly (``with Catalog(home)``),
-also while servers run on the same home; with ``--url``/``LAMINA_URL`` it goes through a server.
+Every subcommand goes through ``ctx.client()`` and the cohort routes: with ``--url`` a server,
+else the in-process app over the home's catalog (shared with every server on the home). The
+printed text and the ``--json`` document are the route's answer either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
@@ -24,12 +25,6 @@ def as_doc(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     return obj
-
-
-def _embed_examples(collection: Any, files: Sequence[tuple[str, bytes]]) -> Any:
-    from lamina.api.queries import embed_examples
-
-    return embed_examples(collection, files)
 
 
 def _print_cohort(c: dict[str, Any]) -> None:
@@ -112,45 +107,19 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("give --k or --min-score, not both")
         if (k is not None or min_score is not None) and not (near or near_tiles):
             raise click.UsageError("--k / --min-score need --near or --near-tile")
-        if ctx.url:
-            from lamina.api.client import Client
-            from lamina.search.filters import conditions_to_json, parse_filters
+        from lamina.search.filters import conditions_to_json, parse_filters
 
-            spec = conditions_to_json(parse_filters(filters)) if filters else None
-            res = Client(ctx.url, token=ctx.token).create_cohort(
-                name,
-                collection,
-                filter=spec,
-                near=list(near) or None,
-                near_tiles=list(near_tiles) or None,
-                k=k,
-                min_score=min_score,
-            )
-            doc = as_doc(res)
-            cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
-        else:
-            from lamina.search import SearchService
-            from lamina.search.catalog import Catalog
-            from lamina.search.cohorts import create_cohort
-
-            service = SearchService(ctx.store())
-            files = [(p, Path(p).read_bytes()) for p in near]
-            vectors, described = (
-                _embed_examples(service.collection(collection), files) if files else ([], [])
-            )
-            with Catalog(ctx.home) as catalog:
-                cohort = create_cohort(
-                    catalog,
-                    service,
-                    name,
-                    collection,
-                    filters=filters,
-                    near_vectors=vectors,
-                    near_images=described,
-                    near_tile_ids=near_tiles,
-                    k=k,
-                    min_score=min_score,
-                )
+        spec = conditions_to_json(parse_filters(filters)) if filters else None
+        res = ctx.client().create_cohort(
+            name,
+            collection,
+            filter=spec,
+            near=list(near) or None,
+            near_tiles=list(near_tiles) or None,
+            k=k,
+            min_score=min_score,
+        )
+        cohort = res.data
         if as_json:
             emit_json({"ok": True, "cohort": cohort})
         else:
@@ -162,23 +131,13 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def list_command(ctx: CliContext, as_json: bool) -> None:
         """Cohorts (latest version of each)."""
-        if ctx.url:
-            from lamina.api.client import Client
-
-            doc = as_doc(Client(ctx.url, token=ctx.token).cohorts())
-            cohorts = doc.get("cohorts", doc) if isinstance(doc, dict) else doc
-        else:
-            from lamina.search.catalog import Catalog
-
-            with Catalog(ctx.home) as catalog:
-                cohorts = catalog.cohorts()
+        cohorts = [c.data for c in ctx.client().cohorts()]
         if as_json:
             emit_json({"ok": True, "cohorts": cohorts})
             return
         if not cohorts:
             click.echo("no cohorts")
         for c in cohorts:
-            c = as_doc(c)
             click.echo(
                 f"{c['name']:<24} v{c['version']:<3} {c['collection']:<16} "
                 f"{c['n_tiles']:>7} tiles  snapshot {c['snapshot']}  {c['created_at']}"
@@ -205,24 +164,7 @@ def register(cli: click.Group) -> None:
         ctx: CliContext, name: str, label_column: str | None, version: int | None, as_json: bool
     ) -> None:
         """One cohort with counts per slide, per patient and per label."""
-        if ctx.url:
-            from lamina.api.client import Client
-
-            doc = as_doc(Client(ctx.url, token=ctx.token).cohort(name))
-            cohort = doc.get("cohort", doc) if isinstance(doc, dict) else doc
-        else:
-            from lamina.search import SearchService
-            from lamina.search.catalog import Catalog
-            from lamina.search.cohorts import show_cohort
-
-            with Catalog(ctx.home) as catalog:
-                cohort = show_cohort(
-                    catalog,
-                    SearchService(ctx.store()),
-                    name,
-                    version=version,
-                    label_column=label_column,
-                )
+        cohort = ctx.client().cohort(name, version=version, label_column=label_column).data
         if as_json:
             emit_json({"ok": True, "cohort": cohort})
         else:
@@ -235,15 +177,7 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def delete_command(ctx: CliContext, name: str, as_json: bool) -> None:
         """Delete cohort NAME (all its versions)."""
-        if ctx.url:
-            from lamina.api.client import Client
-
-            Client(ctx.url, token=ctx.token).delete_cohort(name)
-        else:
-            from lamina.search.catalog import Catalog
-
-            with Catalog(ctx.home) as catalog:
-                catalog.delete_cohort(name)
+        name = ctx.client().delete_cohort(name)
         if as_json:
             emit_json({"ok": True, "deleted": name})
         else:

@@ -6,6 +6,10 @@ touched. ``build`` trains the index when it has none (or ``--rebuild``) and inde
 committed segment without one (``search.ann.update_index``), with a progress bar on stderr.
 A server builds the same index in the background by itself; ``build`` is for CLI-only use and
 for doing it ahead of time. ``show`` prints the settings and the index's state.
+
+``set`` and ``show`` go through ``ctx.client()`` (GET|PUT /collections/{name}/index: a server
+with ``--url``, else the in-process app). ``build`` is local by nature: it trains and writes
+the index in this process, as ``lamina index`` does; a server builds its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 _STAGES = {"train": "training", "index": "indexing", "cluster": "clustering"}
@@ -62,37 +67,6 @@ def build_index(col: Any, progress: bool, rebuild: bool = False) -> dict[str, An
             bar.close()
 
 
-def index_state(col: Any) -> dict[str, Any]:
-    """The settings of ``col`` and how far its index covers the committed segments."""
-    from lamina.search.ann import AnnIndex, build_progress
-    from lamina.search.params import effective
-
-    segments = col.segments()
-    doc: dict[str, Any] = {
-        "name": col.name,
-        "index_factory": col.index_factory,
-        "index_params": col.index_params,
-        "effective_params": effective(col.index_params, None),
-        "vector_dtype": col.vector_dtype,
-        "tiles": sum(s.n_tiles for s in segments),
-        "segments": len(segments),
-    }
-    if col.index_factory == "Flat":
-        doc["index"] = {"state": "exact", "segments_indexed": 0}
-        return doc
-    ann = AnnIndex.load(col)
-    indexed = [s for s in segments if ann is not None and ann.sidecar(s.segment_id).exists()]
-    doc["index"] = {
-        "state": "none" if ann is None else "ready" if len(indexed) == len(segments) else "partial",
-        "version": None if ann is None else ann.version,
-        "built_at": None if ann is None else ann.meta.get("built_at"),
-        "segments_indexed": len(indexed),
-        "tiles_indexed": sum(s.n_tiles for s in indexed),
-        "build": build_progress(col),
-    }
-    return doc
-
-
 def _print_state(doc: dict[str, Any]) -> None:
     idx = doc["index"]
     click.echo(
@@ -116,7 +90,7 @@ def _local_only(ctx: CliContext, what: str) -> None:
     if ctx.url:
         raise click.UsageError(
             f"lamina collection {what} works on a local store (--home); the server builds "
-            "indexes by itself"
+            "indexes by itself (set them with `lamina --url ... collection set`)"
         )
 
 
@@ -157,7 +131,6 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Store the index factory and/or default search parameters of collection NAME."""
-        _local_only(ctx, "set")
         given = {
             "nprobe": nprobe,
             "ef_search": ef_search,
@@ -168,9 +141,7 @@ def register(cli: click.Group) -> None:
         params = {k: v for k, v in given.items() if v is not None}
         if index_factory is None and not params:
             raise click.UsageError("give --index-factory and/or a search parameter to set")
-        col = ctx.store().collection(name)
-        col.set_index(index_factory, params or None)
-        doc = index_state(col)
+        doc = ctx.client().set_collection_index(name, index_factory, params or None)
         if as_json:
             emit_json({"ok": True, "collection": doc})
             return
@@ -195,6 +166,8 @@ def register(cli: click.Group) -> None:
         col = ctx.store().collection(name)
         report = build_index(col, not no_progress, rebuild=rebuild)
         if as_json:
+            from lamina.search.status import index_state
+
             emit_json({"ok": True, "build": report, "collection": index_state(col)})
             return
         if "skipped" in report:
@@ -213,18 +186,7 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def show_command(ctx: CliContext, name: str, as_json: bool) -> None:
         """Index factory, search parameters, vector dtype and index coverage of NAME."""
-        if ctx.url:
-            from lamina.api.client import Client
-
-            remote = Client(ctx.url, token=ctx.token).collection(name)
-            if as_json:
-                emit_json({"ok": True, "collection": remote})
-            else:
-                for key, value in remote.items():
-                    if key not in ("last_runs", "failures", "metadata_columns"):
-                        click.echo(f"{key}: {value}")
-            return
-        doc = index_state(ctx.store().collection(name))
+        doc = ctx.client().collection_index(name)
         if as_json:
             emit_json({"ok": True, "collection": doc})
         else:

@@ -3,14 +3,15 @@
 Always compacts (``lamina index`` does so by itself past ``LAMINA_COMPACT_SEGMENTS`` small
 segments); waits while an ingest writes to the collection. Searches, servers included, go on
 meanwhile and see the merged segment on their next snapshot. Progress goes to stderr.
+
+One path: each collection is compacted by a job of the API (POST /collections/{name}/compact)
+through ``ctx.client()``: a server with ``--url``, else the in-process app on the home.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
@@ -36,51 +37,14 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Merge small segments: fewer files, faster searches; tile ids do not change."""
-        from lamina.search.compaction import DEFAULT_TARGET_ROWS, compact
+        from lamina.api.client_jobs import stderr_progress
 
-        store = ctx.store()
-        names = [collection] if collection else store.names()
+        client = ctx.client()
+        names = [collection] if collection else [c["name"] for c in client.collections()]
         out = []
         for name in names:
-            col = store.collection(name)
-            bar: Any = None
-
-            def progress(stage: str, done: int, total: int, name: str = name) -> None:
-                nonlocal bar
-                if no_progress:
-                    return
-                if bar is None:
-                    from tqdm import tqdm
-
-                    bar = tqdm(
-                        total=total,
-                        unit="tile",
-                        unit_scale=True,
-                        desc=f"compacting {name}",
-                        file=sys.stderr,
-                        dynamic_ncols=True,
-                        mininterval=0.2 if sys.stderr.isatty() else 5.0,
-                    )
-                if total != bar.total:  # the next group
-                    bar.reset(total=total)
-                bar.update(done - bar.n)
-
-            def waiting(holder: str, name: str = name) -> None:
-                click.echo(
-                    f"lamina: an ingest ({holder}) is writing to {name!r}; waiting for it",
-                    err=True,
-                )
-
-            try:
-                summary = compact(
-                    col,
-                    target_rows=target_rows or DEFAULT_TARGET_ROWS,
-                    progress=progress,
-                    on_wait=waiting,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
+            progress = None if no_progress else stderr_progress(f"compact {name}")
+            summary = client.compact(name, target_rows=target_rows, progress=progress)
             out.append(summary)
             if not as_json:
                 merged = summary["merged"]

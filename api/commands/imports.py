@@ -1,5 +1,12 @@
 """`lamina import`: embeddings computed elsewhere (TRIDENT/CLAM .h5, Parquet/NPZ tables, Google
-embedding-API JSON) -> a collection bound to a declared encoder. See indexer/importer.py."""
+embedding-API JSON) -> a collection bound to a declared encoder. See indexer/importer.py.
+
+Local by nature, like `lamina index`: it reads embedding files (often gigabytes of .h5), the
+slides they describe (``--slides``) and encoder weights from this machine's disk and writes the
+store at ``--home`` in this process, without copying the files through an upload. With
+``--url`` it refuses (exit 2): a server takes embeddings as uploads through the Python client's
+``import_embeddings`` (POST /collections/{name}/import), which never reads server paths.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
@@ -85,6 +93,12 @@ def register(cli: click.Group) -> None:
         Exit code 0 when everything imported, 1 when some files failed (each named with the
         row at fault), 2 for usage errors. Re-running imports nothing twice.
         """
+        if ctx.url:
+            raise click.UsageError(
+                "lamina import reads the embedding files, slides and weights on this machine "
+                "into the store at --home; to send embeddings to a server use the Python "
+                "client's import_embeddings (POST /collections/{name}/import)"
+            )
         from lamina.indexer import Manifest
         from lamina.indexer.importer import (
             Import,

@@ -60,7 +60,9 @@ def collections() -> Response:
     cols = []
     for n in st.store.names():
         try:
-            view = st.service.view(n)  # the snapshot this server answers on
+            # the current snapshot: a view made before another process compacted the
+            # collection names segment files that are gone (one listing when unchanged)
+            view = st.service.view(n, wait=True)
         except CollectionDamagedError as exc:  # listed, not fatal to the listing
             cols.append({"name": n, "error": str(exc)})
             continue
@@ -76,7 +78,7 @@ def collection(name: str) -> Response:
     from lamina.search.status import collection_status
 
     svc = state().service
-    view = svc.view(name)  # the snapshot this server answers on (a newer one may be preparing)
+    view = svc.view(name, wait=True)  # the current snapshot (see collections())
     doc = collection_status(view.collection, view=view)
     doc["snapshot"] = view.snapshot.id
     error = svc.build_error(name)

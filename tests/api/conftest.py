@@ -187,3 +187,96 @@ def flask_transport(app: Any) -> FlaskTestTransport:
 @pytest.fixture(scope="session")
 def flask_transport_cls() -> Any:
     return FlaskTestTransport
+
+
+class ServedHome:
+    """`lamina serve` in a subprocess over ``home`` on a free local port (the real server, as a
+    user starts it); ``url`` once it answers /health. Stops it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, home: Path, timeout: float = 60.0) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.home, self.port, self.timeout = home, port, timeout
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: Any = None
+
+    def __enter__(self) -> ServedHome:
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lamina.api", "--home", str(self.home), "serve"]
+            + ["--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lamina serve exited: {self.proc.stderr.read().decode()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/v1/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"lamina serve did not answer on {self.url} in {self.timeout}s")
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+class CliOn:
+    """The ``lamina`` command line (click, in this process) on one home, in one mode: ``local``
+    (``--home``: the in-process app) or ``url`` (``--url`` of a `lamina serve` on that home,
+    with ``--home`` pointing nowhere, so nothing can be read locally by mistake)."""
+
+    def __init__(self, mode: str, home: Path, url: str | None = None) -> None:
+        self.mode, self.home, self.url = mode, home, url
+
+    def __call__(self, *args: str, code: int = 0) -> Any:
+        from click.testing import CliRunner
+
+        from lamina.api.cli import cli
+
+        if self.mode == "url":
+            argv = ["--home", str(self.home.parent / "no-such-home"), "--url", str(self.url)]
+        else:
+            argv = ["--home", str(self.home)]
+        res = CliRunner().invoke(cli, [*argv, *args], env={"LAMINA_URL": ""})
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        assert res.exit_code == code, (self.mode, args, res.exit_code, res.stdout, res.stderr)
+        return res
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        import json
+
+        return json.loads(self(*args, "--json", code=code).stdout)
+
+
+@pytest.fixture(scope="session")
+def served_home() -> Any:
+    return ServedHome
+
+
+@pytest.fixture(scope="session")
+def cli_on() -> Any:
+    return CliOn
