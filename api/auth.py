@@ -91,6 +91,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "maintenance.index_settings": ("read", "index settings"),
     "maintenance.set_index_settings": ("admin", "index settings change"),
     "maintenance.compact_collection": ("write", "compact"),
+    "roots.list_roots": ("admin", "roots"),
+    "roots.relocate": ("admin", "relocate"),
     "slides.dzi": ("read", "deep zoom"),
     "slides.dz_tile": ("read", "deep zoom tile"),
     "viewer.page": ("public", "page"),

@@ -573,6 +573,24 @@ class Client:
         doc = wait_for_job(self, accepted_job(data), progress)["result"]
         return ProbeReport(data=dict(doc["report"]), raw=doc)
 
+    # -- roots: where the source folders live -------------------------------------------------
+    def roots(self) -> dict[str, Any]:
+        """The home's roots: name, whether the folder exists, moves; and the version (admin)."""
+        return self._json("GET", "/roots")
+
+    def relocate(
+        self, to: str, root: str | None = None, from_path: str | None = None
+    ) -> dict[str, Any]:
+        """Root ``root`` (or the folder ``from_path``, as indexed) now lives at ``to``, a
+        folder on the server (admin scope). Nothing is re-embedded. Returns the root's name,
+        the version, how many sources are under it and how many were found at ``to``."""
+        body: dict[str, Any] = {"to": to}
+        if root is not None:
+            body["root"] = root
+        if from_path is not None:
+            body["from"] = from_path
+        return self._json("POST", "/roots/relocate", json_body=body)
+
     # -- imports: bring your own embeddings --------------------------------------------------
     def import_embeddings(
         self,

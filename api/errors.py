@@ -47,6 +47,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorInfo], ...] = (
     (err.StaleCohortError, ErrorInfo(409, "COHORT_STALE")),
     (err.FilterError, ErrorInfo(422, "INVALID_FILTER")),
     (err.ManifestFormatError, ErrorInfo(422, "INVALID_MANIFEST")),
+    (err.RootNotFoundError, ErrorInfo(404, "ROOT_NOT_FOUND")),
+    (err.RootError, ErrorInfo(422, "INVALID_ROOT")),
     (err.InvalidQueryError, ErrorInfo(422, "INVALID_QUERY")),
     (err.InvalidIndexFactoryError, ErrorInfo(422, "INVALID_INDEX_FACTORY")),
     (err.ShardUnavailableError, ErrorInfo(503, "SHARD_UNAVAILABLE")),

@@ -7,7 +7,9 @@ searched for finds its own stored vector.
 
 Pixels are re-read through ``indexer.tile_images`` (photos, photo tiles and slide tiles alike;
 slide thumbnails from the pyramid, never label or macro images). Only paths of indexed sources
-(taken from the store's rows) are ever opened, never a path sent by a client.
+(taken from the store's rows) are ever opened, never a path sent by a client; a stored path
+is first resolved through the home's roots (:func:`located`, ``search.roots``), so sources of
+a relocated folder are read at their new place.
 """
 
 from __future__ import annotations
@@ -79,8 +81,18 @@ def png_bytes(rgb: np.ndarray, max_px: int) -> bytes:
     return buf.getvalue()
 
 
+def located(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a stored tile or source row whose ``source`` is where the file is now (the
+    home's roots applied, see ``search.roots``)."""
+    from lamina.api.app import state
+    from lamina.search.roots import Roots
+
+    return Roots.of(state().store.home).located(row)
+
+
 def _source_path(row: dict[str, Any]) -> Path:
-    path = Path(str(row["source"]))
+    """The file of a stored row, where it is now; 404 ``SOURCE_FILE_MISSING`` when absent."""
+    path = Path(str(located(row)["source"]))
     if not path.is_file():
         raise ApiError(
             f"the source file of {row.get('source_id')} is no longer at {path}",
@@ -95,7 +107,7 @@ def tile_png(row: dict[str, Any], max_pixels: int, max_px: int = TILE_MAX_PX) ->
     from lamina.indexer.tile_images import tile_image
 
     _source_path(row)
-    return png_bytes(tile_image(row), max_px)
+    return png_bytes(tile_image(located(row)), max_px)
 
 
 def thumbnail_png(source: dict[str, Any], max_pixels: int, max_px: int = THUMB_MAX_PX) -> bytes:
@@ -103,6 +115,6 @@ def thumbnail_png(source: dict[str, Any], max_pixels: int, max_px: int = THUMB_M
     from lamina.indexer.tile_images import check_unchanged, source_thumbnail
 
     path = _source_path(source)
-    check_unchanged(source)
+    check_unchanged(located(source))
     rgb = source_thumbnail(path, kind=str(source.get("kind") or "photo"), max_px=max_px)
     return png_bytes(rgb, max_px)

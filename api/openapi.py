@@ -674,6 +674,51 @@ PATHS: dict[str, Any] = {
             parameters=[_name_param("job_id")],
         )
     },
+    "/roots": {
+        "get": _op(
+            "The home's roots (admin): name, whether its folder exists, how often it moved; "
+            "the table's version (folder paths are not shown)",
+            {
+                "200": _json(
+                    _ok({"version": {"type": "integer"}, "roots": {"type": "array", "items": _OBJ}})
+                )
+            },
+        )
+    },
+    "/roots/relocate": {
+        "post": _op(
+            "A root's folder moved (admin): to (absolute folder on the server) and root (its "
+            "name) or from (the folder as indexed). No segment written, nothing re-embedded; "
+            "404 ROOT_NOT_FOUND, 422 INVALID_ROOT",
+            {
+                "200": _json(
+                    _ok(
+                        {
+                            "root": _STR,
+                            "version": {"type": "integer"},
+                            "sources": {"type": "integer"},
+                            "checked": {"type": "integer"},
+                            "found": {"type": "integer"},
+                            "missing": {"type": "array", "items": _STR},
+                        }
+                    )
+                )
+            },
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"to": _STR, "root": _STR, "from": _STR},
+                            "required": ["to"],
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+        )
+    },
     "/openapi.json": {"get": _op("This document", {"200": _json(_OBJ)})},
 }
 

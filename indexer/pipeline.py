@@ -29,6 +29,7 @@ from lamina.indexer.progress import TileProgress, slide_row
 from lamina.indexer.sources import SourceFile, content_id, discover
 from lamina.search.compaction import carry_over, maybe_compact
 from lamina.search.errors import StoreIOError, io_failure
+from lamina.search.roots import Roots
 from lamina.search.segments import SegmentWriter, file_stat, retire
 from lamina.search.store import Collection, Store
 from lamina.search.verify import recorded_metadata
@@ -279,6 +280,7 @@ class Ingest:
             run_id=self.run_id, collection=collection.name, encoder=encoder.fingerprint
         )
         self._known: dict[str, list[str]] = {}
+        self._stored: dict[tuple[str, str], str] = {}
         self._run_ids: dict[str, str] = {}  # source ids added by this run -> their path
         self._run_files: set[str] = set()  # resolved paths of the files this run indexes
         self._moves: dict[tuple[str, str], dict[str, Any]] = {}
@@ -388,8 +390,10 @@ class Ingest:
         files, problems = discover(paths)
         for path, reason in problems:
             self.report.failed.append({"file": path, "reason": reason})
-        self._known = self.collection.committed_sources()
-        self._recorded = recorded_metadata(self.collection)
+        self._known = self._located_sources()
+        roots = Roots.of(self.collection.path.parent.parent).table()
+        recorded = recorded_metadata(self.collection)
+        self._recorded = {roots.resolve(p): meta for p, meta in recorded.items()}
         self._known_paths = {p for paths in self._known.values() for p in paths}
         self._run_files = {str(f.path.resolve()) for f in files}
         self._run_ids, self._moves = {}, {}
@@ -553,7 +557,7 @@ class Ingest:
             return
         writer.add_source(done.source, done.tiles, done.vectors)
         for old in {s for s, paths in self._known.items() if path in paths and s != sid}:
-            self._stale.add((old, path))  # the file's bytes changed: its old rows go
+            self._stale.add((old, self._stored.get((old, path), path)))  # its old rows go
             self.report.replaced.append({"file": path, "old_source_id": old})
         self._known.setdefault(sid, []).append(path)
         self._run_ids[sid] = path
@@ -591,7 +595,10 @@ class Ingest:
         if how != "moved":
             self.report.duplicates.append({"file": new, "same_as": old})
             return False
-        self._moves[(sid, old)] = {"source": new, **file_stat(file.path)}
+        self._moves[(sid, self._stored.get((sid, old), old))] = {
+            "source": new,
+            **file_stat(file.path),
+        }
         self._known[sid] = [new if p == old else p for p in self._known.get(sid, [])]
         self._run_ids[sid] = new
         self.report.moved.append({"file": new, "from": old})
@@ -629,6 +636,20 @@ class Ingest:
                 f"{mpp:g} um/px; this run asks for {want[0]} px, {want[1]:g} um/px. "
                 "Use the collection's --tile-px/--mpp or index into another collection."
             )
+
+    def _located_sources(self) -> dict[str, list[str]]:
+        """source id -> where its committed files are now (stored paths resolved through the
+        home's roots, ``search.roots``); ``_stored`` maps (id, location) back to the path the
+        segments hold (the key of the rows to carry over)."""
+        roots = Roots.of(self.collection.path.parent.parent).table()
+        self._stored = {}
+        out: dict[str, list[str]] = {}
+        for sid, paths in self.collection.committed_sources().items():
+            for stored in paths:
+                here = roots.resolve(stored)
+                self._stored[(sid, here)] = stored
+                out.setdefault(sid, []).append(here)
+        return out
 
     def _committed(self, source_id: str, file: SourceFile) -> bool:
         return str(file.path.resolve()) in self._known.get(source_id, ())

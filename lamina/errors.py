@@ -42,6 +42,14 @@ class ManifestFormatError(StoreError, ValueError):
     column)."""
 
 
+class RootError(StoreError, ValueError):
+    """A root cannot be declared or moved as asked (bad name, not a folder, name taken)."""
+
+
+class RootNotFoundError(RootError):
+    """No root of that name, or no root or source under that folder."""
+
+
 class TileNotFoundError(StoreError):
     """No tile with that id in the collection's current snapshot."""
 

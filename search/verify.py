@@ -148,13 +148,18 @@ def source_state(row: dict[str, Any], deep: bool = False) -> str | None:
 def source_changes(
     segments: Sequence[SegmentInfo], *, deep: bool = False, limit: int | None = None
 ) -> dict[str, Any]:
-    """Sources whose files are gone or changed since indexing (at most ``limit`` checked)."""
+    """Sources whose files are gone or changed since indexing (at most ``limit`` checked);
+    a stored path is looked for where the home's roots say it is now (``search.roots``)."""
+    from lamina.search.roots import Roots
+
     rows = source_rows(segments)
     checked = rows if limit is None else rows[:limit]
     found: list[dict[str, Any]] = []
     unverified_n = 0
+    roots = Roots.of(segments[0].path.parents[3]).table() if segments else None
     for row in checked:
-        state = source_state(row, deep)
+        here = roots.resolve(str(row.get("source") or "")) if roots is not None else None
+        state = source_state({**row, "source": here} if here else row, deep)
         if state == "unverified":
             unverified_n += 1
         elif state is not None:

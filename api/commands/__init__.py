@@ -10,7 +10,8 @@ def extra_commands() -> list[ModuleType]:
     import importlib
 
     out = []
-    for name in ("serve", "cohorts", "exports", "probes", "compact", "integrity", "qc"):
+    names = ("serve", "cohorts", "exports", "probes", "compact", "integrity", "qc", "edits")
+    for name in (*names, "roots"):
         try:
             out.append(importlib.import_module(f"lamina.api.commands.{name}"))
         except ModuleNotFoundError as exc:

@@ -1,4 +1,5 @@
-"""What ``lamina index`` checks before it embeds anything: the paths, the manifest, the match.
+"""What ``lamina index`` checks before it embeds anything: the paths, the manifest, the match;
+and the roots it declares (``search.roots``).
 
 The files are discovered, the manifest read (types inferred or declared) and matched to them;
 the result is the *plan*: counts of photos and slides, the manifest's columns and types, how
@@ -39,6 +40,38 @@ def check_paths(paths: tuple[str, ...], as_json: bool) -> None:
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         fail(as_json, "PATH_NOT_FOUND", f"no such file or directory: {names}", missing=missing)
+
+
+def _root(root_spec: str) -> tuple[str, Path]:
+    name, sep, folder = root_spec.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise click.UsageError(f"--root {root_spec!r}: write NAME=PATH")
+    return name.strip(), Path(folder.strip()).resolve()
+
+
+def check_root(paths: tuple[str, ...], root_spec: str | None) -> None:
+    """``--root NAME=PATH``: PATH is a folder holding every path of the run (usage error)."""
+    if root_spec is None:
+        return
+    name, folder = _root(root_spec)
+    if not folder.is_dir():
+        raise click.UsageError(f"--root {name}={folder}: not a folder")
+    outside = [p for p in paths if not Path(p).resolve().is_relative_to(folder)]
+    if outside:
+        raise click.UsageError(f"--root {name}={folder} does not hold {outside[0]}")
+
+
+def declare_roots(home: Path, paths: tuple[str, ...], root_spec: str | None) -> list[str]:
+    """Declare the run's roots in the home (``search.roots``): ``--root NAME=PATH``, else each
+    indexed folder (a file's own folder) unless a root already holds it. Their names."""
+    from lamina.search.roots import Roots
+
+    roots = Roots.of(home)
+    if root_spec is not None:
+        name, folder = _root(root_spec)
+        return [roots.declare(folder, name)]
+    folders = {Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths}
+    return sorted({roots.declare(f) for f in sorted(folders)})
 
 
 def make_plan(paths: list[str], manifest: Any) -> dict[str, Any]:

@@ -142,13 +142,16 @@ def _region(view: Any, spec: Any) -> tuple[str, tuple[int, int, int, int]]:
     if x < 0 or y < 0 or w <= 0 or h <= 0 or max(x, y, w, h) > 10_000_000 or w * h > 16_000_000:
         raise _invalid("region: x, y >= 0, w, h > 0, and at most 16 Mpx")
     rows = view.sql(
-        "SELECT source, kind FROM sources WHERE source_id = ? OR source = ? LIMIT 1", [slide, slide]
+        "SELECT source_id, source, kind FROM sources WHERE source_id = ? OR source = ? LIMIT 1",
+        [slide, slide],
     )
     if not rows:
         raise ApiError(
             f"{slide!r} is not an indexed source of this collection", 404, "SOURCE_NOT_FOUND"
         )
-    return str(rows[0]["source"]), (x, y, w, h)
+    from lamina.api.images import _source_path
+
+    return str(_source_path(rows[0])), (x, y, w, h)  # where it is now, or 404
 
 
 def _parse_request() -> tuple[dict[str, Any], bytes | None, str]:

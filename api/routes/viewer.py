@@ -74,6 +74,9 @@ def _slide_source(name: str, source_id: str) -> tuple[Any, dict[str, Any]]:
             404,
             "NOT_A_SLIDE",
         )
+    from lamina.api.images import located
+
+    source = located(source)  # where the slide is now (the home's roots applied)
     if not Path(str(source.get("source") or "")).is_file():
         raise ApiError(
             f"the slide file of source {source_id[:12]} is no longer where it was indexed",

@@ -269,6 +269,9 @@ def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Pa
     import shutil
 
     target = tmp_path / "late.jpg"
+    missing = run(tmp_path / "h", "index", str(target), "--collection", "c", check=False)
+    assert missing.returncode == 2 and str(target) in missing.stderr  # a usage error
+    target.write_bytes(b"not a photo yet")  # an unreadable file: a failure the run records
     assert (
         run(tmp_path / "h", "index", str(target), "--collection", "c", check=False).returncode == 1
     )
