@@ -22,6 +22,7 @@ is the share of its square the polygons cover (up to the mask's pixel rounding).
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,54 +168,58 @@ def qc_geojson(qc: SlideQC, info: Mapping[str, Any] | None = None) -> dict[str, 
     """A GeoJSON FeatureCollection in level-0 pixels: ``kind`` "tissue" (Polygon, QuPath
     ``objectType`` "annotation") and "tile" (square Polygon, "detection", ``kept``, and
     ``tile_id`` for kept tiles). ``info`` is added to the collection's ``lamina`` member."""
-    features: list[dict[str, Any]] = []
+    return dict(json.loads(qc_geojson_bytes(qc, info)))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def qc_geojson_bytes(qc: SlideQC, info: Mapping[str, Any] | None = None) -> bytes:
+    """:func:`qc_geojson` as compact UTF-8 JSON (what the API sends). The tile features, tens of
+    thousands on a large slide, are written from one template rather than as dicts."""
+    parts: list[str] = []
     for i, poly in enumerate(qc.polygons):
         area = abs(_area(poly[0])) - sum(abs(_area(h)) for h in poly[1:])
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [_ring(r) for r in poly]},
-                "properties": {
-                    "kind": "tissue",
-                    "objectType": "annotation",
-                    "name": f"tissue {i + 1}",
-                    "classification": {"name": "Tissue", "color": list(TISSUE_RGB)},
-                    "measurements": {"area_um2": round(area * qc.mpp0 * qc.mpp0, 1)},
-                },
-            }
-        )
-    e = qc.extent_l0
-    for tile, frac, tid in zip(qc.grid, qc.fractions.tolist(), qc.tile_ids.tolist(), strict=True):
-        x0, y0, x1, y1 = _num(tile.x), _num(tile.y), _num(tile.x + e), _num(tile.y + e)
-        kept = tid >= 0
-        props: dict[str, Any] = {
-            "kind": "tile",
-            "objectType": "detection",
-            "kept": kept,
-            "classification": {
-                "name": "Kept tile" if kept else "Rejected tile",
-                "color": list(KEPT_RGB if kept else REJECTED_RGB),
+        feature = {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [_ring(r) for r in poly]},
+            "properties": {
+                "kind": "tissue",
+                "objectType": "annotation",
+                "name": f"tissue {i + 1}",
+                "classification": {"name": "Tissue", "color": list(TISSUE_RGB)},
+                "measurements": {"area_um2": round(area * qc.mpp0 * qc.mpp0, 1)},
             },
-            "tissue_fraction": round(float(frac), 4),
-            "measurements": {"tissue_fraction": round(float(frac), 4)},
         }
-        if kept:
-            props["tile_id"] = int(tid)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                },
-                "properties": props,
-            }
-        )
-    return {
-        "type": "FeatureCollection",
-        "features": features,
-        "lamina": {**qc.summary(), **dict(info or {}), "coordinates": "level-0 pixels, y down"},
+        parts.append(_dumps(feature))
+    e = _num(qc.extent_l0)
+    classes = {
+        True: _dumps({"name": "Kept tile", "color": list(KEPT_RGB)}),
+        False: _dumps({"name": "Rejected tile", "color": list(REJECTED_RGB)}),
     }
+    fractions = [_dumps(f) for f in np.round(qc.fractions.astype(np.float64), 4).tolist()]
+    for tile, frac, tid in zip(qc.grid, fractions, qc.tile_ids.tolist(), strict=True):
+        x0, y0 = tile.x, tile.y
+        x1, y1 = (x0 + e, y0 + e) if isinstance(e, int) else (_num(x0 + e), _num(y0 + e))
+        kept = tid >= 0
+        ring = f"[[{x0},{y0}],[{x1},{y0}],[{x1},{y1}],[{x0},{y1}],[{x0},{y0}]]"
+        extra = f',"tile_id":{tid}' if kept else ""
+        parts.append(
+            '{"type":"Feature","geometry":{"type":"Polygon","coordinates":[' + ring + "]},"
+            '"properties":{"kind":"tile","objectType":"detection",'
+            f'"kept":{"true" if kept else "false"}{extra},"classification":{classes[kept]},'
+            f'"tissue_fraction":{frac},"measurements":{{"tissue_fraction":{frac}}}}}}}'
+        )
+    lamina = {**qc.summary(), **dict(info or {}), "coordinates": "level-0 pixels, y down"}
+    text = (
+        '{"type":"FeatureCollection","features":['
+        + ",".join(parts)
+        + '],"lamina":'
+        + _dumps(lamina)
+        + "}"
+    )
+    return text.encode()
 
 
 def _area(ring: np.ndarray) -> float:
