@@ -496,6 +496,66 @@ PATHS: dict[str, Any] = {
             ],
         )
     },
+    "/collections/{c}/index": {
+        "get": _op(
+            "The collection's index settings: factory, stored and effective search parameters, "
+            "vector dtype, and how far the ANN index covers the committed segments",
+            {"200": _json(_ok({"collection": _OBJ}))},
+            parameters=[_name_param("c")],
+        ),
+        "put": _op(
+            "Store a new index factory and/or default search parameters (admin); vectors are "
+            "never touched, the server builds the index in the background",
+            {"200": _json(_ok({"collection": _OBJ}))},
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "index_factory": _STR,
+                                "params": {
+                                    "type": "object",
+                                    "properties": {
+                                        "nprobe": _INT,
+                                        "ef_search": _INT,
+                                        "refine": _INT,
+                                        "strategy": {"enum": ["auto", "exact", "ann"]},
+                                        "exact_below": _INT,
+                                    },
+                                    "additionalProperties": False,
+                                },
+                            },
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+        ),
+    },
+    "/collections/{c}/compact": {
+        "post": _op(
+            "Merge the collection's small segments, as a job whose result is the compaction "
+            "summary (segments_before, segments_after, merged)",
+            _ACCEPTED,
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "target_rows": {"type": "integer", "minimum": 2},
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
     "/collections/{c}/search": {
         "post": _op(
             "k nearest tiles (level=tile) or slides (level=slide: top-m mean of tile similarities)",
@@ -613,9 +673,19 @@ PATHS: dict[str, Any] = {
     },
     "/cohorts/{name}": {
         "get": _op(
-            "A cohort with counts per slide, patient and label",
+            "A cohort (the latest version, or ?version=N) with counts per slide, patient and "
+            "label (every low-cardinality column, or ?label_column=COL)",
             {"200": _json(_ok({"cohort": _ref("Cohort")}))},
-            parameters=[_name_param("name")],
+            parameters=[
+                _name_param("name"),
+                {
+                    "name": "version",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                {"name": "label_column", "in": "query", "required": False, "schema": _STR},
+            ],
         ),
         "delete": _op(
             "Delete a cohort",
