@@ -44,6 +44,7 @@ __all__ = [
     "WeightsNotFoundError",
     "WeightsSpec",
     "create_encoder",
+    "device_for",
     "encoder_table",
     "fingerprint_of",
     "get_config",

@@ -75,3 +75,20 @@ def test_search_by_image_with_classic_encoder_imports_no_model(classic_home: Pat
     names, out = imported(*args, home=classic_home)
     assert query.name in out  # the query photo is indexed: it finds itself
     assert not names & MODEL_LIBS, f"a classic-encoder search imported {sorted(names & MODEL_LIBS)}"
+
+
+def test_device_auto_is_resolved_by_the_encoder_runtime() -> None:
+    from lamina.encoders import EncoderConfig, device_for, register_encoder
+    from lamina.encoders.registry import get_entry
+
+    assert get_entry("classic/stain-texture").runtime == "numpy"
+    assert get_entry("path/foundation").runtime == "tensorflow"
+    assert get_entry("test/tiny-vit").runtime == "torch"
+    assert device_for("numpy", "auto") == device_for("numpy", "cuda") == "cpu"
+    assert device_for("tensorflow", "auto") == "cuda"  # the GPU only where TensorFlow sees one
+    assert device_for("tensorflow", "cpu") == "cpu"
+    for runtime in ("numpy", "tensorflow", "torch"):
+        with pytest.raises(ValueError, match="device must be"):
+            device_for(runtime, "tpu")
+    with pytest.raises(ValueError, match="runtime must be"):
+        register_encoder(EncoderConfig("mylab/x", "any", "x", 4, 8), runtime="jax")
