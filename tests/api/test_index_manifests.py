@@ -21,6 +21,7 @@ from lamina.api.cli import cli
 
 NA_CYCLE = ["NA", "unknown", "N/A", "", "n/a", "NaN", "null", "-"]
 N_PHOTOS = 48
+ENC_ARGS = ["--encoder", "test/tiny-vit", "--allow-test-encoder", "--no-progress"]
 
 
 def lamina(home: Path, *args: str) -> Result:
@@ -192,3 +193,27 @@ def test_bad_manifest_and_missing_path_exit_2(tmp_path: Path, photos) -> None:  
                     "--json")  # fmt: skip
     assert result.exit_code == 2 and str(missing) in result.stderr
     assert doc(result)["code"] == "PATH_NOT_FOUND"
+
+
+def test_nfd_file_names_get_their_nfc_rows(tmp_path: Path, derm_dir: Path) -> None:
+    import unicodedata
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = {"Zoë_arm.jpg": "NEV", "Łukasz_back.jpg": "BCC"}
+    for (name, _), src in zip(names.items(), sorted((derm_dir / "images").glob("*.jpg")),
+                              strict=False):  # fmt: skip
+        shutil.copy(src, folder / unicodedata.normalize("NFD", name))
+    manifest = tmp_path / "m.csv"
+    rows = [f"{unicodedata.normalize('NFC', n)},{d}" for n, d in names.items()]
+    manifest.write_text("file,diagnostic\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    home = tmp_path / "home"
+    result = lamina(home, "index", str(folder), "--collection", "u", "--manifest",
+                    str(manifest), *ENC_ARGS, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert doc(result)["match"]["matched"] == 2 and doc(result)["unmatched_manifest"] == []
+    query = str(next(folder.iterdir()))
+    hits = doc(lamina(home, "search", "--collection", "u", "--image", query, "--json"))["hits"]
+    got = {unicodedata.normalize("NFC", Path(h["source"]).name): h["metadata"]["diagnostic"]
+           for h in hits}  # fmt: skip
+    assert got == names
