@@ -174,6 +174,10 @@ def test_trident_h5_round_trip(mixed: dict[str, Any], tmp_path: Path, slides_dir
         assert [(t["x"], t["y"]) for t in mine] == [tuple(c) for c in coords.tolist()]
         vecs = back.vectors[back.positions_of([t["tile_id"] for t in mine])]
         np.testing.assert_array_equal(vecs.view(np.uint32), feats.view(np.uint32))
+    # imported vectors have no tiling of ours: no slide QC to show
+    sid = back.sql("SELECT source_id FROM sources WHERE kind = 'slide' LIMIT 1")[0]["source_id"]
+    res = run(home, "qc", sid, "--collection", "back", "--out", str(tmp_path))
+    assert res.exit_code == 2 and "NO_SLIDE_QC" in res.stderr
 
 
 def test_trident_refusals(mixed: dict[str, Any], tmp_path: Path) -> None:
