@@ -20,7 +20,7 @@ written before roots existed keep working).
   ``relocate_prefix(OLD, NEW)`` does the same for the root whose folder is OLD, or declares a
   root for OLD (a store indexed before roots existed). No segment changes, nothing is
   re-embedded; the version grows by one and every process of the home sees the new place at
-  its next read (the file is re-read when its modification time changes).
+  its next read (the file is re-read when it was replaced: inode, modification time, size).
 
 Invariants: writes hold ``<home>/roots.lock`` and replace the file atomically; a root's
 ``path`` is never also in its ``was``; names follow the collection-name rule.
@@ -75,8 +75,10 @@ class RootsTable:
     _prefixes: list[tuple[str, Root]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        pairs = [(p, r) for r in self.roots.values() for p in (r.path, *r.was)]
-        self._prefixes = sorted(pairs, key=lambda pr: len(pr[0]), reverse=True)
+        pairs = [(p, r, p == r.path) for r in self.roots.values() for p in (r.path, *r.was)]
+        # the longest folder first; of equal folders a root's current one before a former one
+        pairs.sort(key=lambda prc: (len(prc[0]), prc[2]), reverse=True)
+        self._prefixes = [(p, r) for p, r, _ in pairs]
 
     def resolve(self, stored: str) -> str:
         """The current location of a stored source path (itself when under no root)."""
@@ -124,7 +126,7 @@ class Roots:
         self.home = Path(home)
         self.file = self.home / FILE_NAME
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._table = RootsTable()
 
     @classmethod
@@ -141,7 +143,7 @@ class Roots:
         """The current table (re-read when the file changed since the last read)."""
         try:
             st = self.file.stat()
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
         if stamp != self._stamp:
