@@ -550,7 +550,7 @@ def copy_sidecars(
     current = AnnIndex.load(col)
     if current is None or current.spec.kind != "ivf":
         return False
-    parts = []
+    parts: list[np.ndarray] = []
     for seg in sources:
         path = current.sidecar(seg.segment_id)
         if not path.exists() or current.part_problem(seg.segment_id) is not None:

@@ -376,7 +376,7 @@ def show_cohort(
     ids, _ = catalog.members(name, record["version"])
     present = present_members(view, ids)
     record["deleted_members"] = len(ids) - len(present)
-    record["counts"] = cohort_counts(view, present, label_column)
+    record["counts"] = cohort_counts(view, present.tolist(), label_column)
     return record
 
 

@@ -211,9 +211,7 @@ def merge(
                 if progress is not None:
                     progress("merge", done, total)
         writer.replaces = tuple(s.segment_id for s in group)
-        copy_sidecars(
-            col, group, writer.segment_id, writer.n_tiles, writer.vectors_digest(), keeps
-        )
+        copy_sidecars(col, group, writer.segment_id, writer.n_tiles, writer.vectors_digest(), keeps)
         info = writer.commit()
     except BaseException:
         writer.abort()

@@ -76,6 +76,8 @@ from lamina.search.store import Collection
 
 SourceKey = tuple[str, str]
 """(source id, stored source path): one indexed file."""
+Edited = tuple[pa.Table, pa.Table, np.ndarray, np.ndarray]
+"""A segment's new (tiles, sources, source vectors, tombstoned rows)."""
 
 # columns a deletion keeps for its tombstoned rows (everything else becomes null)
 _KEPT_FOR_TOMBSTONES = ("tile_id", "segment_id", "row")
@@ -363,7 +365,7 @@ def _commit(
 def _rewrite(
     col: Collection,
     run_id: str,
-    edit: Callable[[SegmentInfo, pa.Table, pa.Table, np.ndarray, np.ndarray], Any],
+    edit: Callable[[SegmentInfo, pa.Table, pa.Table, np.ndarray, np.ndarray], Edited | None],
     locked: bool,
 ) -> list[str]:
     """Apply ``edit`` to every healthy segment; commit those it changed. Returns new ids."""
@@ -380,7 +382,8 @@ def _rewrite(
             out = edit(seg, tiles, sources, source_vectors, tombstones)
             if out is None:
                 continue
-            new = _commit(col, seg, *out, run_id)
+            tiles, sources, source_vectors, tombstones = out
+            new = _commit(col, seg, tiles, sources, source_vectors, tombstones, run_id)
             done.append(new.segment_id)
 
     if locked:
@@ -408,7 +411,7 @@ def annotate(
 
     def edit(
         seg: SegmentInfo, tiles: pa.Table, sources: pa.Table, sv: np.ndarray, tomb: np.ndarray
-    ) -> Any:
+    ) -> Edited | None:
         before = len(changes)
         tiles, sources = _apply_updates(tiles, sources, updates, changes)
         return None if len(changes) == before else (tiles, sources, sv, tomb)
@@ -429,7 +432,7 @@ def delete(col: Collection, keys: Sequence[SourceKey]) -> dict[str, Any]:
 
     def edit(
         seg: SegmentInfo, tiles: pa.Table, sources: pa.Table, sv: np.ndarray, tomb: np.ndarray
-    ) -> Any:
+    ) -> Edited | None:
         before = len(deleted)
         out = _apply_deletes(tiles, sources, sv, tomb, wanted, deleted)
         return None if len(deleted) == before else out

@@ -212,8 +212,10 @@ def test_delete_hides_at_once_and_compaction_erases(
             )
             assert tile_id not in after.tile_ids_at(ranked[0].positions).tolist()
             assert plan.matched == (
-                N_PHOTOS - 1 if not conds else int((truth["diagnostic"] == truth.loc[victim,
-                "diagnostic"]).sum()) - 1  # fmt: skip
+                N_PHOTOS - 1
+                if not conds
+                else int((truth["diagnostic"] == truth.loc[victim, "diagnostic"]).sum())
+                - 1  # fmt: skip
             )
     with pytest.raises(TileNotFoundError, match="was deleted"):
         after.positions_of([tile_id])
