@@ -77,6 +77,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "collections.facets": ("read", "facets"),
     "search.search": ("read", "search"),
     "search.search_batch": ("read", "search batch"),
+    "columns.column_roles": ("read", "column roles"),
+    "columns.set_column_roles": ("admin", "column roles change"),
     "cohorts.list_cohorts": ("read", "cohort list"),
     "cohorts.show_cohort": ("read", "cohort show"),
     "cohorts.create_cohort": ("write", "cohort create"),
@@ -88,11 +90,6 @@ ROUTES: dict[str, tuple[str, str]] = {
     "jobs.job_status": ("write", "job status"),
     "jobs.cancel_job": ("write", "job cancel"),
     "jobs.job_file": ("write", "job file"),
-    "maintenance.index_settings": ("read", "index settings"),
-    "maintenance.set_index_settings": ("admin", "index settings change"),
-    "maintenance.compact_collection": ("write", "compact"),
-    "roots.list_roots": ("admin", "roots"),
-    "roots.relocate": ("admin", "relocate"),
     "slides.dzi": ("read", "deep zoom"),
     "slides.dz_tile": ("read", "deep zoom tile"),
     "viewer.page": ("public", "page"),
@@ -396,7 +393,7 @@ def _request_collection(request: Any, parsed: bool) -> str | None:
     (read only when ``parsed``: the route has read the body already, so it is cached)."""
     endpoint = request.endpoint or ""
     view_args = request.view_args or {}
-    in_route = ("search", "imports", "slides", "maintenance")
+    in_route = ("search", "imports", "slides")
     if endpoint.split(".")[0] in in_route or endpoint in (
         "collections.collection",
         "collections.facets",

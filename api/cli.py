@@ -181,6 +181,9 @@ def _register() -> None:
     for module in (*modules, *extra_commands()):
         module.register(cli)
     collection_cmd.register(cli)
+    from lamina.api.commands import columns as columns_cmd
+
+    columns_cmd.register(cli)  # a subcommand of `collection`
 
 
 _register()

@@ -26,7 +26,8 @@ def _print_hits(doc: dict[str, Any]) -> None:
             f"{Path(h['source']).name}{where}  {meta}"
         )
     for g in doc.get("groups") or []:
-        click.echo(f"  group {g['key']}={g['value']}: best {g['score']:.4f}, {g['n_hits']} hits")
+        value = Path(g["name"]).name if g.get("name") else g["value"]  # slides by file name
+        click.echo(f"  group {g['key']}={value}: best {g['score']:.4f}, {g['n_hits']} hits")
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -111,13 +112,21 @@ def register(cli: click.Group) -> None:
         "--filter",
         "filters",
         multiple=True,
-        help="COL=V1[,V2], COL!=V, COL>=N, COL<=N, COL>N, COL<N (repeat to AND).",
+        help="COL=V1[,V2] (exact), COL~=V1[,V2] (any case), COL!=V, COL>=N, COL<=N, COL>N, "
+        "COL<N (repeat to AND).",
     )
-    @click.option("--group-by", type=click.Choice(["slide", "patient"]), default=None)
+    @click.option(
+        "--group-by",
+        default=None,
+        metavar="KEY",
+        help="One hit per group, k groups: slide, patient (the declared patient column), "
+        "case, lesion, or any metadata column by name.",
+    )
     @click.option(
         "--exclude-same",
         default=None,
-        help="Leave out hits sharing this column's value with the query tile (e.g. patient_id).",
+        help="Leave out hits sharing this column's value with the query tile: a column "
+        "(e.g. lesion_id) or patient / case / lesion (the declared column).",
     )
     @param_options
     @click.option(
@@ -178,6 +187,8 @@ def register(cli: click.Group) -> None:
             offset,
         )
         doc = run_query(ctx.client(), query)
+        for warning in doc.get("warnings") or []:  # filter values that match nothing
+            click.echo(f"warning: {warning}", err=True)
         if as_json:
             emit_json(doc)
             return
