@@ -90,6 +90,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "jobs.job_status": ("write", "job status"),
     "jobs.cancel_job": ("write", "job cancel"),
     "jobs.job_file": ("write", "job file"),
+    "maintenance.index_settings": ("read", "index settings"),
+    "maintenance.set_index_settings": ("admin", "index settings change"),
+    "maintenance.compact_collection": ("write", "compact"),
+    "roots.list_roots": ("admin", "roots"),
+    "roots.relocate": ("admin", "relocate"),
     "slides.dzi": ("read", "deep zoom"),
     "slides.dz_tile": ("read", "deep zoom tile"),
     "viewer.page": ("public", "page"),
@@ -393,7 +398,7 @@ def _request_collection(request: Any, parsed: bool) -> str | None:
     (read only when ``parsed``: the route has read the body already, so it is cached)."""
     endpoint = request.endpoint or ""
     view_args = request.view_args or {}
-    in_route = ("search", "imports", "slides")
+    in_route = ("search", "imports", "slides", "maintenance")
     if endpoint.split(".")[0] in in_route or endpoint in (
         "collections.collection",
         "collections.facets",

@@ -72,6 +72,21 @@ __all__ = [
 ]
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half a file)."""
+    import os
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Client:
     """A Lamina server at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
@@ -154,6 +169,35 @@ class Client:
         Returns the new state as :meth:`collection_columns` does."""
         path = f"/collections/{_q(name)}/columns"
         return dict(self._json("PUT", path, json_body=dict(roles))["collection"])
+
+    def collection_index(self, name: str) -> dict[str, Any]:
+        """Index factory, stored/effective search parameters, dtype and index coverage."""
+        return dict(self._json("GET", f"/collections/{_q(name)}/index")["collection"])
+
+    def set_collection_index(
+        self,
+        name: str,
+        index_factory: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a new index factory and/or default search parameters (admin scope); vectors
+        are never touched. Returns the new settings as :meth:`collection_index` does."""
+        body = {"index_factory": index_factory, "params": dict(params) if params else None}
+        return dict(
+            self._json(
+                "PUT",
+                f"/collections/{_q(name)}/index",
+                json_body={k: v for k, v in body.items() if v is not None},
+            )["collection"]
+        )
+
+    def compact(
+        self, name: str, target_rows: int | None = None, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Merge ``name``'s small segments (a server job; waits for it): the summary."""
+        body = {} if target_rows is None else {"target_rows": int(target_rows)}
+        _, _, data = self._raw("POST", f"/collections/{_q(name)}/compact", json_body=body)
+        return dict(wait_for_job(self, accepted_job(data), progress)["result"])
 
     def facets(self, collection: str, max_values: int | None = None) -> dict[str, Any]:
         """The collection's filterable metadata columns: numeric ones with min/max/count,
@@ -408,8 +452,16 @@ class Client:
         doc = self._json("GET", "/cohorts")
         return [CohortInfo(data=dict(c), raw=c) for c in doc["cohorts"]]
 
-    def cohort(self, name: str) -> CohortInfo:
-        doc = self._json("GET", f"/cohorts/{_q(name)}")
+    def cohort(
+        self, name: str, version: int | None = None, label_column: str | None = None
+    ) -> CohortInfo:
+        """Cohort ``name`` (its latest version, or ``version``) with counts per slide, per
+        patient and per label (every low-cardinality column, or ``label_column`` only)."""
+        doc = self._json(
+            "GET",
+            f"/cohorts/{_q(name)}",
+            query={"version": version, "label_column": label_column},
+        )
         return CohortInfo(data=dict(doc["cohort"]), raw=doc)
 
     def delete_cohort(self, name: str) -> str:
@@ -450,13 +502,20 @@ class Client:
         )
         job = wait_for_job(self, accepted_job(data), progress)
         _, headers, data = self._raw("GET", f"/jobs/{_q(job['id'])}/file")
-        out.write_bytes(data)
+        result = job.get("result") or {}
+        meta = dict(result.get("meta") or {})
+        _write_atomically(out, data)
+        if fmt == "csv":  # a CSV cannot carry its provenance: it goes beside it, as locally
+            text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+            _write_atomically(Path(str(out) + ".meta.json"), text.encode())
         h = {k.lower(): v for k, v in headers.items()}
         return ExportInfo(
             path=out,
             snapshot=h.get("x-lamina-snapshot"),
             encoder=h.get("x-lamina-encoder"),
             n_bytes=len(data),
+            export=dict(result.get("export") or {}),
+            meta=meta,
         )
 
     def export_trident(
@@ -525,6 +584,24 @@ class Client:
         )
         doc = wait_for_job(self, accepted_job(data), progress)["result"]
         return ProbeReport(data=dict(doc["report"]), raw=doc)
+
+    # -- roots: where the source folders live -------------------------------------------------
+    def roots(self) -> dict[str, Any]:
+        """The home's roots: name, whether the folder exists, moves; and the version (admin)."""
+        return self._json("GET", "/roots")
+
+    def relocate(
+        self, to: str, root: str | None = None, from_path: str | None = None
+    ) -> dict[str, Any]:
+        """Root ``root`` (or the folder ``from_path``, as indexed) now lives at ``to``, a
+        folder on the server (admin scope). Nothing is re-embedded. Returns the root's name,
+        the version, how many sources are under it and how many were found at ``to``."""
+        body: dict[str, Any] = {"to": to}
+        if root is not None:
+            body["root"] = root
+        if from_path is not None:
+            body["from"] = from_path
+        return self._json("POST", "/roots/relocate", json_body=body)
 
     # -- imports: bring your own embeddings --------------------------------------------------
     def import_embeddings(

@@ -1,12 +1,18 @@
-"""`lamina export`: labeled embedding sets for linear probes (see search/exports.py)."""
+"""`lamina export`: labeled embedding sets for linear probes (see search/exports.py).
+
+One path: the export runs as a job of the API (``ctx.client()``: a server with ``--url``, else
+the in-process app) and the file is downloaded to ``--out``; a CSV's provenance goes to
+``FILE.csv.meta.json`` beside it in both modes. Sources in the file are shown as answers show
+them (the server's ``SOURCE_PATHS`` policy), never as the server's absolute paths.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
-from lamina.api.commands.cohorts import as_doc
 
 
 def register(cli: click.Group) -> None:
@@ -82,14 +88,13 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("--label-column is required (except with --format trident-h5)")
         if fmt is not None and out.suffix.lower().lstrip(".") != fmt:
             raise click.UsageError(f"--format {fmt} writes FILE.{fmt}; --out is {out}")
+        from lamina.api.client_jobs import stderr_progress
         from lamina.search.exports import format_of
 
-        format_of(out)
-        if ctx.url:
-            from lamina.api.client import Client
-            from lamina.api.client_jobs import stderr_progress
-
-            res = Client(ctx.url, token=ctx.token).export(
+        format_of(out)  # a bad suffix is a usage error before any work
+        doc = (
+            ctx.client()
+            .export(
                 collection,
                 cohort=cohort,
                 label_column=label_column,
@@ -100,38 +105,17 @@ def register(cli: click.Group) -> None:
                 out=str(out),
                 progress=stderr_progress("export"),
             )
-            doc = as_doc(res)
-            doc = doc if isinstance(doc, dict) else {"ok": True, "result": doc}
-        else:
-            from lamina.search import SearchService
-            from lamina.search.catalog import Catalog
-            from lamina.search.exports import export_labeled_set
-
-            service = SearchService(ctx.store())
-            with Catalog(ctx.home) as catalog:
-                doc = export_labeled_set(
-                    service.view(collection),
-                    catalog,
-                    out,
-                    label_column=label_column,
-                    cohort=cohort,
-                    split_by=split_by,
-                    test_fraction=test_fraction,
-                    seed=seed,
-                    neighbors=neighbors,
-                )
-        for warning in (doc.get("meta") or {}).get("warnings") or []:
+            .to_dict()
+        )
+        for warning in doc["meta"].get("warnings") or []:
             click.echo(f"warning: {warning}", err=True)
         if as_json:
             emit_json(doc)
             return
-        meta = doc.get("meta") or {}
-        if meta:
-            click.echo(
-                f"wrote {meta['n_rows']} rows to {out} (train {meta['n_train']}, "
-                f"test {meta['n_test']}; {meta['n_dropped_null_label']} rows without "
-                f"{label_column} dropped)"
-            )
-            click.echo(f"snapshot {meta['snapshot']}  encoder {meta['encoder']}")
-        else:
-            click.echo(f"wrote {out}")
+        meta = doc["meta"]
+        click.echo(
+            f"wrote {meta['n_rows']} rows to {out} (train {meta['n_train']}, "
+            f"test {meta['n_test']}; {meta['n_dropped_null_label']} rows without "
+            f"{label_column} dropped)"
+        )
+        click.echo(f"snapshot {meta['snapshot']}  encoder {meta['encoder']}")

@@ -97,6 +97,15 @@ def register(cli: click.Group) -> None:
         "write nothing.",
     )
     @click.option(
+        "--root",
+        "root_spec",
+        default=None,
+        metavar="NAME=PATH",
+        help="Store the files relative to root NAME at folder PATH (which holds them), so a "
+        "moved folder is `lamina relocate NAME NEWPATH` (default: each indexed folder is a root "
+        "named after it).",
+    )
+    @click.option(
         "--allow-unmatched",
         is_flag=True,
         help="Index even when most files (over half) match no manifest row.",
@@ -203,6 +212,7 @@ def register(cli: click.Group) -> None:
         na_values: str | None,
         dry_run: bool,
         allow_unmatched: bool,
+        root_spec: str | None,
         patient_column: str | None,
         case_column: str | None,
         lesion_column: str | None,
@@ -230,6 +240,8 @@ def register(cli: click.Group) -> None:
         """
         from lamina.api.commands.index_plan import (
             check_paths,
+            check_root,
+            declare_roots,
             fail,
             make_plan,
             mostly_unmatched,
@@ -254,6 +266,7 @@ def register(cli: click.Group) -> None:
         tile_px_source = click.get_current_context().get_parameter_source("tile_px")
         options.photo_tiles = tile_px_source == click.core.ParameterSource.COMMANDLINE
         check_paths(paths, as_json)
+        check_root(paths, root_spec)
         if column_types and not manifest:
             raise click.UsageError("--column-type needs --manifest")
         table = (
@@ -305,10 +318,12 @@ def register(cli: click.Group) -> None:
         if nprobe is not None:
             col.set_index(params={"nprobe": nprobe})
         record_roots(store.home, paths)  # answers show paths relative to these folders
+        roots = declare_roots(store.home, paths, root_spec)
         report = _ingest(
             col, encoder, options, table, list(paths), cluster, encoders, workers, device
         )
         doc = report.to_dict()
+        doc["roots"] = roots
         if table is not None:
             doc["manifest"] = plan["manifest"]
             doc["match"] = plan["match"]
@@ -409,10 +424,15 @@ def _print_summary(report) -> None:  # noqa: ANN001
     err = sys.stdout
     print(
         f"collection {report.collection}: {report.indexed} indexed ({report.tiles} vectors), "
-        f"{report.unchanged} unchanged, {len(report.duplicates)} duplicates, "
+        f"{report.unchanged} unchanged, {len(report.moved)} moved, "
+        f"{len(report.duplicates)} duplicates, "
         f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
         file=err,
     )
+    for m in report.moved[:5]:
+        print(f"  moved: {m['file']} (was {m['from']}; nothing re-embedded)", file=err)
+    if len(report.moved) > 5:
+        print(f"  ... and {len(report.moved) - 5} more moved (all in --json)", file=err)
     from lamina.indexer.progress import slide_table
 
     for line in slide_table(getattr(report, "slides", [])):

@@ -1,12 +1,16 @@
-"""`lamina probe`: logistic-regression probes and retrieval metrics (see search/probes.py)."""
+"""`lamina probe`: logistic-regression probes and retrieval metrics (see search/probes.py).
+
+One path: the probe runs as a job of the API through ``ctx.client()`` (a server with ``--url``,
+else the in-process app); the printed table and ``--json`` are the job's report either way.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
-from lamina.api.commands.cohorts import as_doc
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -91,52 +95,24 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Linear probe (AUROC, accuracy, balanced accuracy with 95% CIs) + retrieval metrics."""
         fracs = parse_fractions(fractions)
-        if ctx.url:
-            from lamina.api.client import Client
-            from lamina.api.client_jobs import stderr_progress
+        from lamina.api.client_jobs import stderr_progress
 
-            doc = as_doc(
-                Client(ctx.url, token=ctx.token).probe(
-                    collection,
-                    label_column,
-                    cohort=cohort,
-                    split_by=split_by,
-                    fractions=fracs,
-                    seed=seed,
-                    test_fraction=test_fraction,
-                    progress=stderr_progress("probe"),
-                )
+        report = (
+            ctx.client()
+            .probe(
+                collection,
+                label_column,
+                cohort=cohort,
+                split_by=split_by,
+                fractions=fracs,
+                seed=seed,
+                test_fraction=test_fraction,
+                progress=stderr_progress("probe"),
             )
-            report = doc.get("report", doc) if isinstance(doc, dict) else doc
-        else:
-            from lamina.search import SearchService
-            from lamina.search.probes import probe_collection
-
-            view = SearchService(ctx.store()).view(collection)
-            if cohort is None:
-                report = probe_collection(
-                    view,
-                    None,
-                    label_column,
-                    split_by=split_by,
-                    fractions=fracs,
-                    seed=seed,
-                    test_fraction=test_fraction,
-                )
-            else:
-                from lamina.search.catalog import Catalog
-
-                with Catalog(ctx.home) as catalog:
-                    report = probe_collection(
-                        view,
-                        catalog,
-                        label_column,
-                        cohort=cohort,
-                        split_by=split_by,
-                        fractions=fracs,
-                        seed=seed,
-                        test_fraction=test_fraction,
-                    )
+            .data
+        )
+        for warning in report.get("warnings") or []:
+            click.echo(f"warning: {warning}", err=True)
         for warning in report.get("warnings") or []:
             click.echo(f"warning: {warning}", err=True)
         if as_json:

@@ -1,9 +1,17 @@
-"""`lamina status`: collections, their encoder, counts, snapshot, index type, runs and failures."""
+"""`lamina status`: collections, their encoder, counts, snapshot, index type, runs and failures.
+
+One path: the collection routes through ``ctx.client()`` (a server with ``--url``, else the
+in-process app); ``home`` in ``--json`` names where the answer came from (the URL or the home).
+``--cluster`` reads the shard actors of a Ray cluster directly (no store is involved).
+"""
 
 from __future__ import annotations
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
+
+ROLES = ("patient", "case", "lesion")
 
 ROLES = ("patient", "case", "lesion")
 
@@ -27,19 +35,14 @@ def register(cli: click.Group) -> None:
         if cluster:
             _cluster_status(cluster, collection, as_json)
             return
-        if ctx.url:
-            from lamina.api.client import Client
-
-            client = Client(ctx.url, token=ctx.token)
-            cols = [client.collection(collection)] if collection else client.collections()
-            where = ctx.url
-        else:
-            from lamina.search.status import status_of
-
-            store = ctx.store()
-            names = [collection] if collection else store.names()
-            cols = [status_of(store, n, strict=bool(collection)) for n in names]
-            where = str(store.home)
+        client = ctx.client()
+        if collection:
+            cols = [client.collection(collection)]
+        else:  # the listing holds one run each; ask for each collection's full status
+            cols = [
+                c if "error" in c else client.collection(c["name"]) for c in client.collections()
+            ]
+        where = ctx.url or str(ctx.home)
         if as_json:
             emit_json({"ok": True, "home": where, "collections": cols})
             return
@@ -57,6 +60,9 @@ def register(cli: click.Group) -> None:
                 f"{kinds}, {c['tiles']} vectors in {c['segments']} segments, "
                 f"index {c['index_type']}, snapshot {c['snapshot']}"
             )
+            roles = [f"{r} {c[f'{r}_column']}" for r in ROLES if c.get(f"{r}_column")]
+            if roles:
+                click.echo(f"  columns: {', '.join(roles)}")
             roles = [f"{r} {c[f'{r}_column']}" for r in ROLES if c.get(f"{r}_column")]
             if roles:
                 click.echo(f"  columns: {', '.join(roles)}")
