@@ -97,13 +97,13 @@ def _record(name: str, source_id: str) -> tuple[Any, dict[str, Any]]:
         )
     stored = str(source.get("source") or "")
     path = str(_source_path(source))  # where the file is now (the home's roots applied)
+    check_unchanged({**source, "source": path})  # a stat: refused when changed, cached or not
     key = (view.collection.uuid, view.snapshot.id, source_id, path)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    check_unchanged({**source, "source": path})
     ids, xs, ys, tile_px, mpp = stored_tiles(view, source_id, stored)
     info = view.collection.info
     tpx = int(tile_px[0]) if len(tile_px) else int(info.get("tile_px") or 224)

@@ -213,3 +213,23 @@ def test_cli_writes_png_and_geojson(qc_home: dict[str, Any], tmp_path: Path) -> 
     assert proc.returncode == 2 and "NO_SLIDE_QC" in proc.stderr
     proc = subprocess.run([*base, "not-a-slide"], capture_output=True, text=True)
     assert proc.returncode == 2 and "neither a slide file" in proc.stderr
+
+
+def test_a_slide_changed_after_its_qc_was_cached_is_refused(
+    tmp_path: Path, make_slide: Any
+) -> None:
+    slide = tmp_path / "small.tiff"
+    slide.write_bytes(make_slide("small.tiff", tissue=[(0, 0, 2, 2)], cols=4, rows=4).read_bytes())
+    opts = IngestOptions(tile_px=64, mpp=0.5, progress=False, workers=1)
+    report = ingest(
+        Store(tmp_path / "home"), "c", [slide], create_encoder("classic/stain-texture"), opts
+    )
+    assert report.ok and report.tiles == 4
+    app = create_app({"HOME": str(tmp_path / "home"), "DEVICE": "cpu"})
+    sid = app.extensions["lamina"].service.view("c").sql("SELECT source_id FROM sources")[0]
+    url = f"/api/v1/collections/c/sources/{sid['source_id']}/qc.geojson"
+    assert app.test_client().get(url).status_code == 200  # computed and cached
+    with open(slide, "ab") as fh:
+        fh.write(b"\0" * 16)  # other bytes: the stored vectors no longer describe this file
+    r = app.test_client().get(url)
+    assert r.status_code == 409 and r.get_json()["code"] == "SOURCE_CHANGED"
