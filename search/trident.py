@@ -19,7 +19,8 @@ each row's tile in the collection. TRIDENT's own ``savetodir`` attribute (a path
 writing machine) is left out. Rows are in tile-id order (the ingest's row-major grid order).
 
 Only slide tiles (``kind`` "tile": ingested slides and imported patch features with
-coordinates) are written; photos are counted in ``skipped_photos``. ``slides.csv`` lists each
+coordinates) are written; other rows (photos, photo tiles, imported vectors without
+coordinates) are counted in ``skipped_rows``. ``slides.csv`` lists each
 file with its slide's source id, tile count and, with ``label_column``, the slide's label.
 """
 
@@ -81,7 +82,7 @@ def _slide_positions(
     view: CollectionView, positions: np.ndarray
 ) -> tuple[dict[tuple[str, str], np.ndarray], int]:
     """Positions of slide tiles grouped by (source_id, source), each group in tile-id order;
-    and how many rows were photos (or photo tiles) and left out."""
+    and how many rows were not slide tiles (photos, photo tiles, vectors without coordinates)."""
     from lamina.search.exports import column_text
 
     pos = np.sort(np.asarray(positions, np.int64))
@@ -159,7 +160,7 @@ def write_trident(
         "slides": files,
         "n_slides": len(files),
         "n_tiles": int(sum(f["tiles"] for f in files)),
-        "skipped_photos": skipped,
+        "skipped_rows": skipped,
         "label_column": label_column,
     }
 

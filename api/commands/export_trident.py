@@ -47,6 +47,10 @@ def trident_export(
     click.echo(
         f"wrote {meta.get('n_slides', 0)} slide files ({meta.get('n_tiles', 0)} tiles) and "
         f"slides.csv to {out}"
-        + (f"; {meta['skipped_photos']} photo rows left out" if meta.get("skipped_photos") else "")
+        + (
+            f"; {meta['skipped_rows']} rows that are not slide tiles left out"
+            if meta.get("skipped_rows")
+            else ""
+        )
     )
     click.echo(f"snapshot {meta.get('snapshot')}  encoder {meta.get('encoder')}")

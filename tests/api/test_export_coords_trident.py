@@ -116,7 +116,7 @@ def test_trident_h5_round_trip(mixed: dict[str, Any], tmp_path: Path, slides_dir
     )  # fmt: skip
     doc = json.loads(proc.stdout)
     meta = doc["meta"]
-    assert meta["n_slides"] == 2 and meta["skipped_photos"] == len(mixed["photos"])
+    assert meta["n_slides"] == 2 and meta["skipped_rows"] == len(mixed["photos"])
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{Path(s).stem}.h5" for s in SLIDES] + ["slides.csv"]
     )
