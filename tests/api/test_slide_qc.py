@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 from shapely.geometry import Point, box, shape
 from shapely.ops import unary_union
 
 from lamina.api.app import create_app
+from lamina.api.cli import cli
 from lamina.encoders import create_encoder
 from lamina.indexer import IngestOptions, ingest
 from lamina.indexer.slide_qc import KEPT_RGB, LEGEND_PX, REJECTED_RGB, TISSUE_RGB
@@ -200,19 +202,17 @@ def test_cli_writes_png_and_geojson(qc_home: dict[str, Any], tmp_path: Path) -> 
         == doc["qc"]["kept_tiles"]
         == 4 * 4 + 3 * 2
     )
+    # the rest in this process (the same command, no interpreter start each time)
+    home = ["--home", str(qc_home["home"]), "qc", "--collection", "qc"]
     sid = qc_home["sid"]["blocks.tiff"]
-    proc = subprocess.run(
-        [*base, sid, "--out", str(tmp_path / "b")], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
+    res = CliRunner().invoke(cli, [*home, sid, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.stderr
     assert (tmp_path / "b" / "blocks.qc.geojson").is_file()
     photo = qc_home["paths"][2]
-    proc = subprocess.run(
-        [*base, str(photo), "--out", str(tmp_path / "c")], capture_output=True, text=True
-    )
-    assert proc.returncode == 2 and "NO_SLIDE_QC" in proc.stderr
-    proc = subprocess.run([*base, "not-a-slide"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "neither a slide file" in proc.stderr
+    res = CliRunner().invoke(cli, [*home, str(photo), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "NO_SLIDE_QC" in res.stderr
+    res = CliRunner().invoke(cli, [*home, "not-a-slide"])
+    assert res.exit_code == 2 and "neither a slide file" in res.stderr
 
 
 def test_a_slide_changed_after_its_qc_was_cached_is_refused(
