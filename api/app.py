@@ -167,6 +167,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from lamina.api.routes import qc
 
     app.register_blueprint(qc.bp, url_prefix=API_PREFIX)
+    from lamina.api.routes import edits
+
+    app.register_blueprint(edits.bp, url_prefix=API_PREFIX)
     from lamina.api.routes import roots
 
     app.register_blueprint(roots.bp, url_prefix=API_PREFIX)

@@ -93,6 +93,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "maintenance.index_settings": ("read", "index settings"),
     "maintenance.set_index_settings": ("admin", "index settings change"),
     "maintenance.compact_collection": ("write", "compact"),
+    "edits.annotate_collection": ("write", "annotate"),
+    "edits.delete_sources": ("write", "delete sources"),
+    "edits.drop_collection": ("admin", "drop collection"),
     "roots.list_roots": ("admin", "roots"),
     "roots.relocate": ("admin", "relocate"),
     "slides.dzi": ("read", "deep zoom"),
@@ -398,7 +401,7 @@ def _request_collection(request: Any, parsed: bool) -> str | None:
     (read only when ``parsed``: the route has read the body already, so it is cached)."""
     endpoint = request.endpoint or ""
     view_args = request.view_args or {}
-    in_route = ("search", "imports", "slides", "maintenance")
+    in_route = ("search", "imports", "slides", "maintenance", "edits")
     if endpoint.split(".")[0] in in_route or endpoint in (
         "collections.collection",
         "collections.facets",

@@ -192,10 +192,18 @@ class Client:
         )
 
     def compact(
-        self, name: str, target_rows: int | None = None, progress: Progress | None = None
+        self,
+        name: str,
+        target_rows: int | None = None,
+        progress: Progress | None = None,
+        erase: bool = False,
     ) -> dict[str, Any]:
-        """Merge ``name``'s small segments (a server job; waits for it): the summary."""
-        body = {} if target_rows is None else {"target_rows": int(target_rows)}
+        """Merge ``name``'s small segments (a server job; waits for it): the summary. Segments
+        holding deleted rows are always written again without them; ``erase`` also removes the
+        replaced files at once (no grace period) and retrains the ANN index."""
+        body: dict[str, Any] = {} if target_rows is None else {"target_rows": int(target_rows)}
+        if erase:
+            body["erase"] = True
         _, _, data = self._raw("POST", f"/collections/{_q(name)}/compact", json_body=body)
         return dict(wait_for_job(self, accepted_job(data), progress)["result"])
 
@@ -584,6 +592,53 @@ class Client:
         )
         doc = wait_for_job(self, accepted_job(data), progress)["result"]
         return ProbeReport(data=dict(doc["report"]), raw=doc)
+
+    # -- correcting and deleting data --------------------------------------------------------
+    def annotate(
+        self,
+        collection: str,
+        manifest: str | Path,
+        *,
+        source_column: str = "file",
+        column_types: Sequence[str] | None = None,
+        na_values: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Update the metadata of ``collection``'s sources from ``manifest`` without
+        re-embedding (a server job; waits for it). The result lists every changed source with
+        ``changes`` {column: {old, new}}; unchanged sources are not touched."""
+        fields = {
+            "source_column": source_column,
+            "column_type": ",".join(column_types) if column_types else None,
+            "na_values": na_values,
+        }
+        body, ctype = _multipart(fields, [("manifest", *_file(manifest))])
+        _, _, data = self._raw(
+            "POST", f"/collections/{_q(collection)}/annotate", body=body, content_type=ctype
+        )
+        return dict(wait_for_job(self, accepted_job(data), progress)["result"])
+
+    def delete_sources(
+        self,
+        collection: str,
+        sources: Sequence[str] = (),
+        filter: str | Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Delete whole sources (names, paths or source ids, and/or every source with a tile
+        matching ``filter``): gone from searches at once, erased from disk by the next
+        compaction. Returns the deleted sources with their tile counts (``dry_run``: what
+        would be deleted; nothing is)."""
+        body: dict[str, Any] = {"sources": list(sources)}
+        if dry_run:
+            body["dry_run"] = True
+        if filter is not None:
+            body["filter"] = filter if isinstance(filter, str) else dict(filter)
+        return self._json("POST", f"/collections/{_q(collection)}/delete", json_body=body)
+
+    def drop_collection(self, name: str) -> dict[str, Any]:
+        """Remove collection ``name`` with its cohorts and export records (admin scope)."""
+        return self._json("DELETE", f"/collections/{_q(name)}", query={"confirm": name})
 
     # -- roots: where the source folders live -------------------------------------------------
     def roots(self) -> dict[str, Any]:

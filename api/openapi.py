@@ -478,7 +478,26 @@ PATHS: dict[str, Any] = {
             "One collection as the server answers on it: counts, snapshot, index, metadata columns",
             {"200": _json(_ok({"collection": _OBJ}))},
             parameters=[_name_param("c")],
-        )
+        ),
+        "delete": _op(
+            "Drop the collection with its cohorts and export records (admin); the query "
+            "parameter confirm must repeat the name (else 422 CONFIRMATION_REQUIRED)",
+            {
+                "200": _json(
+                    _ok(
+                        {
+                            "dropped": _STR,
+                            "tiles": _INT,
+                            "cohorts_deleted": {"type": "array", "items": _STR},
+                        }
+                    )
+                )
+            },
+            parameters=[
+                _name_param("c"),
+                {"name": "confirm", "in": "query", "required": True, "schema": _STR},
+            ],
+        ),
     },
     "/collections/{c}/facets": {
         "get": _op(
@@ -538,7 +557,9 @@ PATHS: dict[str, Any] = {
     "/collections/{c}/compact": {
         "post": _op(
             "Merge the collection's small segments, as a job whose result is the compaction "
-            "summary (segments_before, segments_after, merged)",
+            "summary (segments_before, segments_after, merged, erased_tiles); segments holding "
+            "deleted rows are written again without them, and erase=true removes the replaced "
+            "files at once and retrains the ANN index",
             _ACCEPTED,
             parameters=[_name_param("c")],
             requestBody={
@@ -549,6 +570,69 @@ PATHS: dict[str, Any] = {
                             "type": "object",
                             "properties": {
                                 "target_rows": {"type": "integer", "minimum": 2},
+                                "erase": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/collections/{c}/annotate": {
+        "post": _op(
+            "Update indexed sources' metadata from a manifest without re-embedding, as a job "
+            "whose result lists every changed source (changes: {column: {old, new}})",
+            _ACCEPTED,
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["manifest"],
+                            "properties": {
+                                "manifest": {"type": "string", "format": "binary"},
+                                "source_column": _STR,
+                                "column_type": {
+                                    "type": "string",
+                                    "description": "COLUMN=TYPE, comma-separated",
+                                },
+                                "na_values": _STR,
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/collections/{c}/delete": {
+        "post": _op(
+            "Delete whole sources (names, paths, source ids, or those with a tile matching the "
+            "filter): gone from searches at once, erased from disk by the next compaction",
+            {
+                "200": _json(
+                    _ok(
+                        {
+                            "deleted": {"type": "array", "items": _OBJ},
+                            "sources": _INT,
+                            "tiles": _INT,
+                            "snapshot": _STR,
+                        }
+                    )
+                )
+            },
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "sources": {"type": "array", "items": _STR},
+                                "filter": {"oneOf": [_STR, _OBJ]},
+                                "dry_run": {"type": "boolean"},
                             },
                         }
                     }

@@ -34,6 +34,11 @@ def _print_cohort(c: dict[str, Any]) -> None:
         f"snapshot {c['snapshot']}  created {c['created_at']}"
     )
     click.echo(f"  {c['n_tiles']} tiles, {c['n_sources']} slides/photos{patients}")
+    if c.get("deleted_members"):
+        click.echo(
+            f"  {c['deleted_members']} members deleted from the collection since "
+            "(left out of counts and exports)"
+        )
     click.echo(f"  definition: {c['definition']}")
     counts = c.get("counts")
     if not counts:

@@ -25,6 +25,12 @@ def register(cli: click.Group) -> None:
         help="Merge segments below this many tiles into segments of at most this many "
         "(default 1,000,000).",
     )
+    @click.option(
+        "--erase",
+        is_flag=True,
+        help="Remove replaced segment files now (no grace period) and retrain the ANN index "
+        "when deleted rows were erased: deleted data leaves the disk before this returns.",
+    )
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
@@ -33,6 +39,7 @@ def register(cli: click.Group) -> None:
         ctx: CliContext,
         collection: str | None,
         target_rows: int | None,
+        erase: bool,
         no_progress: bool,
         as_json: bool,
     ) -> None:
@@ -44,7 +51,9 @@ def register(cli: click.Group) -> None:
         out = []
         for name in names:
             progress = None if no_progress else stderr_progress(f"compact {name}")
-            summary = client.compact(name, target_rows=target_rows, progress=progress)
+            summary = client.compact(
+                name, target_rows=target_rows, progress=progress, erase=erase
+            )
             out.append(summary)
             if not as_json:
                 merged = summary["merged"]
@@ -53,5 +62,10 @@ def register(cli: click.Group) -> None:
                     f"segments ({sum(m['tiles'] for m in merged)} tiles merged into "
                     f"{len(merged)} new segments, {summary['seconds']}s)"
                 )
+                if summary.get("erased_tiles"):
+                    where = "removed from disk" if erase else (
+                        "replaced files removed after the grace period; --erase removes them now"
+                    )
+                    click.echo(f"{name}: {summary['erased_tiles']} deleted tiles erased ({where})")
         if as_json:
             emit_json({"ok": True, "collections": out})

@@ -72,6 +72,9 @@ def compact_collection(name: str) -> Response:
 
     body = _object()
     target = int_in(body.get("target_rows"), "target_rows", 2, 1 << 40) or DEFAULT_TARGET_ROWS
+    erase = body.get("erase", False)
+    if not isinstance(erase, bool):
+        raise ApiError("erase must be true or false", 422, "INVALID_QUERY")
     col = state().store.collection(name)  # 404 now, not in the job
 
     def run(job: Job) -> dict[str, Any]:
@@ -85,6 +88,8 @@ def compact_collection(name: str) -> Response:
         def waiting(holder: str) -> None:
             job.message = f"an ingest ({holder}) is writing to {name!r}; waiting for it"
 
-        return dict(compact(col, target_rows=target, progress=progress, on_wait=waiting))
+        return dict(
+            compact(col, target_rows=target, progress=progress, on_wait=waiting, erase=erase)
+        )
 
     return submit("compact", run, name)
