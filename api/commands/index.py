@@ -424,7 +424,8 @@ def _print_summary(report) -> None:  # noqa: ANN001
     err = sys.stdout
     print(
         f"collection {report.collection}: {report.indexed} indexed ({report.tiles} vectors), "
-        f"{report.unchanged} unchanged, {len(report.moved)} moved, "
+        f"{report.unchanged} unchanged ({len(getattr(report, 'updated', []))} with new "
+        f"metadata), {len(report.moved)} moved, "
         f"{len(report.duplicates)} duplicates, "
         f"{len(report.failed)} failed in {report.seconds:.1f}s; snapshot {report.snapshot}",
         file=err,
@@ -433,6 +434,12 @@ def _print_summary(report) -> None:  # noqa: ANN001
         print(f"  moved: {m['file']} (was {m['from']}; nothing re-embedded)", file=err)
     if len(report.moved) > 5:
         print(f"  ... and {len(report.moved) - 5} more moved (all in --json)", file=err)
+    updated = getattr(report, "updated", [])
+    for u in updated[:20]:  # a changed manifest row: metadata rewritten, nothing re-embedded
+        for column, ov in sorted(u["changes"].items()):
+            print(f"  updated: {u['source']}: {column} {ov['old']!r} -> {ov['new']!r}", file=err)
+    if len(updated) > 20:
+        print(f"  ... and {len(updated) - 20} more updated (all in --json)", file=err)
     from lamina.indexer.progress import slide_table
 
     for line in slide_table(getattr(report, "slides", [])):
