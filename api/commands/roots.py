@@ -54,7 +54,7 @@ def register(cli: click.Group) -> None:
                 return
             for r in doc["roots"]:
                 where = "present" if r["present"] else "folder missing"
-                click.echo(f"{r['name']}: {where}, moved {r['moves']} times")
+                click.echo(f"{r['name']}: {where}, earlier folders: {r['moves']}")
             if not doc["roots"]:
                 click.echo("no roots (lamina index declares one per indexed folder)")
             return

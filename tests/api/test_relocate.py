@@ -107,7 +107,7 @@ def test_moved_folder_is_relocated_not_reindexed(
     again = _index(home, moved)
     assert again["indexed"] == 0 and again["unchanged"] == 4 and again["moved"] == []
     text = lamina(home, "relocate", "--list").stdout
-    assert "cases: present, moved 1 times" in text
+    assert "cases: present, earlier folders: 1" in text
 
 
 def test_relocate_errors_and_stores_indexed_before_roots(
