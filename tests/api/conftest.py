@@ -280,3 +280,28 @@ def served_home() -> Any:
 @pytest.fixture(scope="session")
 def cli_on() -> Any:
     return CliOn
+
+
+@pytest.fixture(scope="module", params=["local", "url"])
+def cli_mode(request: pytest.FixtureRequest) -> str:
+    """Run a CLI test module twice: in process on the home, and with --url against a real
+    `lamina serve` on that home (see ``cli_for``)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def cli_for(cli_mode: str) -> Iterator[Callable[[Path], CliOn]]:
+    """``cli_for(home)``: the CLI on ``home`` in this module's mode; in ``url`` mode one
+    `lamina serve` per home, started on first use and stopped when the module ends."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        opened: dict[Path, CliOn] = {}
+
+        def cli_on_home(home: Path) -> CliOn:
+            if home not in opened:
+                url = stack.enter_context(ServedHome(home)).url if cli_mode == "url" else None
+                opened[home] = CliOn(cli_mode, home, url)
+            return opened[home]
+
+        yield cli_on_home

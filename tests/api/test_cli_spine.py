@@ -1,4 +1,8 @@
-"""`lamina encoders|index|status|search` end to end on the real PAD-UFES-20 photos."""
+"""`lamina encoders|index|status|search` end to end on the real PAD-UFES-20 photos.
+
+The store queries (status, search) run twice (``cli_mode``): as `lamina --home H ...` and as
+`lamina --url U ...` against a real `lamina serve` on H, each in a subprocess; `index` is
+local by nature and runs with --home in both."""
 
 from __future__ import annotations
 
@@ -23,6 +27,20 @@ def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
+
+
+def ask(cli: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`lamina ARGS` in a subprocess on ``cli.home``: with --home, or in url mode with --url
+    of the server on that home (and a --home that does not exist)."""
+    if cli.mode == "url":
+        return run(cli.home.parent / "no-such-home", "--url", cli.url, *args, check=check)
+    return run(cli.home, *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def spine(derm_home: Path, cli_for: Any) -> Any:
+    """The module's derm home in this run's mode."""
+    return cli_for(derm_home)
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +85,21 @@ def test_rerun_adds_nothing(derm_home: Path, derm_dir: Path) -> None:
     assert report["indexed"] == 0 and report["unchanged"] == 685 and report["segments"] == []
 
 
-def test_status(derm_home: Path) -> None:
-    doc = json.loads(run(derm_home, "status", "--json").stdout)
+def test_status(spine: Any) -> None:
+    doc = json.loads(ask(spine, "status", "--json").stdout)
     (col,) = doc["collections"]
     assert col["name"] == "derm" and col["encoder"] == "classic/stain-texture"
     assert col["tiles"] == 685 and col["sources"] == 685 and col["index_type"] == "Flat"
     assert col["fingerprint"].startswith("classic/stain-texture@")
     assert len(col["last_runs"]) >= 1
-    assert "derm" in run(derm_home, "status").stdout
+    assert "derm" in ask(spine, "status").stdout
 
 
-def test_search_by_image_finds_itself(derm_home: Path, derm_dir: Path) -> None:
+def test_search_by_image_finds_itself(spine: Any, derm_dir: Path) -> None:
     photo = derm_dir / "images" / "PAT_46_881_939.jpg"
     doc = json.loads(
-        run(
-            derm_home, "search", "--collection", "derm", "--image", str(photo), "-k", "5", "--json"
+        ask(
+            spine, "search", "--collection", "derm", "--image", str(photo), "-k", "5", "--json"
         ).stdout
     )
     assert doc["ok"] is True and doc["collection"] == "derm" and doc["snapshot"]
@@ -102,17 +120,17 @@ def test_search_by_image_finds_itself(derm_home: Path, derm_dir: Path) -> None:
     assert top["metadata"]["patient_id"] == "PAT_46"
 
 
-def search_json(home: Path, *args: str) -> dict[str, Any]:
+def search_json(cli: Any, *args: str) -> dict[str, Any]:
     """`lamina search --collection derm ARGS --json`, parsed."""
-    return json.loads(run(home, "search", "--collection", "derm", *args, "--json").stdout)
+    return json.loads(ask(cli, "search", "--collection", "derm", *args, "--json").stdout)
 
 
-def test_search_filters(derm_home: Path, derm_dir: Path) -> None:
+def test_search_filters(spine: Any, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
-    doc = search_json(derm_home, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
+    doc = search_json(spine, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
     assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
     doc = search_json(
-        derm_home,
+        spine,
         "--image",
         photo,
         "-k",
@@ -129,10 +147,10 @@ def test_search_filters(derm_home: Path, derm_dir: Path) -> None:
     )
 
 
-def test_search_by_tile_and_grouping(derm_home: Path) -> None:
+def test_search_by_tile_and_grouping(spine: Any) -> None:
     doc = json.loads(
-        run(
-            derm_home,
+        ask(
+            spine,
             "search",
             "--collection",
             "derm",
@@ -149,22 +167,20 @@ def test_search_by_tile_and_grouping(derm_home: Path) -> None:
     )
     assert len(doc["groups"]) == 4
     own = json.loads(
-        run(
-            derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "1", "--json"
-        ).stdout
+        ask(spine, "search", "--collection", "derm", "--tile-id", "7", "-k", "1", "--json").stdout
     )["hits"][0]
     assert own["tile_id"] == 7 and own["score"] >= 0.999
     assert all(g["value"] != own["metadata"]["patient_id"] for g in doc["groups"])
-    text = run(derm_home, "search", "--collection", "derm", "--tile-id", "7", "-k", "3").stdout
+    text = ask(spine, "search", "--collection", "derm", "--tile-id", "7", "-k", "3").stdout
     assert "snapshot" in text and text.count("tile ") >= 3
 
 
-def test_usage_errors_exit_2(derm_home: Path, derm_dir: Path) -> None:
+def test_usage_errors_exit_2(derm_home: Path, spine: Any, derm_dir: Path) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
-    p = run(derm_home, "search", "--collection", "nope", "--image", photo, check=False)
+    p = ask(spine, "search", "--collection", "nope", "--image", photo, check=False)
     assert p.returncode == 2 and "does not exist" in p.stderr
-    p = run(
-        derm_home,
+    p = ask(
+        spine,
         "search",
         "--collection",
         "derm",
@@ -176,7 +192,7 @@ def test_usage_errors_exit_2(derm_home: Path, derm_dir: Path) -> None:
         check=False,
     )
     assert p.returncode == 2 and json.loads(p.stdout)["code"] == "INVALID_FILTER"
-    p = run(derm_home, "search", "--collection", "derm", check=False)
+    p = ask(spine, "search", "--collection", "derm", check=False)
     assert p.returncode == 2 and "exactly one" in p.stderr
     p = run(
         derm_home, "index", photo, "--collection", "t", "--encoder", "test/tiny-vit", check=False
@@ -196,7 +212,7 @@ def test_usage_errors_exit_2(derm_home: Path, derm_dir: Path) -> None:
     assert p.returncode == 2 and "uses classic/stain-texture" in p.stderr
 
 
-def test_failed_inputs_exit_1(tmp_path: Path, bad_images: dict[str, Path]) -> None:
+def test_failed_inputs_exit_1(tmp_path: Path, bad_images: dict[str, Path], cli_for: Any) -> None:
     p = run(
         tmp_path / "h",
         "index",
@@ -209,7 +225,7 @@ def test_failed_inputs_exit_1(tmp_path: Path, bad_images: dict[str, Path]) -> No
     assert p.returncode == 1
     report = json.loads(p.stdout)
     assert len(report["failed"]) == 4 and report["indexed"] == 0
-    p = run(tmp_path / "h", "status", "--json")
+    p = ask(cli_for(tmp_path / "h"), "status", "--json")
     failures = json.loads(p.stdout)["collections"][0]["failures"]
     assert {Path(f["file"]).name for f in failures} == {b.name for b in bad_images.values()}
 
@@ -265,7 +281,9 @@ def test_explicit_tile_px_tiles_photos(tmp_path: Path, derm_dir: Path) -> None:
     assert plain["tiles"] == 1 and tiled["tiles"] == 1 + 4
 
 
-def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Path) -> None:
+def test_status_drops_failures_fixed_by_a_later_run(
+    tmp_path: Path, derm_dir: Path, cli_for: Any
+) -> None:
     import shutil
 
     target = tmp_path / "late.jpg"
@@ -275,17 +293,18 @@ def test_status_drops_failures_fixed_by_a_later_run(tmp_path: Path, derm_dir: Pa
     assert (
         run(tmp_path / "h", "index", str(target), "--collection", "c", check=False).returncode == 1
     )
-    failures = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0][
-        "failures"
-    ]
+    home = cli_for(tmp_path / "h")
+    failures = json.loads(ask(home, "status", "--json").stdout)["collections"][0]["failures"]
     assert [Path(f["file"]).name for f in failures] == ["late.jpg"]
     shutil.copy(derm_dir / "images" / "PAT_46_881_939.jpg", target)
     run(tmp_path / "h", "index", str(target), "--collection", "c")
-    col = json.loads(run(tmp_path / "h", "status", "--json").stdout)["collections"][0]
+    col = json.loads(ask(home, "status", "--json").stdout)["collections"][0]
     assert col["failures"] == [] and col["tiles"] == 1
 
 
-def test_index_factory_can_be_changed_without_reembedding(derm_home: Path, derm_dir: Path) -> None:
+def test_index_factory_can_be_changed_without_reembedding(
+    derm_home: Path, spine: Any, derm_dir: Path
+) -> None:
     photo = str(derm_dir / "images" / "PAT_46_881_939.jpg")
     bad = run(
         derm_home,
@@ -305,10 +324,10 @@ def test_index_factory_can_be_changed_without_reembedding(derm_home: Path, derm_
         ).stdout
     )
     assert report["indexed"] == 0  # nothing re-embedded
-    col = json.loads(run(derm_home, "status", "--json").stdout)["collections"][0]
+    col = json.loads(ask(spine, "status", "--json").stdout)["collections"][0]
     assert col["index_type"] == "HNSW32"
-    doc = search_json(derm_home, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
+    doc = search_json(spine, "--image", photo, "-k", "5", "--filter", "diagnostic=MEL")
     assert len(doc["hits"]) == 5 and {h["metadata"]["diagnostic"] for h in doc["hits"]} == {"MEL"}
-    top = search_json(derm_home, "--image", photo, "-k", "1")["hits"][0]
+    top = search_json(spine, "--image", photo, "-k", "1")["hits"][0]
     assert Path(top["source"]).name == "PAT_46_881_939.jpg"
     run(derm_home, "index", photo, "--collection", "derm", "--index-factory", "Flat")

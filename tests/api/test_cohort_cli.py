@@ -1,4 +1,6 @@
-"""CLI end to end: `lamina probe`, `lamina export`, `lamina cohort create/show/list/delete`."""
+"""CLI end to end: `lamina probe`, `lamina export`, `lamina cohort create/show/list/delete`,
+each test run twice (``cli_mode``): in process on the home, and with --url against a real
+`lamina serve` on it."""
 
 from __future__ import annotations
 
@@ -6,36 +8,37 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
-from lamina.api.cli import cli
 
 DERM_DIR = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "derm" / "pad_ufes20_subset"
 )
 
 
-@pytest.fixture()
-def home(derm_home: Path, tmp_path: Path) -> Path:
-    """A private copy of the session's derm collection (so the catalog is ours alone)."""
-    h = tmp_path / "home"
+@pytest.fixture(scope="module")
+def home(derm_home: Path, tmp_path_factory: pytest.TempPathFactory, cli_mode: str) -> Path:
+    """A private copy of the session's derm collection per mode (the catalog is ours alone)."""
+    h = tmp_path_factory.mktemp(f"cohort-cli-{cli_mode}") / "home"
     shutil.copytree(derm_home / "collections", h / "collections")
     return h
 
 
-def run(home: Path, *args: str) -> str:
-    res = CliRunner().invoke(
-        cli, ["--home", str(home), *args], catch_exceptions=False, env={"LAMINA_URL": ""}
-    )
-    assert res.exit_code == 0, res.output
-    return res.stdout
+@pytest.fixture(scope="module")
+def lamina(home: Path, cli_for: Any) -> Any:
+    """The CLI on ``home``, in this module's mode (local or --url)."""
+    return cli_for(home)
 
 
-def test_probe_json(home: Path) -> None:
+def run(lamina: Any, *args: str) -> str:
+    return str(lamina(*args).stdout)
+
+
+def test_probe_json(lamina: Any) -> None:
     doc = json.loads(
         run(
-            home,
+            lamina,
             "probe",
             "--collection",
             "derm",
@@ -53,7 +56,7 @@ def test_probe_json(home: Path) -> None:
             assert f[m]["ci_low"] <= f[m]["value"] <= f[m]["ci_high"]
     assert set(doc["retrieval"]) == {"acc@1", "acc@3", "acc@5", "mmv@5"}
     table = run(
-        home,
+        lamina,
         "probe",
         "--collection",
         "derm",
@@ -67,12 +70,12 @@ def test_probe_json(home: Path) -> None:
     assert "AUROC" in table and "mmv@5" in table
 
 
-def test_export_no_patient_in_both_splits(home: Path, tmp_path: Path) -> None:
+def test_export_no_patient_in_both_splits(lamina: Any, tmp_path: Path) -> None:
     import duckdb
 
     out = tmp_path / "set.parquet"
     text = run(
-        home,
+        lamina,
         "export",
         "--collection",
         "derm",
@@ -98,7 +101,7 @@ def test_export_no_patient_in_both_splits(home: Path, tmp_path: Path) -> None:
     assert meta["snapshot"] and meta["encoder"].startswith("test/tiny-vit@")
     out_csv = tmp_path / "set.csv"
     run(
-        home,
+        lamina,
         "export",
         "--collection",
         "derm",
@@ -111,20 +114,17 @@ def test_export_no_patient_in_both_splits(home: Path, tmp_path: Path) -> None:
     )
     with open(out_csv) as fh:
         header = next(csv.reader(fh))
-    assert (
-        header[:8]
-        == ["tile_id", "source", "source_id", "patient", "label", "split", "group", "nn_tile_id"]
-        and "e63" in header
-    )
+    assert header[:7] == ["tile_id", "source", "source_id", "patient", "label", "split", "group"]
+    assert {"x", "y", "nn_tile_id", "nn_score", "nn_label", "e63"} <= set(header)
     assert json.loads(Path(str(out_csv) + ".meta.json").read_text())["seed"] == 0
 
 
-def test_cohort_create_show_list_delete(home: Path) -> None:
+def test_cohort_create_show_list_delete(lamina: Any) -> None:
     with open(DERM_DIR / "labels.csv") as fh:
         mel = next(r["filename"] for r in csv.DictReader(fh) if r["diagnostic"] == "MEL")
     created = json.loads(
         run(
-            home,
+            lamina,
             "cohort",
             "create",
             "mel-like",
@@ -138,17 +138,17 @@ def test_cohort_create_show_list_delete(home: Path) -> None:
         )
     )
     assert created["cohort"]["n_tiles"] == 50 and created["cohort"]["version"] == 1
-    shown = json.loads(run(home, "cohort", "show", "mel-like", "--json"))["cohort"]
+    shown = json.loads(run(lamina, "cohort", "show", "mel-like", "--json"))["cohort"]
     counts = shown["counts"]
     assert sum(r["n"] for r in counts["per_patient"]) == 50
     assert sum(r["n"] for r in counts["per_label"]["diagnostic"]) == 50
     assert any(r["value"] == "MEL" for r in counts["per_label"]["diagnostic"])
-    run(home, "cohort", "create", "mel-like", "--collection", "derm", "--filter", "diagnostic=MEL")
-    listed = json.loads(run(home, "cohort", "list", "--json"))["cohorts"]
-    assert [(c["name"], c["version"], c["n_versions"]) for c in listed] == [("mel-like", 2, 2)]
-    assert "per diagnostic" in run(home, "cohort", "show", "mel-like")
-    run(home, "cohort", "delete", "mel-like")
-    res = CliRunner().invoke(
-        cli, ["--home", str(home), "cohort", "show", "mel-like"], env={"LAMINA_URL": ""}
+    run(
+        lamina, "cohort", "create", "mel-like", "--collection", "derm", "--filter", "diagnostic=MEL"
     )
-    assert res.exit_code == 2 and "no cohort" in res.output
+    listed = json.loads(run(lamina, "cohort", "list", "--json"))["cohorts"]
+    assert [(c["name"], c["version"], c["n_versions"]) for c in listed] == [("mel-like", 2, 2)]
+    assert "per diagnostic" in run(lamina, "cohort", "show", "mel-like")
+    run(lamina, "cohort", "delete", "mel-like")
+    res = lamina("cohort", "show", "mel-like", code=2)
+    assert "no cohort" in res.stderr

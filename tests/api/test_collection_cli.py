@@ -1,5 +1,8 @@
 """`lamina collection set|build|show`, `lamina index --index-factory/--nprobe/--vector-dtype`
-and `lamina search --nprobe/--strategy/--explain`, in process on real PAD-UFES-20 photos."""
+and `lamina search --nprobe/--strategy/--explain`, in process on real PAD-UFES-20 photos.
+
+`collection set|show` and `search` run twice (``cli_mode``): on the home, and with --url against
+a real `lamina serve` on it (``cli_for``); `index` and `collection build` are local by nature."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+
 from lamina.api.cli import cli
 
 
@@ -33,14 +37,16 @@ def _index(home: Path, target: Path | str, *extra: str, code: int = 0) -> Result
     )
 
 
-def test_index_builds_the_index_and_keeps_the_dtype(tmp_path: Path, photos: Path) -> None:
+def test_index_builds_the_index_and_keeps_the_dtype(
+    tmp_path: Path, photos: Path, cli_for: Any
+) -> None:
     home = tmp_path / "h"
     args = ("--vector-dtype", "float16", "--index-factory", "IVF4", "--nprobe", "2", "--json")
     report = json.loads(_index(home, photos, *args).stdout)
     assert report["indexed"] == 24
     ann = report["ann_index"]
     assert ann["factory"] == "IVF4" and ann["trained"] and ann["tiles_indexed"] == 24
-    shown = json.loads(lamina(home, "collection", "show", "c", "--json").stdout)["collection"]
+    shown = json.loads(cli_for(home)("collection", "show", "c", "--json").stdout)["collection"]
     assert shown["vector_dtype"] == "float16" and shown["index_params"] == {"nprobe": 2}
     assert shown["index"]["state"] == "ready" and shown["index"]["tiles_indexed"] == 24
     dim = json.loads((home / "collections" / "c" / "collection.json").read_text())["embed_dim"]
@@ -54,33 +60,35 @@ def test_index_builds_the_index_and_keeps_the_dtype(tmp_path: Path, photos: Path
     assert again["indexed"] == 0 and again["ann_index"]["segments_indexed"] == 0
 
 
-def test_search_params_and_explain(tmp_path: Path, photos: Path) -> None:
+def test_search_params_and_explain(tmp_path: Path, photos: Path, cli_for: Any) -> None:
     home = tmp_path / "h"
     _index(home, photos, "--index-factory", "IVF4")
     query = ("search", "--collection", "c", "--tile-id", "3", "-k", "5")
-    exact = json.loads(lamina(home, *query, "--strategy", "exact", "--json").stdout)
+    exact = json.loads(cli_for(home)(*query, "--strategy", "exact", "--json").stdout)
     assert exact["plan"]["strategy"] == "exact" and exact["plan"]["index"] == "IVF4"
-    full = json.loads(lamina(home, *query, "--strategy", "ann", "--nprobe", "4", "--json").stdout)
+    full = json.loads(cli_for(home)(*query, "--strategy", "ann", "--nprobe", "4", "--json").stdout)
     assert full["plan"]["strategy"] == "ann" and full["plan"]["nprobe"] == 4
     assert full["plan"]["candidates"] == 24  # every list probed: every tile scored
     assert [h["tile_id"] for h in full["hits"]] == [h["tile_id"] for h in exact["hits"]]
-    text = lamina(home, *query, "--strategy", "ann", "--nprobe", "1", "--explain")
+    text = cli_for(home)(*query, "--strategy", "ann", "--nprobe", "1", "--explain")
     assert text.stdout.startswith("collection c") and "plan: ann over index IVF4" in text.stderr
     assert "nprobe 1" in text.stderr and "ms: filter" in text.stderr
-    assert "plan:" not in lamina(home, *query).stderr  # only with --explain
-    bad = lamina(home, *query, "--nprobe", "0", code=2)
+    assert "plan:" not in cli_for(home)(*query).stderr  # only with --explain
+    bad = cli_for(home)(*query, "--nprobe", "0", code=2)
     assert "--nprobe" in bad.stderr
 
 
-def test_collection_set_build_show(tmp_path: Path, photos: Path, derm_images: list[Path]) -> None:
+def test_collection_set_build_show(
+    tmp_path: Path, photos: Path, derm_images: list[Path], cli_for: Any
+) -> None:
     home = tmp_path / "h"
     _index(home, photos)
-    shown = json.loads(lamina(home, "collection", "show", "c", "--json").stdout)["collection"]
+    shown = json.loads(cli_for(home)("collection", "show", "c", "--json").stdout)["collection"]
     assert shown["index_factory"] == "Flat" and shown["index"]["state"] == "exact"
     assert shown["vector_dtype"] == "float32"
 
-    lamina(home, "collection", "set", "c", "--index-factory", "IVF4", "--refine", "5")
-    text = lamina(home, "collection", "show", "c").stdout
+    cli_for(home)("collection", "set", "c", "--index-factory", "IVF4", "--refine", "5")
+    text = cli_for(home)("collection", "show", "c").stdout
     assert "index IVF4" in text and "index none: 0/1 segments" in text and "refine=5" in text
 
     built = lamina(home, "collection", "build", "c")
@@ -97,23 +105,23 @@ def test_collection_set_build_show(tmp_path: Path, photos: Path, derm_images: li
     report = json.loads(_index(home, derm_images[30], "--json").stdout)
     assert report["indexed"] == 1 and not report["ann_index"]["trained"]
     assert report["ann_index"]["segments_indexed"] == 1
-    state: dict[str, Any] = json.loads(lamina(home, "collection", "show", "c", "--json").stdout)
+    state: dict[str, Any] = json.loads(cli_for(home)("collection", "show", "c", "--json").stdout)
     assert state["collection"]["index"]["state"] == "ready"
     assert state["collection"]["index"]["segments_indexed"] == state["collection"]["segments"] == 2
 
 
-def test_collection_errors(tmp_path: Path, photos: Path) -> None:
+def test_collection_errors(tmp_path: Path, photos: Path, cli_for: Any) -> None:
     home = tmp_path / "h"
     _index(home, photos)
-    assert "give --index-factory" in lamina(home, "collection", "set", "c", code=2).stderr
-    bad = lamina(home, "collection", "set", "c", "--index-factory", "Nope9", "--json", code=2)
+    assert "give --index-factory" in cli_for(home)("collection", "set", "c", code=2).stderr
+    bad = cli_for(home)("collection", "set", "c", "--index-factory", "Nope9", "--json", code=2)
     assert json.loads(bad.stdout)["code"] == "INVALID_INDEX_FACTORY"
-    lost = lamina(home, "collection", "show", "nope", "--json", code=2)
+    lost = cli_for(home)("collection", "show", "nope", "--json", code=2)
     assert json.loads(lost.stdout)["code"] == "COLLECTION_NOT_FOUND"
     remote = lamina(home, "--url", "http://127.0.0.1:9", "collection", "build", "c", code=2)
     assert "local store" in remote.stderr
     # more lists than vectors: the build says so; `lamina index` reports it and still succeeds
-    lamina(home, "collection", "set", "c", "--index-factory", "IVF64")
+    cli_for(home)("collection", "set", "c", "--index-factory", "IVF64")
     err = json.loads(lamina(home, "collection", "build", "c", "--json", code=2).stdout)
     assert err["code"] == "INVALID_INDEX_FACTORY" and "at least 64" in err["error"]
     report = json.loads(_index(home, photos, "--json").stdout)
