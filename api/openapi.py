@@ -71,7 +71,8 @@ SCHEMAS: dict[str, Any] = {
     "Filter": {
         "type": "object",
         "description": 'e.g. {"label": {"in": ["MEL"]}, "age": {"gte": 50}}; '
-        "operators eq, ne, in, nin, gt, gte, lt, lte; a bare value means eq.",
+        "operators eq, ne, in, nin, iin (in, ignoring case), gt, gte, lt, lte; a bare value "
+        "means eq.",
         "additionalProperties": {},
     },
     "Hit": {
@@ -110,8 +111,9 @@ SCHEMAS: dict[str, Any] = {
             "key": _STR,
             "value": {},
             "score": _NUM,
-            "n_hits": _INT,
+            "n_hits": {"type": "integer", "description": "the group's tiles matching the filters"},
             "hits": {"type": "array", "items": _ref("Hit")},
+            "name": {"type": "string", "description": "slide groups: the file, as hits show it"},
         },
     },
     "SearchParams": {
@@ -148,6 +150,24 @@ SCHEMAS: dict[str, Any] = {
             "ms": {"type": "object", "additionalProperties": _NUM},
         },
     },
+    "ColumnRoles": {
+        "type": "object",
+        "properties": {
+            "name": _STR,
+            "declared": {
+                "type": "object",
+                "properties": {
+                    "patient_column": _NSTR,
+                    "case_column": _NSTR,
+                    "lesion_column": _NSTR,
+                },
+            },
+            "patient_column": _NSTR,
+            "case_column": _NSTR,
+            "lesion_column": _NSTR,
+            "metadata_columns": {"type": "object", "additionalProperties": _STR},
+        },
+    },
     "SearchResult": _ok(
         {
             "collection": _STR,
@@ -157,6 +177,12 @@ SCHEMAS: dict[str, Any] = {
             "groups": {"type": "array", "items": _ref("Group")},
             "query": _OBJ,
             "plan": _ref("Plan"),
+            "warnings": {
+                "type": "array",
+                "items": _STR,
+                "description": "Filter values that match no value of their column (with the "
+                "values differing only in case).",
+            },
             "missing_segments": {
                 "type": "array",
                 "items": _STR,
@@ -242,7 +268,11 @@ SCHEMAS: dict[str, Any] = {
             },
             "filter": _ref("Filter"),
             "filters": {"type": "array", "items": _STR, "description": "CLI EXPR strings, ANDed"},
-            "group_by": {"enum": ["slide", "patient", None]},
+            "group_by": {
+                "type": ["string", "null"],
+                "description": "slide, patient, case, lesion (the declared column) or any "
+                "metadata column: k groups, one hit per group (its best tile)",
+            },
             "exclude_same": _NSTR,
             "encoder": {
                 "type": "string",
@@ -267,7 +297,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "EXPR lines (COL=V1,V2 / COL>=N ...), one per line; repeatable",
             },
-            "group_by": {"enum": ["slide", "patient"]},
+            "group_by": _STR,
             "exclude_same": _STR,
             "level": {"enum": ["tile", "slide"]},
             "params": {"type": "string", "description": "SearchParams as JSON"},
@@ -497,6 +527,36 @@ PATHS: dict[str, Any] = {
                 _name_param("c"),
                 {"name": "confirm", "in": "query", "required": True, "schema": _STR},
             ],
+        ),
+    },
+    "/collections/{c}/columns": {
+        "get": _op(
+            "The collection's column roles: declared patient/case/lesion columns, what they "
+            "resolve to (patient falls back to patient_id), and its metadata columns",
+            {"200": _json(_ok({"collection": _ref("ColumnRoles")}))},
+            parameters=[_name_param("c")],
+        ),
+        "put": _op(
+            "Declare column roles (admin); nothing is re-embedded. 422 INVALID_QUERY for another "
+            "field or a column the collection does not have",
+            {"200": _json(_ok({"collection": _ref("ColumnRoles")}))},
+            parameters=[_name_param("c")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "patient_column": _NSTR,
+                                "case_column": _NSTR,
+                                "lesion_column": _NSTR,
+                            },
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
         ),
     },
     "/collections/{c}/facets": {
