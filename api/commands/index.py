@@ -88,7 +88,7 @@ def register(cli: click.Group) -> None:
         default=None,
         metavar="LIST",
         help="Comma-separated manifest values read as missing, ignoring case (default "
-        "NA,N/A,NaN,unknown,none,null,-; an empty field is always missing).",
+        "NA,N/A,NaN,unknown,UNK,none,null,-; an empty field is always missing).",
     )
     @click.option(
         "--dry-run",
