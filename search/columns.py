@@ -81,6 +81,8 @@ def group_column(view: Any, group_by: str) -> str:
         found = resolve(view.collection, view.schema, group_by)
         if found is not None:
             return found
+        if group_by in view.metadata_columns:  # a column literally named so
+            return group_by
         said = declared(view.collection)[group_by]
         if said is not None:
             raise InvalidQueryError(

@@ -201,3 +201,14 @@ def test_index_declares_columns_and_missing_paths_exit_2(
     assert "x.jpg" in res.stderr and "does not exist" in res.stderr
     res = cli("search", "--collection", "d", "--tile-id", "0", "--group-by", "ward", code=2)
     assert "'ward' is not a column" in res.stderr and "lesion_id" in res.stderr
+    # the other documented exit codes: 1 when some inputs failed (named), 2 for bad arguments
+    broken = images / "zz_broken.jpg"
+    broken.write_bytes(next(images.glob("PAT_*.jpg")).read_bytes()[:2000])
+    res = cli(*base, code=1)
+    assert "zz_broken.jpg" in res.stdout + res.stderr
+    res = cli("probe", "--collection", "d", "--label-column", "ward", code=2)
+    assert "unknown label column 'ward'" in res.stderr
+    res = cli("export", "--collection", "d", "--label-column", "diagnostic", "--split-by", "ward",
+              "--out", str(tmp_path / "x.parquet"), code=2)  # fmt: skip
+    assert "split_by: 'ward' is not a column" in res.stderr
+    assert not (tmp_path / "x.parquet").exists()
