@@ -1,9 +1,9 @@
 """Facets: a collection's filterable metadata columns, with their values and counts.
 
 Method: one pass per column over the view's tiles (DuckDB over the segments' Arrow tables,
-``view.sql``). A numeric column (``filters.NUMERIC_TYPES``) is described by ``min``, ``max``
-and ``count`` (non-null tiles); any other column by its ``count``, its number of distinct
-non-null values (``n_distinct``) and its ``top`` values with their tile counts -- at most
+``view.sql``). A numeric column (``filters.NUMERIC_TYPES``) is described by ``min``, ``max``,
+``count`` (non-null tiles) and ``n_distinct`` (distinct non-null values); any other column by
+its ``count``, ``n_distinct`` and its ``top`` values with their tile counts -- at most
 ``max_values`` of them, most frequent first, ties by value -- and ``truncated`` when more
 values exist than are listed. ``n_null`` counts tiles without a value. Counts are tiles of
 the view's snapshot, never sources. Only metadata columns are listed (the manifest's
@@ -25,11 +25,15 @@ MAX_VALUES_LIMIT = 200
 
 def _numeric(view: CollectionView, name: str) -> dict[str, Any]:
     q = quote_ident(name)
-    row = view.sql(f"SELECT min({q}) AS lo, max({q}) AS hi, count({q}) AS n FROM tiles")[0]
+    row = view.sql(
+        f"SELECT min({q}) AS lo, max({q}) AS hi, count({q}) AS n, count(DISTINCT {q}) AS d "
+        "FROM tiles"
+    )[0]
     return {
         "min": _jsonable(row["lo"]),
         "max": _jsonable(row["hi"]),
         "count": int(row["n"]),
+        "n_distinct": int(row["d"]),
     }
 
 
