@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from lamina.search import SearchService, Store
 from lamina.search.cohorts import summary_counts
 from lamina.search.columns import declare, group_column, patient_column, split_column
@@ -180,3 +181,60 @@ def test_case_insensitive_filter_and_warnings(derm_home: Path) -> None:
     assert int(expect.sum()) == n_sql
     with pytest.raises(FilterError):
         parse_filters(["diagnostic~="])
+
+
+@pytest.fixture(scope="module")
+def ebhi(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Any:
+    """The 240 EBHI-Seg H&E tiles (168 cases) with their case and specimen ids, declared as the
+    patient and case columns as `lamina index --patient-column case_id --case-column
+    specimen_id` does."""
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
+
+    src = shared_data / "path_tiles" / "ebhi_seg_224"
+    home = tmp_path_factory.mktemp("ebhi") / "home"
+    store = Store(home)
+    ingest(
+        store,
+        "ebhi",
+        [str(src / "images")],
+        create_encoder("classic/stain-texture"),
+        IngestOptions(progress=False),
+        Manifest.load(src / "labels.csv", "filename"),
+    )
+    col = store.collection("ebhi")
+    view = SearchService(store).view("ebhi")
+    declare(col, {"patient": "case_id", "case": "specimen_id"}, view.metadata_columns)
+    return store
+
+
+def test_he_tiles_split_by_case_by_default_and_image_split_leaks(ebhi: Any) -> None:
+    view = SearchService(ebhi).view("ebhi")
+    assert view.n_tiles == 240 and patient_column(view) == "case_id"
+    by_case = build_labeled_set(view, "class_code", seed=3)
+    by_image = build_labeled_set(view, "class_code", split_by="image", seed=3)
+    cases = [str(view.tile(int(t))["case_id"]) for t in by_case.tile_id]
+    a = pd.DataFrame({"case": cases, "split": by_case.text["split"]})
+    b = pd.DataFrame({"case": cases, "split": by_image.text["split"]})
+    assert by_case.meta["split_by"] == "case_id" and by_case.meta["warnings"] == []
+    assert a.groupby("case")["split"].nunique().max() == 1  # no case on both sides
+    assert by_case.text["patient"] == cases
+    # by image, cases with several tiles land on both sides: the leak the warning names
+    assert (b.groupby("case")["split"].nunique() == 2).sum() > 0
+    assert "inflated" in by_image.meta["warnings"][0]
+
+
+def test_he_group_by_case_equals_pandas(ebhi: Any) -> None:
+    svc = SearchService(ebhi)
+    view = svc.view("ebhi")
+    q = np.asarray(view.tile_vectors([11])[0], np.float64)
+    df = _frame(view, q / np.linalg.norm(q))
+    want = _expected(df, "specimen_id", 10)
+    res = svc.search_tile("ebhi", 11, 10, group_by="case", params={"strategy": "exact"})
+    assert res.groups is not None
+    assert [g.value for g in res.groups] == want.index.tolist()
+    assert [g.n_hits for g in res.groups] == want["n"].tolist()
+    assert [h.tile_id for h in res.hits] == want["tile_id"].tolist()
+    excl = svc.search_tile("ebhi", 11, 10, group_by="patient", exclude_same="patient")
+    own = view.tile(11)["case_id"]
+    assert excl.groups and all(g.key == "case_id" and g.value != own for g in excl.groups)
