@@ -162,4 +162,4 @@ def test_reindexing_a_copy_moves_sources(tmp_path: Path, derm_dir: Path, slides_
     reads = _reads(_app(home), now)
     assert reads["tile"].status_code == 200 and reads["thumb"].status_code == 200
     text = lamina(home, "index", str(copy), "--collection", "c", *ENC).stdout
-    assert "4 unchanged, 0 moved, 0 duplicates" in text
+    assert "4 unchanged" in text and "0 moved, 0 duplicates" in text
