@@ -238,3 +238,17 @@ def test_he_group_by_case_equals_pandas(ebhi: Any) -> None:
     excl = svc.search_tile("ebhi", 11, 10, group_by="patient", exclude_same="patient")
     own = view.tile(11)["case_id"]
     assert excl.groups and all(g.key == "case_id" and g.value != own for g in excl.groups)
+
+
+def test_a_running_service_sees_roles_declared_by_another_process(ebhi: Any) -> None:
+    import time
+
+    server = SearchService(ebhi, background=True)
+    assert patient_column(server.view("ebhi")) == "case_id"
+    other = Store(ebhi.home).collection("ebhi")  # as another process would open it
+    declare(other, {"patient": "specimen_id"}, ["specimen_id", "case_id"])
+    time.sleep(0.15)  # older than the file-time granularity the service trusts
+    view = server.view("ebhi")
+    assert patient_column(view) == "specimen_id"
+    assert group_column(view, "patient") == "specimen_id"
+    declare(other, {"patient": "case_id"}, ["specimen_id", "case_id"])  # as the module expects
