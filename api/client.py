@@ -634,7 +634,10 @@ class Client:
             body["dry_run"] = True
         if filter is not None:
             body["filter"] = filter if isinstance(filter, str) else dict(filter)
-        return self._json("POST", f"/collections/{_q(collection)}/delete", json_body=body)
+        _, _, data = self._raw("POST", f"/collections/{_q(collection)}/delete", json_body=body)
+        if dry_run:
+            return dict(json.loads(data))
+        return dict(wait_for_job(self, accepted_job(data))["result"])
 
     def drop_collection(self, name: str) -> dict[str, Any]:
         """Remove collection ``name`` with its cohorts and export records (admin scope)."""

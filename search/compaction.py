@@ -374,10 +374,14 @@ def compact(
             cleaned = finish_interrupted(col)
             before = col.segments()
             healthy = [s for s in before if not check_segment(s, hash_limit=0)]
-            groups = plan_groups(healthy, target_rows, min_segments)
+            gone = [s for s in healthy if s.n_deleted and not s.n_sources]  # nothing live left
+            if gone:  # leaves the listing in one rename; removed with the other retired ones
+                retire(col.segments_dir, [s.segment_id for s in gone])
+            live = [s for s in healthy if s not in gone]
+            groups = plan_groups(live, target_rows, min_segments)
             grouped = {s.segment_id for g in groups for s in g}
-            groups += [[s] for s in healthy if s.n_deleted and s.segment_id not in grouped]
-            erased = sum(s.n_deleted for g in groups for s in g)
+            groups += [[s] for s in live if s.n_deleted and s.segment_id not in grouped]
+            erased = sum(s.n_deleted for g in groups for s in g) + sum(s.n_deleted for s in gone)
             for group in groups:
                 t1 = time.perf_counter()
                 info = merge(col, group, progress)

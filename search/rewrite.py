@@ -383,6 +383,9 @@ def _rewrite(
             if out is None:
                 continue
             tiles, sources, source_vectors, tombstones = out
+            if sources.num_rows == 0:  # every source deleted: the segment just leaves the listing
+                retire(col.segments_dir, [seg.segment_id])
+                continue
             new = _commit(col, seg, tiles, sources, source_vectors, tombstones, run_id)
             done.append(new.segment_id)
 

@@ -7,9 +7,12 @@
   values (``search.rewrite.annotate``: a new snapshot sharing the vectors, nothing re-embedded),
   and counts the collection's sources without a manifest row (left as they are).
 - ``POST /collections/<name>/delete`` (write): JSON ``{"sources": [names], "filter": EXPR or
-  JSON filter}``; deletes whole sources at once (tombstones in a new snapshot; the next
-  ``lamina compact`` erases them from disk). The names and filter travel in the body, so the
-  audit log (which records paths, never bodies) keeps none of them.
+  JSON filter, "dry_run": bool}``; the names are resolved at once (an unknown or ambiguous one
+  is an error and nothing is deleted; ``dry_run`` answers what would go), then the deletion
+  runs as a background job (it waits for the collection's ingest lock) whose result lists the
+  deleted sources: tombstones in a new snapshot, erased from disk by the next ``lamina
+  compact``. The names and filter travel in the body, so the audit log (which records paths,
+  never bodies) keeps none of them.
 - ``DELETE /collections/<name>?confirm=<name>`` (admin): drops the collection: its directory,
   and the cohorts and export records of it in the catalog. The name is repeated in ``confirm``
   (else ``422 CONFIRMATION_REQUIRED``), so a mistaken DELETE never drops a collection.
@@ -38,7 +41,7 @@ def annotate_collection(name: str) -> Response:
                        "UNSUPPORTED_MEDIA_TYPE")  # fmt: skip
     upload = request.files.get("manifest")
     if upload is None:
-        raise ApiError("no 'manifest' file in the request", 422, "INVALID_REQUEST")
+        raise ApiError("no 'manifest' file in the request", 422, "INVALID_QUERY")
     from lamina.search.manifests import parse_column_types, parse_na_values
 
     specs = [s for v in request.form.getlist("column_type") for s in v.split(",") if s.strip()]
@@ -111,16 +114,16 @@ def delete_sources(name: str) -> Response:
         raise ApiError("the body must be a JSON object", 400, "BAD_REQUEST")
     names = body.get("sources") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ApiError("'sources' must be a list of source names or ids", 422, "INVALID_REQUEST")
+        raise ApiError("'sources' must be a list of source names or ids", 422, "INVALID_QUERY")
     if len(names) > MAX_NAMES:
-        raise ApiError(f"at most {MAX_NAMES} sources per request", 422, "INVALID_REQUEST")
+        raise ApiError(f"at most {MAX_NAMES} sources per request", 422, "INVALID_QUERY")
     spec = body.get("filter")
     if spec is not None and not isinstance(spec, str | dict):
-        raise ApiError("'filter' must be an expression or a JSON filter", 422, "INVALID_REQUEST")
+        raise ApiError("'filter' must be an expression or a JSON filter", 422, "INVALID_QUERY")
     exprs = [line for line in spec.splitlines() if line.strip()] if isinstance(spec, str) else []
     conds = parse_filters(exprs, spec if isinstance(spec, dict) else None)
     if not names and not conds:
-        raise ApiError("name sources or give a filter: nothing to delete", 422, "INVALID_REQUEST")
+        raise ApiError("name sources or give a filter: nothing to delete", 422, "INVALID_QUERY")
     st = state()
     view = st.service.view(name, wait=True)
     keys = resolve_sources(view, names, conds)
@@ -137,10 +140,15 @@ def delete_sources(name: str) -> Response:
                 "snapshot": view.snapshot.id,
             }
         )
-    result = delete(st.store.collection(name), keys)
-    _refresh(st, name)
-    return jsonify(
-        {
+    from lamina.api.routes.jobs import submit
+
+    col = st.store.collection(name)
+
+    def run(job: Job) -> dict[str, Any]:
+        job.report(0.1, f"deleting {len(keys)} sources")
+        result = delete(col, keys)
+        _refresh(st, name)
+        return {
             "ok": True,
             "collection": name,
             "deleted": result["deleted"],
@@ -150,7 +158,8 @@ def delete_sources(name: str) -> Response:
             "erased": False,
             "note": "gone from searches now; erased from disk by the next `lamina compact`",
         }
-    )
+
+    return submit("delete", run, name)
 
 
 @bp.delete("/collections/<name>")

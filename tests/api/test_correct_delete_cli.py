@@ -166,6 +166,17 @@ def test_delete_then_erase_leaves_no_trace(cli: Any, tmp_path: Path) -> None:
     assert tile_id not in {h["tile_id"] for h in res["hits"]} and name not in _names(res["hits"])
     err = cli.json("search", "--collection", "derm", "--tile-id", str(tile_id), code=2)
     assert err["code"] == "TILE_NOT_FOUND" and "deleted" in err["error"]
+    # its tile, tile image and thumbnail routes answer 404 too
+    from lamina.api.client import NotFound
+
+    client = _client(cli)
+    for fetch in (
+        lambda: client.tile(tile_id, "derm"),
+        lambda: client.tile_image(tile_id, "derm"),
+        lambda: client.thumbnail(str(row["source_id"]), "derm"),
+    ):
+        with pytest.raises(NotFound):
+            fetch()
     # the cohort says a member was deleted; its export leaves it out with a warning
     record = cli.json("cohort", "show", "same-dx")["cohort"]
     assert record["deleted_members"] == 1 and record["n_tiles"] == n_members
@@ -188,10 +199,22 @@ def test_delete_then_erase_leaves_no_trace(cli: Any, tmp_path: Path) -> None:
     files = [Path(r) / f for r, _, fs in os.walk(cli.home) for f in fs]
     kinds = {f.suffix for f in files}
     assert {".parquet", ".f32", ".json"} <= kinds
+    if cli.mode == "url":  # the server's audit log is searched too
+        assert any(f.name.startswith("audit.jsonl") for f in files)
     for f in files:
         data = f.read_bytes()
         for what, needle in needles.items():
             assert needle not in data, f"{what} of the deleted photo found in {f}"
+
+
+def _client(cli: Any) -> Any:
+    """A client to the same API the CLI talks to (the server, or the in-process app)."""
+    from lamina.api.client import Client
+    from lamina.api.local import LOCAL_URL, inprocess_transport, local_app
+
+    if cli.mode == "url":
+        return Client(cli.url, token="")
+    return Client(LOCAL_URL, token="", transport=inprocess_transport(local_app(cli.home)))
 
 
 def _vector_of(home: Path, tile_id: int) -> np.ndarray:

@@ -178,13 +178,17 @@ def _files(home: Path) -> list[Path]:
     return [Path(r) / f for r, _, fs in os.walk(home) for f in fs]
 
 
+@pytest.mark.parametrize("factory", ["IVF4", "IVF2,SQ8", "HNSW8"])
 def test_delete_hides_at_once_and_compaction_erases(
-    tmp_path: Path, photos: Path, derm_dir: Path
+    tmp_path: Path, photos: Path, derm_dir: Path, factory: str
 ) -> None:
+    """IVF lists (our own), a FAISS IVF code index (preassigned lists, bitmap) and HNSW (a
+    graph holding vector copies): the deleted tile is never a hit nor counted, and after
+    compaction with erase no index file holds it either."""
     home = home_of(photos.parents[1], "right", tmp_path)
     col = Store(home).collection("derm")
-    col.set_index("IVF4")
-    update_index(col)
+    col.set_index(factory)
+    assert update_index(col).get("trained")
     service = SearchService(Store(home))
     view = service.view("derm")
     truth = _truth(derm_dir, photos)
@@ -211,6 +215,8 @@ def test_delete_hides_at_once_and_compaction_erases(
                 after, vec[None, :], N_PHOTOS, conds, params={"strategy": strategy}
             )
             assert tile_id not in after.tile_ids_at(ranked[0].positions).tolist()
+            # the rewritten segment kept its index part (linked), so ANN really ran on it
+            assert plan.segments_indexed == (1 if strategy == "ann" else 0), plan
             assert plan.matched == (
                 N_PHOTOS - 1
                 if not conds
@@ -239,7 +245,8 @@ def test_delete_hides_at_once_and_compaction_erases(
         str(truth.loc[victim, "patient_id"]).encode(),
     ]
     files = _files(home)
-    assert any(f.suffix == ".parquet" for f in files) and any(f.suffix == ".npy" for f in files)
+    index_files = {".npy"} if factory == "IVF4" else {".faiss"}
+    assert {".parquet", ".f32", ".json"} | index_files <= {f.suffix for f in files}
     for f in files:
         data = f.read_bytes()
         for needle in needles:
@@ -267,3 +274,18 @@ def test_tombstones_survive_other_rewrites(tmp_path: Path, photos: Path, derm_di
     got = {Path(r["source"]).name for r in view.sql("SELECT source FROM tiles")}
     assert got == set(names) - set(gone)
     assert view.sql("SELECT count(*) AS n FROM tiles WHERE diagnostic = 'XYZ'")[0]["n"] == 1
+
+
+def test_deleting_every_source_of_a_segment_retires_it(
+    tmp_path: Path, photos: Path, derm_dir: Path
+) -> None:
+    home = home_of(photos.parents[1], "right", tmp_path)
+    col = Store(home).collection("derm")
+    service = SearchService(Store(home))
+    view = service.view("derm")
+    names = sorted(p.name for p in photos.iterdir())
+    result = delete(col, resolve_sources(view, names, []))
+    assert len(result["deleted"]) == N_PHOTOS and result["segments"] == []
+    assert col.segments() == [] and service.view("derm", wait=True).n_tiles == 0
+    compact(col, erase=True)
+    assert not [e for e in os.listdir(col.segments_dir) if e.startswith(".retired-")]
