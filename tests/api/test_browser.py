@@ -261,6 +261,20 @@ def test_groups_expand_and_exclude_same(
     assert len(labels) == 12 and not any(f"patient_id={patient} " in t + " " for t in labels)
     want = _api(client, {"tile_id": tid, "k": 12, "exclude_same": "patient_id"})
     assert _card_ids(page) == [h["tile_id"] for h in want["hits"]]
+    # "all matching" of this query keeps exclude-same (as patient_id != the query's patient)
+    page.fill("#cohort-name", "page-excl")
+    page.fill("#all-bound", "5")
+    page.click("#save-all")
+    page.wait_for_function(
+        "document.querySelector('.cohort-head') && "
+        "document.querySelector('.cohort-head').textContent.startsWith('page-excl v1: 5 tiles')",
+        timeout=WAIT,
+    )
+    saved = _get(client, "/api/v1/cohorts/page-excl")["cohort"]
+    assert saved["definition"]["near_tile_ids"] == [tid]
+    members = {r["source_id"] for r in saved["counts"]["per_slide"]}
+    assert members == {h["source_id"] for h in want["hits"][:5]}
+    assert patient not in {r["value"] for r in saved["counts"]["per_patient"]}
 
 
 def test_more_results_appends_the_next_page(
