@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
 from lamina.search import planner
 from lamina.search.ann import AnnIndex, update_index
 from lamina.search.columns import column_by_name, group_column
@@ -274,6 +275,13 @@ class SearchService:
 
     def build_error(self, name: str) -> str | None:
         return self._state(name).build_error
+
+    def held_view(self, name: str) -> CollectionView | None:
+        """The view of ``name`` this service already answers on, or None when it has not
+        opened one (never opens one: describing a collection need not map its vectors)."""
+        with self._states_lock:
+            state = self._states.get(name)
+        return None if state is None else state.view
 
     # -- search -----------------------------------------------------------------------------
     def search(

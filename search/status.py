@@ -232,3 +232,20 @@ def index_state(col: Collection) -> dict[str, Any]:
         "build": build_progress(col),
     }
     return doc
+
+
+def metadata_types(segments: Iterable[Any]) -> dict[str, str]:
+    """Metadata column -> type over the segments' tile tables, as a view reports them
+    (``CollectionView.schema`` less the reserved columns), from the Parquet schemas alone."""
+    from lamina.search.segment_reader import sql_type_name, unify_types
+    from lamina.search.segments import RESERVED_COLUMNS
+
+    types: dict[str, list[str]] = {}
+    for seg in segments:
+        try:
+            schema = pq.read_schema(seg.tiles_path)
+        except (OSError, ValueError):  # a damaged segment: status reports it, searches skip it
+            continue
+        for f in schema:
+            types.setdefault(f.name, []).append(sql_type_name(f.type))
+    return {n: unify_types(t) for n, t in types.items() if n not in RESERVED_COLUMNS}

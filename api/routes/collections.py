@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+
 from lamina.api.app import state
 from lamina.api.errors import ApiError
 from lamina.api.limits import guarded
@@ -60,31 +61,45 @@ def collections() -> Response:
     cols = []
     for n in st.store.names():
         try:
-            # the current snapshot: a view made before another process compacted the
-            # collection names segment files that are gone (one listing when unchanged)
-            view = st.service.view(n, wait=True)
+            view = _status_view(st.service, n)
+            col = st.store.collection(n) if view is None else view.collection
         except CollectionDamagedError as exc:  # listed, not fatal to the listing
             cols.append({"name": n, "error": str(exc)})
             continue
-        doc = collection_status(view.collection, runs=1, view=view)
-        doc["snapshot"] = view.snapshot.id
+        doc = collection_status(col, runs=1, view=view)
+        if view is not None:
+            doc["snapshot"] = view.snapshot.id
         cols.append(doc)
     return jsonify({"ok": True, "collections": cols})
+
+
+def _status_view(service: Any, name: str) -> Any:
+    """The view a status answer reports on: the one this server answers on, brought to the
+    current snapshot (a view made before another process compacted the collection names
+    segment files that are gone; one listing when unchanged), or None when the server has not
+    opened the collection: then the status comes from the segment files alone, without mapping
+    vectors or hashing segments just to describe them."""
+    return None if service.held_view(name) is None else service.view(name, wait=True)
 
 
 @bp.get("/collections/<name>")
 @guarded
 def collection(name: str) -> Response:
-    from lamina.search.status import collection_status
+    from lamina.search.status import collection_status, metadata_types
 
     svc = state().service
-    view = svc.view(name, wait=True)  # the current snapshot (see collections())
-    doc = collection_status(view.collection, view=view)
-    doc["snapshot"] = view.snapshot.id
+    view = _status_view(svc, name)
+    if view is None:
+        col = state().store.collection(name)
+        doc = collection_status(col)
+        doc["metadata_columns"] = metadata_types(col.snapshot().segments)
+    else:
+        doc = collection_status(view.collection, view=view)
+        doc["snapshot"] = view.snapshot.id
+        doc["metadata_columns"] = {c: view.schema[c] for c in view.metadata_columns}
     error = svc.build_error(name)
     if error:
         doc["index_build_error"] = error
-    doc["metadata_columns"] = {c: view.schema[c] for c in view.metadata_columns}
     return jsonify({"ok": True, "collection": doc})
 
 
