@@ -1,6 +1,6 @@
 """Paging (``offset``), facets, multipart filters and hand-picked cohorts on the real derm photos.
 
-Paging: for every query kind the pages at offsets 0, k, 2k concatenate to the unpaged top-3k
+Paging: for every query kind (image, tile, vector, region, groups, slide level, batch) the pages at offsets 0, k, 2k concatenate to the unpaged top-3k
 (same tile ids, same scores, same order). Facets are checked against labels.csv read with the
 csv module. A two-line filter sent as one multipart field is two conditions.
 """
@@ -220,3 +220,51 @@ def test_cohort_of_hand_picked_tiles(flask_transport: Any, client: Any) -> None:
         json={"name": "picked-bad", "collection": "derm", "tile_ids": list(range(10_001))},
     )
     assert r.status_code == 422 and "at most 10000 tile_ids" in r.get_json()["error"]
+
+
+@pytest.fixture(scope="module")
+def slide_app(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path) -> Any:
+    """A real SVS slide indexed with the classic encoder (region queries read it again)."""
+    from lamina.api.app import create_app
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, ingest
+    from lamina.search import Store
+
+    home = tmp_path_factory.mktemp("region-pages")
+    report = ingest(
+        Store(home),
+        "wsi",
+        [slides_dir / "CMU-1-Small-Region.svs"],
+        create_encoder("classic/stain-texture"),
+        IngestOptions(progress=False, mpp_override=0.5),
+    )
+    assert report.ok and report.indexed == 1
+    return create_app({"HOME": str(home), "DEVICE": "cpu", "API_TOKEN": None})
+
+
+def test_offset_pages_region_queries_and_the_cli_slide_search(
+    slide_app: Any, slides_dir: Path
+) -> None:
+    from click.testing import CliRunner
+    from lamina.api.cli import cli
+
+    c = slide_app.test_client()
+    slide = str((slides_dir / "CMU-1-Small-Region.svs").resolve())
+    region = {"slide": slide, "x": 448, "y": 672, "w": 224, "h": 224}
+
+    def fetch(k: int, off: int) -> dict[str, Any]:
+        r = c.post("/api/v1/collections/wsi/search", json={"region": region, "k": k, "offset": off})
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()  # type: ignore[no-any-return]
+
+    whole, paged = _pages(fetch)
+    assert len(whole) == 3 * K and paged == whole
+    # the CLI's --slide search answers through the same route in process
+    home = slide_app.config["HOME"]
+    res = CliRunner().invoke(
+        cli,
+        ["--home", home, "search", "--collection", "wsi", "--slide", slide]
+        + ["--region", "448,672,224,224", "-k", str(K), "--offset", str(K), "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert [(h["tile_id"], h["score"]) for h in json.loads(res.output)["hits"]] == whole[K : 2 * K]
