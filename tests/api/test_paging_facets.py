@@ -1,7 +1,8 @@
 """Paging (``offset``), facets, multipart filters and hand-picked cohorts on the real derm photos.
 
-Paging: for every query kind (image, tile, vector, region, groups, slide level, batch) the pages at offsets 0, k, 2k concatenate to the unpaged top-3k
-(same tile ids, same scores, same order). Facets are checked against labels.csv read with the
+Paging: for every query kind (image, tile, vector, region, groups, slide level, batch) the
+pages at offsets 0, k, 2k concatenate to the unpaged top-3k (same tile ids, same scores, same
+order). Facets are checked against labels.csv read with the
 csv module. A two-line filter sent as one multipart field is two conditions.
 """
 
