@@ -63,9 +63,11 @@ def register(cli: click.Group) -> None:
             roles = [f"{r} {c[f'{r}_column']}" for r in ROLES if c.get(f"{r}_column")]
             if roles:
                 click.echo(f"  columns: {', '.join(roles)}")
-            roles = [f"{r} {c[f'{r}_column']}" for r in ROLES if c.get(f"{r}_column")]
-            if roles:
-                click.echo(f"  columns: {', '.join(roles)}")
+            if c.get("deleted_pending_erasure"):
+                click.echo(
+                    f"  {c['deleted_pending_erasure']} deleted tiles still on disk; "
+                    f"`lamina compact --collection {c['name']} --erase` erases them"
+                )
             for r in c["last_runs"]:
                 click.echo(
                     f"  run {r['run_id']}: {r['indexed']} indexed, {r['unchanged']} unchanged, "
