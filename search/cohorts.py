@@ -28,7 +28,7 @@ import numpy as np
 from lamina.search.catalog import Catalog, now_utc
 from lamina.search.columns import patient_column
 from lamina.search.errors import FilterError, InvalidQueryError, StaleCohortError
-from lamina.search.filters import Condition, conditions_to_json, parse_filters
+from lamina.search.filters import Condition, conditions_to_json, parse_filters, value_warnings
 from lamina.search.service import SearchService
 from lamina.search.store import NAME_RE
 from lamina.search.views import CollectionView
@@ -356,7 +356,9 @@ def create_cohort(
         "created_at": now_utc(),
         **summary_counts(view, ids),
     }
-    return catalog.add_cohort(record, ids, scores)
+    stored = catalog.add_cohort(record, ids, scores)
+    conds = parse_filters(filters, filter_json)  # values matching nothing: said, not stored
+    return {**stored, "warnings": value_warnings(conds, view.schema, view.distinct_values)}
 
 
 def show_cohort(

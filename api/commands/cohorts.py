@@ -125,6 +125,8 @@ def register(cli: click.Group) -> None:
             min_score=min_score,
         )
         cohort = res.data
+        for warning in cohort.get("warnings") or []:  # filter values that match nothing
+            click.echo(f"warning: {warning}", err=True)
         if as_json:
             emit_json({"ok": True, "cohort": cohort})
         else:

@@ -152,10 +152,20 @@ def test_filter_case_and_values_that_match_nothing(both: tuple[Any, Any]) -> Non
         "diagnostic=MEL",
     )
     assert [h["tile_id"] for h in exact["hits"]] == [h["tile_id"] for h in doc["hits"]]
+    n_mel = exact["plan"]["matched"]  # every MEL tile (the filter's matches)
     doc, _ = same(
         both, "search", "--collection", "derm", "--tile-id", "2", "--filter", "region=MOON"
     )
     assert doc["warnings"] == ["filter on 'region': no tile has region 'MOON'"]
+    for mode, cli in zip(("local", "url"), both, strict=True):  # cohorts say it too (not stored)
+        name = f"mel-{mode}"
+        res = cli("cohort", "create", name, "--collection", "derm", "--filter", "diagnostic=mel")
+        assert "warning: filter on 'diagnostic': no tile has diagnostic 'mel'" in res.stderr
+        made = cli.json(
+            "cohort", "create", name, "--collection", "derm", "--filter", "diagnostic~=mel"
+        )
+        assert made["cohort"]["warnings"] == [] and made["cohort"]["n_tiles"] == n_mel
+        assert "warnings" not in cli.json("cohort", "show", name)["cohort"]
 
 
 def test_probe_splits_by_patient_unless_told_and_warns(both: tuple[Any, Any]) -> None:
