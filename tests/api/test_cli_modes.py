@@ -68,6 +68,9 @@ def test_status_and_collection_show(both: tuple[Any, Any]) -> None:
 def test_search_every_query_kind(both: tuple[Any, Any], derm_images: list[Path]) -> None:
     doc = same(both, "search", "--collection", "derm", "--tile-id", "7", "-k", "5")
     assert doc["hits"][0]["tile_id"] == 7 and len(doc["hits"]) == 5
+    local, remote = both
+    for args in (("search", "--collection", "derm", "--tile-id", "7"), ("status",)):
+        assert local(*args).stdout == remote(*args).stdout, args  # the same text too
     doc = same(both, "search", "--collection", "derm", "--image", str(derm_images[3]), "-k", "3")
     assert Path(doc["hits"][0]["source"]).name == derm_images[3].name
     assert not Path(doc["hits"][0]["source"]).is_absolute()  # no server path, either way
