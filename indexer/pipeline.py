@@ -375,6 +375,12 @@ class Ingest:
             )
 
         with self.collection.ingest_lock(on_wait=waiting):
+            if not (self.collection.path / "collection.json").is_file():
+                from lamina.search.errors import CollectionNotFoundError
+
+                raise CollectionNotFoundError(  # dropped (lamina drop) while this run waited
+                    f"collection {self.collection.name!r} was dropped while this run waited"
+                )
             report = self._run(paths)
         try:
             maybe_compact(self.collection)  # merges small segments past LAMINA_COMPACT_SEGMENTS
