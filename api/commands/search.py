@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
+
 from lamina.api.app import state
 from lamina.api.errors import ApiError
 from lamina.api.limits import acquire_within_deadline, field_json, guarded, short

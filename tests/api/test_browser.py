@@ -397,7 +397,6 @@ def slide_url(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path) -> Ite
     from lamina.encoders import create_encoder
     from lamina.indexer import IngestOptions, Manifest, ingest
     from lamina.search import Store
-
     from tests.api.conftest import LiveServer
 
     home = tmp_path_factory.mktemp("wsi-page")

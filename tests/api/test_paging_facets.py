@@ -126,6 +126,7 @@ def test_cli_offset_is_the_same_locally_and_over_http(
     derm_home: Path, live_url: str, client: Any
 ) -> None:
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
 
     truth = _post(client, {"tile_id": 21, "k": 9})["hits"][4:9]
@@ -247,6 +248,7 @@ def test_offset_pages_region_queries_and_the_cli_slide_search(
     slide_app: Any, slides_dir: Path
 ) -> None:
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
 
     c = slide_app.test_client()
