@@ -289,3 +289,49 @@ def test_deleting_every_source_of_a_segment_retires_it(
     assert col.segments() == [] and service.view("derm", wait=True).n_tiles == 0
     compact(col, erase=True)
     assert not [e for e in os.listdir(col.segments_dir) if e.startswith(".retired-")]
+
+
+def test_a_slide_is_annotated_and_erased_whole(tmp_path: Path, make_slide: Any) -> None:
+    """Two synthetic slides: a label change reaches every tile of its slide; deleting the
+    other slide and compacting with erase leaves none of its tile vectors or names on disk."""
+    from lamina.encoders import create_encoder
+    from lamina.indexer import IngestOptions, Manifest, ingest
+
+    a = make_slide("case-a.tiff", tissue=[(2, 3, 6, 7)], folder="rewrite")
+    make_slide("case-b.tiff", tissue=[(1, 1, 7, 5), (9, 2, 12, 6)], seed=1, folder="rewrite")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,case_id,label\ncase-a.tiff,CASE-ALPHA-77,tumour\n"
+                        "case-b.tiff,CASE-BRAVO-88,normal\n")  # fmt: skip
+    home = tmp_path / "home"
+    options = IngestOptions(tile_px=64, mpp=0.5, batch_size=16, progress=False)
+    encoder = create_encoder("test/tiny-vit", device="cpu")
+    ingest(Store(home), "syn", [a.parent], encoder, options, Manifest.load(manifest))
+    col = Store(home).collection("syn")
+    service = SearchService(Store(home))
+    view = service.view("syn")
+    counts = {r["source"]: r["n"] for r in view.sql(
+        "SELECT source, count(*) AS n FROM tiles GROUP BY source")}  # fmt: skip
+    by_name = {Path(p).name: (p, n) for p, n in counts.items()}
+    assert by_name["case-a.tiff"][1] > 1 and by_name["case-b.tiff"][1] > 1
+    sid_a = view.sql("SELECT source_id FROM sources WHERE source = ?", [by_name["case-a.tiff"][0]])
+
+    done = annotate(col, {(sid_a[0]["source_id"], by_name["case-a.tiff"][0]): {"label": "normal"}})
+    assert [Path(c["source"]).name for c in done["changed"]] == ["case-a.tiff"]
+    assert done["changed"][0]["changes"] == {"label": {"old": "tumour", "new": "normal"}}
+    view = service.view("syn", wait=True)
+    rows = view.sql("SELECT label, count(*) AS n FROM tiles GROUP BY label")
+    assert rows == [{"label": "normal", "n": sum(counts.values())}]
+
+    b_pos = view.matching_positions(parse_filters(["case_id=CASE-BRAVO-88"]))
+    b_vectors = view.vectors[b_pos]
+    assert len(b_pos) == by_name["case-b.tiff"][1]
+    delete(col, resolve_sources(view, [], parse_filters(["case_id=CASE-BRAVO-88"])))
+    view = service.view("syn", wait=True)
+    assert view.n_live == by_name["case-a.tiff"][1]
+    assert compact(col, erase=True)["erased_tiles"] == len(b_pos)
+    needles = [v.astype("<f4").tobytes() for v in b_vectors]
+    needles += [v.astype("<f2").tobytes() for v in b_vectors]
+    needles += [b"CASE-BRAVO-88", b"case-b"]
+    for f in _files(home):
+        data = f.read_bytes()
+        assert not any(n in data for n in needles), f
