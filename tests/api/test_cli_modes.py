@@ -189,3 +189,40 @@ def test_local_by_nature_commands_refuse_url(both: tuple[Any, Any], tmp_path: Pa
     assert "import_embeddings" in res.stderr
     res = remote("collection", "build", "derm", code=2)
     assert "local store" in res.stderr
+
+
+def test_columns_annotate_roots_and_qc(both: tuple[Any, Any], derm_images: list[Path]) -> None:
+    from tests.api.conftest import DERM_DIR
+
+    roles = same(both, "collection", "columns", "derm")["collection"]
+    assert roles["patient_column"] == "patient_id"
+    manifest = str(DERM_DIR / "labels.csv")
+    args = ("annotate", "--collection", "derm", "--manifest", manifest)
+    doc = same(both, *args, "--source-column", "filename")  # as indexed: nothing changes
+    assert doc["changed"] == [] and doc["matched_sources"] > 600
+    assert "roots" in same(both, "relocate", "--list")
+    err = same(both, "qc", str(derm_images[0]), "--collection", "derm", code=2)
+    assert err["code"] == "NO_SLIDE_QC"  # a photo: slides only
+
+
+def test_delete_and_drop(both: tuple[Any, Any], synthetic: Any) -> None:
+    import numpy as np
+
+    local, remote = both
+    rng = np.random.default_rng(0)
+    for name in ("gone-a", "gone-b"):
+        synthetic(local.home, name, {f"s{i}": rng.normal(size=(3, 8)) for i in range(4)}, 8)
+    a = local.json("delete", "--collection", "gone-a", "s1", "--yes")
+    b = remote.json("delete", "--collection", "gone-b", "s1", "--yes")
+    assert stable(rename(a, "gone-a")) == stable(rename(b, "gone-b"))
+    a = local.json("drop", "gone-a", "--yes")
+    b = remote.json("drop", "gone-b", "--yes")
+    assert stable(rename(a, "gone-a")) == stable(rename(b, "gone-b"))
+    assert [c["name"] for c in same(both, "status")["collections"]] == ["derm"]
+
+
+def rename(doc: Any, name: str) -> Any:
+    """``doc`` with the collection name ``name`` written COLLECTION and without its snapshot
+    id (two collections built alike have different ones), to compare runs on two of them."""
+    doc = json.loads(json.dumps(doc).replace(json.dumps(name), '"COLLECTION"'))
+    return {k: v for k, v in doc.items() if k != "snapshot"}
