@@ -235,11 +235,13 @@ class Client:
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> SearchResult:
         name, data = _file(path_or_bytes)
         fields = {
             "k": k,
             "filter": dict(filter) if filter else None,
+            "filters": "\n".join(filters) if filters else None,
             "group_by": group_by,
             "exclude_same": exclude_same,
             "level": level,
@@ -265,6 +267,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -272,6 +275,7 @@ class Client:
                 "tile_id": int(tile_id),
                 "k": k,
                 "filter": filter,
+                "filters": list(filters) if filters else None,
                 "group_by": group_by,
                 "exclude_same": exclude_same,
                 "level": level,
@@ -293,6 +297,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> SearchResult:
         return self._search_json(
             collection,
@@ -300,6 +305,7 @@ class Client:
                 "vector": [float(v) for v in vector],
                 "k": k,
                 "filter": filter,
+                "filters": list(filters) if filters else None,
                 "group_by": group_by,
                 "encoder": encoder,
                 "level": level,
@@ -320,6 +326,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> SearchResult:
         x, y, w, h = (int(v) for v in region)
         return self._search_json(
@@ -328,6 +335,7 @@ class Client:
                 "region": {"slide": slide, "x": x, "y": y, "w": w, "h": h},
                 "k": k,
                 "filter": filter,
+                "filters": list(filters) if filters else None,
                 "group_by": group_by,
                 "params": params,
                 "partial": True if partial else None,
@@ -347,6 +355,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> BatchResult:
         """Up to 1000 query vectors (or stored tiles), all answered on one snapshot."""
         body = {
@@ -354,6 +363,7 @@ class Client:
             "tile_ids": None if tile_ids is None else [int(t) for t in tile_ids],
             "k": k,
             "filter": filter,
+            "filters": list(filters) if filters else None,
             "encoder": encoder,
             "params": params,
             "partial": True if partial else None,
@@ -379,6 +389,7 @@ class Client:
         exclude_same: str | None = None,
         partial: bool = False,
         offset: int = 0,
+        filters: Sequence[str] | None = None,
     ) -> SearchResult:
         """Slide-level retrieval: ``groups`` ranks slides by the top-m mean of tile similarity."""
         return self._search_json(
@@ -391,6 +402,7 @@ class Client:
                 "k": k,
                 "top_m": top_m,
                 "filter": filter,
+                "filters": list(filters) if filters else None,
                 "exclude_same": exclude_same,
                 "partial": True if partial else None,
                 "offset": offset or None,

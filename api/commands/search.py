@@ -222,13 +222,12 @@ class Query:
 
 
 def run_query(client: Any, q: Query) -> dict[str, Any]:
-    """Answer ``q`` through ``client`` (a server with ``--url``, else the in-process app)."""
-    from lamina.search.filters import conditions_to_json, parse_filters
-
-    spec = conditions_to_json(parse_filters(q.filters)) if q.filters else None
+    """Answer ``q`` through ``client`` (a server with ``--url``, else the in-process app).
+    The filter expressions go as typed: the server parses them (one parser, its warnings), and
+    two conditions on one column stay two (``age>=70`` and ``age>=60`` both hold)."""
     common: dict[str, Any] = {
         "k": q.k,
-        "filter": spec,
+        "filters": q.filters or None,
         "group_by": q.group_by,
         "params": q.params,
         "partial": q.partial,

@@ -271,3 +271,26 @@ def test_offset_pages_region_queries_and_the_cli_slide_search(
     )
     assert res.exit_code == 0, res.output
     assert [(h["tile_id"], h["score"]) for h in json.loads(res.output)["hits"]] == whole[K : 2 * K]
+
+
+def test_cli_filters_reach_the_server_as_typed(derm_home: Path, live_url: str) -> None:
+    """Two conditions on one column both hold, locally and over HTTP (they were once merged
+    into one JSON object, the last winning)."""
+    from click.testing import CliRunner
+
+    from lamina.api.cli import cli
+
+    base = ["search", "--collection", "derm", "--tile-id", "3", "-k", "50", "--json"]
+    for where in (["--home", str(derm_home)], ["--url", live_url]):
+        older = CliRunner().invoke(
+            cli, [*where, *base, "--filter", "age>=70", "--filter", "age>=60"]
+        )
+        assert older.exit_code == 0, older.output
+        ages = [h["metadata"]["age"] for h in json.loads(older.stdout)["hits"]]
+        assert ages and min(ages) >= 70
+        none = CliRunner().invoke(
+            cli, [*where, *base, "--filter", "diagnostic=MEL", "--filter", "diagnostic=BCC"]
+        )
+        assert none.exit_code == 0 and json.loads(none.stdout)["hits"] == []
+        bad = CliRunner().invoke(cli, [*where, *base, "--filter", "no operator"])
+        assert bad.exit_code == 2 and json.loads(bad.stdout)["code"] == "INVALID_FILTER"
