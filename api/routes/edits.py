@@ -76,6 +76,13 @@ def annotate_collection(name: str) -> Response:
                 unmatched += 1
             else:
                 updates[key] = row
+        if not updates and unmatched:
+            raise ApiError(
+                f"no source of collection {name!r} matches a row of {path.name} (column "
+                f"{source_column!r}); nothing was changed. Check --source-column and the manifest",
+                422,
+                "INVALID_MANIFEST",
+            )
         job.report(0.3, f"updating {len(updates)} sources")
         result = annotate(col, updates)
         _refresh(st, name)

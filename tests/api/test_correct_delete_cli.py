@@ -245,6 +245,9 @@ def test_bad_requests_are_clear_and_change_nothing(cli: Any, tmp_path: Path) -> 
     bad.write_text("name,diagnostic\nx.jpg,MEL\n")
     err = cli.json("annotate", "--collection", "derm", "--manifest", str(bad), code=2)
     assert "file" in err["error"] and "bad.csv" in err["error"]
+    bad.write_text("file,diagnostic\nnot-indexed.jpg,MEL\n")
+    err = cli.json("annotate", "--collection", "derm", "--manifest", str(bad), code=2)
+    assert err["code"] == "INVALID_MANIFEST" and "nothing was changed" in err["error"]
     assert cli("delete", "--collection", "derm", "--yes", code=2).stderr
     err = cli.json("delete", "--collection", "derm", "--filter", "tissue_fraction>0", "--yes",
                    code=2)  # fmt: skip
