@@ -181,11 +181,10 @@ def collection_status(col: Collection, runs: int = 5, view: Any = None) -> dict[
     names = set(view.schema) if view is not None else _column_names(healthy)
     out.update(role_columns(col, names))  # patient_column, case_column, lesion_column
     out["declared_columns"] = {f"{r}_column": c for r, c in declared(col).items()}
-    if view is not None:
-        out["memory_bytes"] = int(view.memory_bytes())
-        out["resident_vector_bytes"] = resident_bytes(
-            str(r.info.vectors_path) for r in view.readers
-        )
+    # the same keys with or without a view: what this process holds (0 when it has not opened
+    # the collection) and how much of the vector files the page cache holds (any process)
+    out["memory_bytes"] = 0 if view is None else int(view.memory_bytes())
+    out["resident_vector_bytes"] = resident_bytes(str(seg.vectors_path) for seg in healthy)
     return out
 
 
