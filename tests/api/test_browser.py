@@ -416,3 +416,39 @@ def slide_url(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path) -> Ite
     app = create_app({"HOME": str(home / "home"), "DEVICE": "cpu", "API_TOKEN": None})
     with LiveServer(app) as srv:
         yield srv.url, app
+
+
+def test_page_with_a_token(
+    browser: Any, derm_home: Path, derm_images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With auth on, the page asks for the token once; every request and every tile picture
+    then carries it (an <img> cannot: pictures are fetched with the header)."""
+    from lamina.api.app import create_app
+    from tests.api.conftest import LiveServer
+
+    token = "page-token-8c1d5e9b2a"
+    monkeypatch.setenv("LAMINA_API_TOKEN", token)
+    app = create_app({"HOME": str(derm_home)})
+    with LiveServer(app) as srv:
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            pg.goto(srv.url + "/")
+            pg.wait_for_selector("#token-box:not([hidden])")
+            assert pg.locator("#collection option").count() == 0  # nothing without the token
+            pg.fill("#token", token)
+            pg.click("#token-save")
+            pg.wait_for_selector(".facet[data-column=diagnostic]", timeout=WAIT)
+            pg.set_input_files("#file", str(derm_images[8]))
+            pg.wait_for_selector("#hits > .hit", timeout=WAIT)
+            pg.wait_for_function(
+                "Array.from(document.querySelectorAll('#hits img')).every("
+                "i => i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'))",
+                timeout=WAIT,
+            )
+            assert pg.locator("#hits > .hit").count() == 12
+            assert not errors, errors
+        finally:
+            ctx.close()
