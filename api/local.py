@@ -31,7 +31,23 @@ def local_app(home: Path, config: dict[str, Any] | None = None) -> Any:
     # the exit would cut short), and no ANN index is built behind it (`lamina collection build`
     # and servers do that)
     app.extensions["lamina"].service.background = False
+    _quiet_server_log()
     return app
+
+
+def _quiet_server_log() -> None:
+    """The command reports every failure itself (``error: ...``, exit 2): the tracebacks the
+    app and its jobs log for a server's operator stay out of its stderr, unless
+    ``LAMINA_DEBUG=1`` asks for them (or logging is configured: they then go there)."""
+    import logging
+    import os
+
+    logger = logging.getLogger("lamina.api")
+    if os.environ.get("LAMINA_DEBUG") or any(
+        isinstance(h, logging.NullHandler) for h in logger.handlers
+    ):
+        return
+    logger.addHandler(logging.NullHandler())  # only stops the last-resort print to stderr
 
 
 def inprocess_transport(app: Any) -> Transport:
