@@ -85,6 +85,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 }
                 source = "from the server" if exc.status else "before reaching the server"
                 message = f"{exc.message} ({exc.code} {source})"
+                if exc.code == "INTERNAL":  # a bug or a damaged store: say where to look
+                    message += _internal_hint()
             else:
                 body, message = error_body(exc), str(exc)
                 if isinstance(exc, _Unexpected):
@@ -96,6 +98,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+def _internal_hint() -> str:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and isinstance(ctx.obj, CliContext) and ctx.obj.url:
+        return "; the server's log has the traceback"
+    return "; the store may be damaged. Set LAMINA_DEBUG=1 for the traceback"
 
 
 def _command_name() -> str:
