@@ -158,12 +158,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cohorts.bp, url_prefix=API_PREFIX)
     app.register_blueprint(imports.bp, url_prefix=API_PREFIX)
     app.register_blueprint(jobs.bp, url_prefix=API_PREFIX)
-    from lamina.api.routes import columns
+    from lamina.api.routes import columns, maintenance
 
     app.register_blueprint(columns.bp, url_prefix=API_PREFIX)
-    from lamina.api.routes import maintenance
 
     app.register_blueprint(maintenance.bp, url_prefix=API_PREFIX)
+    from lamina.api.routes import viewer
+
+    app.register_blueprint(viewer.bp, url_prefix=API_PREFIX)
     from lamina.api.routes import qc
 
     app.register_blueprint(qc.bp, url_prefix=API_PREFIX)
@@ -173,9 +175,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from lamina.api.routes import roots
 
     app.register_blueprint(roots.bp, url_prefix=API_PREFIX)
-    from lamina.api.routes import viewer
-
-    app.register_blueprint(viewer.bp, url_prefix=API_PREFIX)
     app.register_blueprint(viewer.pages)
 
     auth.install(app)

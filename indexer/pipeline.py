@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
 from lamina.encoders import Encoder
 from lamina.encoders.base import resize_rgb
 from lamina.indexer.errors import IndexerError, UnreadableSourceError

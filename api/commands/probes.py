@@ -113,8 +113,6 @@ def register(cli: click.Group) -> None:
         )
         for warning in report.get("warnings") or []:
             click.echo(f"warning: {warning}", err=True)
-        for warning in report.get("warnings") or []:
-            click.echo(f"warning: {warning}", err=True)
         if as_json:
             emit_json(report)
         else:

@@ -13,8 +13,6 @@ from lamina.api.cli import CliContext, emit_json, handle_errors
 
 ROLES = ("patient", "case", "lesion")
 
-ROLES = ("patient", "case", "lesion")
-
 
 def register(cli: click.Group) -> None:
     @cli.command("status")
