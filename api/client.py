@@ -197,13 +197,17 @@ class Client:
         target_rows: int | None = None,
         progress: Progress | None = None,
         erase: bool = False,
+        retrain_index: bool = False,
     ) -> dict[str, Any]:
         """Merge ``name``'s small segments (a server job; waits for it): the summary. Segments
         holding deleted rows are always written again without them; ``erase`` also removes the
-        replaced files at once (no grace period) and retrains the ANN index."""
+        replaced files at once (no grace period); ``retrain_index`` (with ``erase``) trains the
+        ANN index again without the deleted vectors."""
         body: dict[str, Any] = {} if target_rows is None else {"target_rows": int(target_rows)}
         if erase:
             body["erase"] = True
+        if retrain_index:
+            body["retrain_index"] = True
         _, _, data = self._raw("POST", f"/collections/{_q(name)}/compact", json_body=body)
         return dict(wait_for_job(self, accepted_job(data), progress)["result"])
 

@@ -12,7 +12,7 @@ _ERRORS = {
     str(s): {"$ref": "#/components/responses/Error"} for s in (401, 403, 404, 409, 422, 429, 503)
 }
 _PATH_PARAMS = [
-    {"name": "name", "in": "path", "required": True, "schema": _STR},
+    {"name": "c", "in": "path", "required": True, "schema": _STR},
     {"name": "source_id", "in": "path", "required": True, "schema": _STR},
 ]
 _POLYGON = {
@@ -67,7 +67,7 @@ _GEOJSON = {
 }
 
 QC_PATHS: dict[str, Any] = {
-    "/collections/{name}/sources/{source_id}/qc.png": {
+    "/collections/{c}/sources/{source_id}/qc.png": {
         "get": {
             "summary": "The slide with its tissue contour (green) and tile grid: kept tiles "
             "blue, rejected red, legend band below; 404 NO_SLIDE_QC for photos and imported "
@@ -90,7 +90,7 @@ QC_PATHS: dict[str, Any] = {
             },
         }
     },
-    "/collections/{name}/sources/{source_id}/qc.geojson": {
+    "/collections/{c}/sources/{source_id}/qc.geojson": {
         "get": {
             "summary": "Tissue polygons (annotations) and every grid tile (detections, kept or "
             "not) as GeoJSON in level-0 pixels, QuPath's convention; 404 NO_SLIDE_QC for photos "

@@ -11,7 +11,7 @@ _ERRORS = {
     str(s): {"$ref": "#/components/responses/Error"} for s in (401, 403, 404, 409, 422, 429, 503)
 }
 _PATH_PARAMS = [
-    {"name": "name", "in": "path", "required": True, "schema": _STR},
+    {"name": "c", "in": "path", "required": True, "schema": _STR},
     {"name": "source_id", "in": "path", "required": True, "schema": _STR},
 ]
 
@@ -59,7 +59,7 @@ _DZI = {
 }
 
 VIEWER_PATHS: dict[str, Any] = {
-    "/collections/{name}/sources/{source_id}/dzi": {
+    "/collections/{c}/sources/{source_id}/dzi": {
         "get": {
             "summary": "Deep-zoom descriptor of an indexed slide (JSON, or DZI XML with "
             "format=xml); 404 NOT_A_SLIDE for photos",
@@ -80,7 +80,7 @@ VIEWER_PATHS: dict[str, Any] = {
             },
         }
     },
-    "/collections/{name}/sources/{source_id}/dz/{level}/{col}_{row}.{fmt}": {
+    "/collections/{c}/sources/{source_id}/dz/{level}/{col}_{row}.{fmt}": {
         "get": {
             "summary": "One deep-zoom tile (OpenSlide DeepZoomGenerator, 254 px + 1 px "
             "overlap); 404 DZ_TILE_NOT_FOUND outside the pyramid",

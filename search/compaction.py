@@ -353,6 +353,7 @@ def compact(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     erase: bool = False,
+    retrain_index: bool = False,
 ) -> dict[str, Any]:
     """Merge the collection's small segments (see the module docstring); returns a summary.
 
@@ -361,13 +362,18 @@ def compact(
     replaced directories are retired and removed after ``LAMINA_RETIRED_GRACE_S`` (120 s) by
     the next compaction or ingest; with ``erase`` they are removed at once (a process that has
     them mapped keeps its mapping until its next snapshot; the blocks are freed when it lets go)
-    and, when deleted rows were erased, the ANN index is trained again on the remaining
-    vectors (its centroids or codebooks were trained on a sample that may hold deleted ones).
+    and the index entries of deleted rows go with the segments they belonged to (a rewritten
+    segment's IVF lists are carried over for its kept rows only). ``retrain_index`` (with
+    ``erase``) also trains the ANN index again on the remaining vectors: its centroids or PQ
+    codebooks are means over a training sample that may hold deleted vectors -- no vector's
+    bytes, but derived from them. Retraining costs a full index build (105 s of the 111 s of an
+    erase at 1M tiles, ``python -m bench.lifecycle``), so it is asked for, not implied.
 
     Holds the ingest lock; with ``wait=False`` returns ``{"skipped": ...}`` instead of waiting
     for an ingest that holds it (``on_wait(holder)`` is called once when waiting).
     """
     t0 = time.perf_counter()
+    index_seconds: float | None = None
     merged: list[dict[str, Any]] = []
     try:
         with _locked(col, wait, on_wait):
@@ -402,7 +408,11 @@ def compact(
                 if erased and AnnIndex.load(col) is not None:
                     from lamina.search.ann import update_index
 
-                    update_index(col, rebuild=True)
+                    # the rewritten segments are indexed before this returns (IVF lists are
+                    # carried over; code and graph indexes encode them again)
+                    t1 = time.perf_counter()
+                    update_index(col, rebuild=retrain_index)
+                    index_seconds = round(time.perf_counter() - t1, 3)
             after = col.segments()
     except _Busy as busy:
         return {"skipped": f"an ingest ({busy}) holds the collection's ingest lock"}
@@ -420,6 +430,8 @@ def compact(
         "retired_leftovers": cleaned["retired"],
         "erased_tiles": erased,
         "erase": erase,
+        "index_retrained": index_seconds is not None and retrain_index,
+        "index_seconds": index_seconds,
         "removed": cleaned["removed"],
         "target_rows": target_rows,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -28,8 +28,14 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--erase",
         is_flag=True,
-        help="Remove replaced segment files now (no grace period) and retrain the ANN index "
-        "when deleted rows were erased: deleted data leaves the disk before this returns.",
+        help="Remove replaced segment files now (no grace period): deleted data leaves the "
+        "disk before this returns.",
+    )
+    @click.option(
+        "--retrain-index",
+        is_flag=True,
+        help="With --erase: also train the ANN index again without the deleted vectors (its "
+        "centroids are means over a sample that may hold them; costs a full index build).",
     )
     @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -40,19 +46,26 @@ def register(cli: click.Group) -> None:
         collection: str | None,
         target_rows: int | None,
         erase: bool,
+        retrain_index: bool,
         no_progress: bool,
         as_json: bool,
     ) -> None:
         """Merge small segments: fewer files, faster searches; tile ids do not change."""
         from lamina.api.client_jobs import stderr_progress
 
+        if retrain_index and not erase:
+            raise click.UsageError("--retrain-index goes with --erase")
         client = ctx.client()
         names = [collection] if collection else [c["name"] for c in client.collections()]
         out = []
         for name in names:
             progress = None if no_progress else stderr_progress(f"compact {name}")
             summary = client.compact(
-                name, target_rows=target_rows, progress=progress, erase=erase
+                name,
+                target_rows=target_rows,
+                progress=progress,
+                erase=erase,
+                retrain_index=retrain_index,
             )
             out.append(summary)
             if not as_json:
@@ -63,8 +76,12 @@ def register(cli: click.Group) -> None:
                     f"{len(merged)} new segments, {summary['seconds']}s)"
                 )
                 if summary.get("erased_tiles"):
-                    where = "removed from disk" if erase else (
-                        "replaced files removed after the grace period; --erase removes them now"
+                    where = (
+                        "removed from disk"
+                        if erase
+                        else (
+                            "replaced files removed after the grace period; --erase removes them now"
+                        )
                     )
                     click.echo(f"{name}: {summary['erased_tiles']} deleted tiles erased ({where})")
         if as_json:

@@ -73,8 +73,12 @@ def compact_collection(name: str) -> Response:
     body = _object()
     target = int_in(body.get("target_rows"), "target_rows", 2, 1 << 40) or DEFAULT_TARGET_ROWS
     erase = body.get("erase", False)
-    if not isinstance(erase, bool):
-        raise ApiError("erase must be true or false", 422, "INVALID_QUERY")
+    retrain = body.get("retrain_index", False)
+    for key, value in (("erase", erase), ("retrain_index", retrain)):
+        if not isinstance(value, bool):
+            raise ApiError(f"{key} must be true or false", 422, "INVALID_QUERY")
+    if retrain and not erase:
+        raise ApiError("retrain_index goes with erase: true", 422, "INVALID_QUERY")
     col = state().store.collection(name)  # 404 now, not in the job
 
     def run(job: Job) -> dict[str, Any]:
@@ -89,7 +93,14 @@ def compact_collection(name: str) -> Response:
             job.message = f"an ingest ({holder}) is writing to {name!r}; waiting for it"
 
         return dict(
-            compact(col, target_rows=target, progress=progress, on_wait=waiting, erase=erase)
+            compact(
+                col,
+                target_rows=target,
+                progress=progress,
+                on_wait=waiting,
+                erase=erase,
+                retrain_index=retrain,
+            )
         )
 
     return submit("compact", run, name)
