@@ -156,8 +156,12 @@ def test_slide_ingest_and_import_on_a_full_disk(
     home = small_fs / "home"
     folder = tmp_path / "slides"
     folder.mkdir()
-    for name in ("a", "b", "c"):
+    for i, name in enumerate(("a", "b", "c")):
         shutil.copy(slides_dir / "CMU-1-Small-Region.svs", folder / f"{name}.svs")
+        # distinct bytes (a TIFF is read by offsets: trailing bytes change the content hash
+        # only), so b and c are new sources, not duplicates of a that are indexed once
+        with (folder / f"{name}.svs").open("ab") as fh:
+            fh.write(bytes([i + 1]) * 16)
     run_inprocess(home, ("index", str(folder / "a.svs"), "--collection", "s", "--mpp", "1.0",
                          "--no-progress"), {})  # fmt: skip
     ballast = fill(small_fs, 12)
