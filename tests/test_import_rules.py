@@ -78,7 +78,19 @@ def test_package_respects_dependency_rules(package: str) -> None:
     assert not bad, f"forbidden imports: {bad}"
 
 
-@pytest.mark.parametrize("module", ["client.py", "client_http.py", "client_types.py"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "client.py",
+        "client_base.py",
+        "client_search.py",
+        "client_data.py",
+        "client_admin.py",
+        "client_http.py",
+        "client_jobs.py",
+        "client_types.py",
+    ],
+)
 def test_client_is_light(module: str) -> None:
     client = REPO / "api" / module
     assert client.exists(), f"api/{module} is missing"
