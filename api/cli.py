@@ -30,6 +30,14 @@ class CliContext:
 
         return Store(self.home)
 
+    def require_local(self, command: str, hint: str) -> None:
+        """Refuse ``--url`` (usage error, exit 2) for a command that works on local files."""
+        if self.url:
+            raise click.UsageError(
+                f"lamina {command} works on the store at --home on this machine and does not "
+                f"take --url ({hint})"
+            )
+
     def client(self) -> Any:
         """The :class:`~lamina.api.client.Client` every store command talks through: over HTTP
         with ``--url``, else to an app in this process over the store at ``--home``."""

@@ -86,14 +86,6 @@ def _print_state(doc: dict[str, Any]) -> None:
     click.echo(f"  search parameters stored: {stored}; in effect: {used}")
 
 
-def _local_only(ctx: CliContext, what: str) -> None:
-    if ctx.url:
-        raise click.UsageError(
-            f"lamina collection {what} works on a local store (--home); the server builds "
-            "indexes by itself (set them with `lamina --url ... collection set`)"
-        )
-
-
 def register(cli: click.Group) -> None:
     @cli.group("collection")
     def collection_group() -> None:
@@ -162,7 +154,10 @@ def register(cli: click.Group) -> None:
         ctx: CliContext, name: str, rebuild: bool, no_progress: bool, as_json: bool
     ) -> None:
         """Build or bring up to date the ANN index of collection NAME."""
-        _local_only(ctx, "build")
+        ctx.require_local(
+            "collection build",
+            "a server builds indexes by itself; set them with `lamina --url ... collection set`",
+        )
         col = ctx.store().collection(name)
         report = build_index(col, not no_progress, rebuild=rebuild)
         if as_json:

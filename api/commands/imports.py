@@ -93,12 +93,11 @@ def register(cli: click.Group) -> None:
         Exit code 0 when everything imported, 1 when some files failed (each named with the
         row at fault), 2 for usage errors. Re-running imports nothing twice.
         """
-        if ctx.url:
-            raise click.UsageError(
-                "lamina import reads the embedding files, slides and weights on this machine "
-                "into the store at --home; to send embeddings to a server use the Python "
-                "client's import_embeddings (POST /collections/{name}/import)"
-            )
+        ctx.require_local(
+            "import",
+            "it reads embedding files, slides and weights here; to send embeddings to a server "
+            "use the Python client's import_embeddings (POST /collections/{name}/import)",
+        )
         from lamina.indexer import Manifest
         from lamina.indexer.importer import (
             Import,

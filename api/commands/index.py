@@ -238,6 +238,11 @@ def register(cli: click.Group) -> None:
         Exit code 0 when everything indexed, 1 when some inputs failed, 2 for usage errors
         (a missing path, a manifest that cannot be read, most files matching no manifest row).
         """
+        ctx.require_local(
+            "index",
+            "it reads the files on this machine; run it where the store is, or use "
+            "`lamina index --cluster` to spread an ingest",
+        )
         from lamina.api.commands.index_plan import (
             check_paths,
             check_root,

@@ -16,13 +16,6 @@ import click
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 
-def _local(ctx: CliContext, what: str) -> None:
-    if ctx.url:
-        from lamina.api.errors import ApiError
-
-        raise ApiError(f"{what} reads the store's files: run it where the store is, without --url")
-
-
 def _print(doc: dict[str, Any]) -> None:
     src = doc.get("sources") or {}
     state = "ok" if doc["ok"] else "DAMAGED"
@@ -58,7 +51,7 @@ def register(cli: click.Group) -> None:
         anything is damaged or changed."""
         from lamina.search.verify import verify_named
 
-        _local(ctx, "verify")
+        ctx.require_local("verify", "it reads the store's files: run it where the store is")
         store = ctx.store()
         names = [collection] if collection else store.names() + store.damaged_names()
         docs = [verify_named(store, n, deep=deep) for n in names]
@@ -94,7 +87,7 @@ def register(cli: click.Group) -> None:
         from lamina.api.commands.index import load_encoder_for
         from lamina.indexer.repair import repair
 
-        _local(ctx, "repair")
+        ctx.require_local("repair", "it rewrites the store's files: run it where the store is")
         col = ctx.store().collection(collection)
         encoder = load_encoder_for(ctx, collection, None, None, device, allow_test=True)
         doc = repair(col, encoder, drop=drop, progress=not no_progress and not as_json)

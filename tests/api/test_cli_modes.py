@@ -187,8 +187,14 @@ def test_local_by_nature_commands_refuse_url(both: tuple[Any, Any], tmp_path: Pa
         "import", str(tmp_path / "x.h5"), "--collection", "c", "--encoder-name", "e", code=2
     )
     assert "import_embeddings" in res.stderr
-    res = remote("collection", "build", "derm", code=2)
-    assert "local store" in res.stderr
+    for args in (
+        ("collection", "build", "derm"),
+        ("index", str(tmp_path), "--collection", "c"),
+        ("verify", "derm"),
+        ("repair", "derm"),
+    ):
+        res = remote(*args, code=2)
+        assert "does not take --url" in res.stderr, args
 
 
 def test_columns_annotate_roots_and_qc(both: tuple[Any, Any], derm_images: list[Path]) -> None:

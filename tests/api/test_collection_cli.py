@@ -119,7 +119,7 @@ def test_collection_errors(tmp_path: Path, photos: Path, cli_for: Any) -> None:
     lost = cli_for(home)("collection", "show", "nope", "--json", code=2)
     assert json.loads(lost.stdout)["code"] == "COLLECTION_NOT_FOUND"
     remote = lamina(home, "--url", "http://127.0.0.1:9", "collection", "build", "c", code=2)
-    assert "local store" in remote.stderr
+    assert "does not take --url" in remote.stderr
     # more lists than vectors: the build says so; `lamina index` reports it and still succeeds
     cli_for(home)("collection", "set", "c", "--index-factory", "IVF64")
     err = json.loads(lamina(home, "collection", "build", "c", "--json", code=2).stdout)
