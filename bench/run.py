@@ -4,8 +4,8 @@
 
 Runs, in order: encoder throughput, kNN retrieval quality (classic and test encoders), slide
 ingest throughput, API latency, search at scale (1M tiles against raw FAISS and LanceDB; its
---quick smoke run with --quick) and the worked example (linear probes; the slowest, skipped with
---quick). Each step is a separate process so one failure does not hide the others' results.
+--quick smoke run with --quick), annotate/delete/erase at 1M against LanceDB (skipped with
+--quick) and the worked example (linear probes; the slowest, skipped with --quick). Each step is a separate process so one failure does not hide the others' results.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("read/encode overlap bound", ["bench.stage_overlap"]),
     ("API latency", ["bench.api"]),
     ("search at scale", ["bench.search_scale"]),
+    ("annotate, delete, erase at scale", ["bench.lifecycle"]),
     ("worked example", ["bench.worked_example"]),
 ]
 
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     failed = []
     for name, argv in STEPS:
-        if args.quick and name == "worked example":
+        if args.quick and name in ("worked example", "annotate, delete, erase at scale"):
             continue
         if args.quick and name == "search at scale":
             argv = [*argv, "--quick"]
