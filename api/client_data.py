@@ -43,9 +43,12 @@ class DataMixin(ClientBase):
         k: int | None = None,
         min_score: float | None = None,
         tile_ids: Sequence[int] | None = None,
+        filters: Sequence[str] | None = None,
     ) -> CohortInfo:
-        """Save a cohort: every tile passing ``filter``, narrowed by examples (``near`` image
-        files, ``near_tiles``; ``k`` or ``min_score`` each), or exactly ``tile_ids``."""
+        """Save a cohort: every tile passing ``filter`` (JSON) and ``filters`` (EXPR strings
+        such as ``age>=60``, parsed by the server; every one holds, two on one column too),
+        narrowed by examples (``near`` image files, ``near_tiles``; ``k`` or ``min_score``
+        each), or exactly ``tile_ids``."""
         fields: dict[str, Any] = {
             "name": name,
             "collection": collection,
@@ -54,8 +57,11 @@ class DataMixin(ClientBase):
             "k": k,
             "min_score": min_score,
             "tile_ids": [int(t) for t in tile_ids] if tile_ids else None,
+            "filters": list(filters) if filters else None,
         }
         if near:
+            if filters:  # a form field: one EXPR a line, as the search form takes them
+                fields["filters"] = "\n".join(filters)
             files = [("near", *_file(p)) for p in near]
             body, ctype = _multipart(fields, files)
             doc = json.loads(self._raw("POST", "/cohorts", body=body, content_type=ctype)[2])

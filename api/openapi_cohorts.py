@@ -38,6 +38,11 @@ COHORT_PATHS: dict[str, Any] = {
                                 "name": _STR,
                                 "collection": _STR,
                                 "filter": _STR,
+                                "filters": {
+                                    "type": "string",
+                                    "description": "EXPR lines (COL=V1,V2 / COL>=N ...), one "
+                                    "per line; repeatable",
+                                },
                                 "k": _INT,
                                 "min_score": _NUM,
                                 "near_tile_ids": _STR,

@@ -353,6 +353,11 @@ SCHEMAS: dict[str, Any] = {
             "name": _STR,
             "collection": _STR,
             "filter": _ref("Filter"),
+            "filters": {
+                "type": "array",
+                "items": _STR,
+                "description": "CLI EXPR strings, ANDed (two on one column both hold)",
+            },
             "near_tile_ids": {"type": "array", "items": _INT},
             "k": _INT,
             "min_score": _NUM,

@@ -269,12 +269,23 @@ def compile_conditions(
     return (" AND ".join(clauses) if clauses else "TRUE"), params
 
 
-def conditions_to_json(conds: Iterable[Condition]) -> dict[str, dict[str, Any]]:
-    """Canonical JSON form (used to record cohort definitions)."""
+def conditions_to_json(
+    conds: Iterable[Condition],
+) -> dict[str, dict[str, Any]] | list[dict[str, dict[str, Any]]]:
+    """Canonical JSON form of ANDed conditions (recorded in cohort definitions): one object
+    ``{column: {op: value}}`` (:func:`parse_json` reads it back), or, when a column carries
+    the same operator twice (``age>=70`` and ``age>=60``), which one object cannot hold, a list
+    of one-condition objects in the order given. Every condition is kept either way."""
+    conds = list(conds)
+
+    def value(c: Condition) -> Any:
+        return list(c.values) if c.op in LIST_OPERATORS else c.values[0]
+
     out: dict[str, dict[str, Any]] = {}
     for c in conds:
-        val: Any = list(c.values) if c.op in LIST_OPERATORS else c.values[0]
-        out.setdefault(c.column, {})[c.op] = val
+        if c.op in out.get(c.column, {}):
+            return [{c.column: {c.op: value(c)}} for c in conds]
+        out.setdefault(c.column, {})[c.op] = value(c)
     return out
 
 

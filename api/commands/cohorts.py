@@ -112,13 +112,10 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("give --k or --min-score, not both")
         if (k is not None or min_score is not None) and not (near or near_tiles):
             raise click.UsageError("--k / --min-score need --near or --near-tile")
-        from lamina.search.filters import conditions_to_json, parse_filters
-
-        spec = conditions_to_json(parse_filters(filters)) if filters else None
-        res = ctx.client().create_cohort(
+        res = ctx.client().create_cohort(  # the expressions go as typed: the server parses them
             name,
             collection,
-            filter=spec,
+            filters=list(filters) or None,
             near=list(near) or None,
             near_tiles=list(near_tiles) or None,
             k=k,

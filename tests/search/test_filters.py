@@ -154,3 +154,12 @@ def test_conditions_round_trip_to_json() -> None:
     conds = parse_filters(["diagnostic=MEL,BCC", "age>=60"])
     assert conditions_to_json(conds) == {"diagnostic": {"in": ["MEL", "BCC"]}, "age": {"gte": "60"}}
     assert parse_json(conditions_to_json(conds)) == conds
+
+
+def test_conditions_to_json_keeps_one_operator_twice_on_a_column() -> None:
+    conds = parse_filters(["age>=70", "diagnostic=MEL", "age>=60"])
+    doc = conditions_to_json(conds)
+    assert doc == [{"age": {"gte": "70"}}, {"diagnostic": {"in": ["MEL"]}}, {"age": {"gte": "60"}}]
+    assert isinstance(doc, list) and [c for d in doc for c in parse_json(d)] == conds
+    window = parse_filters(["age>=60", "age<70"])  # two operators: one object holds them
+    assert conditions_to_json(window) == {"age": {"gte": "60", "lt": "70"}}
