@@ -6,8 +6,10 @@ from lamina.indexer.errors import (
     MissingMppError,
     UnreadableSourceError,
 )
+from lamina.indexer.ingest_types import IngestOptions
 from lamina.indexer.manifest import Manifest
-from lamina.indexer.pipeline import IngestOptions, RunReport, ingest
+from lamina.indexer.pipeline import ingest
+from lamina.indexer.run_report import RunReport
 
 __all__ = [
     "IndexerError",

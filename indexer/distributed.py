@@ -45,19 +45,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
 from lamina.encoders import Encoder, create_encoder
+from lamina.indexer.encoding import encoder_batches
 from lamina.indexer.errors import ClusterError, IndexerError, UnreadableSourceError
+from lamina.indexer.ingest_types import Embedded, IngestOptions, PreparedSource, Skipped
 from lamina.indexer.manifest import Manifest
+from lamina.indexer.photo_source import prepare_photo
 from lamina.indexer.photos import read_photo
-from lamina.indexer.pipeline import (
-    Embedded,
-    Ingest,
-    IngestOptions,
-    PreparedSource,
-    Skipped,
-    encoder_batches,
-    prepare_photo,
-)
+from lamina.indexer.pipeline import Ingest
 from lamina.indexer.sources import SourceFile, content_id
 from lamina.search.segments import file_stat
 from lamina.search.store import Collection

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lamina.encoders import EncoderError, UnknownEncoderError, create_encoder, get_config
 from lamina.indexer.errors import (
     DeclaredEncoderError,
@@ -48,7 +49,7 @@ from lamina.indexer.errors import (
 )
 from lamina.indexer.import_readers import SUFFIXES, ImportedSource, read_file
 from lamina.indexer.manifest import Manifest
-from lamina.indexer.pipeline import RunReport
+from lamina.indexer.run_report import RunReport, utc_now
 from lamina.indexer.sources import PHOTO_SUFFIXES, SLIDE_SUFFIXES
 from lamina.search.segments import RESERVED_COLUMNS, SegmentWriter
 from lamina.search.store import Collection, Store
@@ -268,10 +269,6 @@ def build_rows(
     return source, tiles
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 class Import:
     """One import run into one collection."""
 
@@ -316,7 +313,7 @@ class Import:
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
         t0 = time.perf_counter()
-        self.report.started_at = _now()
+        self.report.started_at = utc_now()
         self.report.cleaned_up = self.collection.cleanup()
         files = self._files(paths)
         known = self.collection.committed_sources()
@@ -364,7 +361,7 @@ class Import:
             raise self.report.stopped_by(exc, what, self._done) from exc
         finally:
             self.report.seconds = round(time.perf_counter() - t0, 3)
-            self.report.finished_at = _now()
+            self.report.finished_at = utc_now()
             self.report.snapshot = self.collection.snapshot().id
             self.report.save(self.collection, kind="import")
         return self.report

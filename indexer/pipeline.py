@@ -4,6 +4,13 @@ Sources are prepared (hashed, opened, planned) by a pool of worker threads ahead
 encoder, through a bounded window; the encoder runs in large batches that may span sources.
 A source is committed as a whole: its tiles all become visible in one segment, or none do.
 One bad file never stops the run: it is recorded with its reason and the run goes on.
+
+Commits: the open segment is committed after ``commit_tiles`` tiles, ``commit_seconds`` wall
+seconds or ``commit_sources`` sources (whichever comes first) and at the end; a commit also
+carries over the rows of moved sources and drops those of replaced ones (``ledger``). The parts
+live beside this module: options and source outcomes in ``ingest_types``, the run record in
+``run_report``, committed-source bookkeeping in ``ledger``, photo rows in ``photo_source``,
+encoder batches and CPU threads in ``encoding``.
 """
 
 from __future__ import annotations
@@ -13,252 +20,30 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lamina.encoders import Encoder
-from lamina.encoders.base import resize_rgb
+from lamina.indexer.encoding import cpu_share, encoder_batches
 from lamina.indexer.errors import IndexerError, UnreadableSourceError
+from lamina.indexer.ingest_types import Embedded, IngestOptions, Moved, PreparedSource, Skipped
+from lamina.indexer.ledger import SourceLedger
 from lamina.indexer.manifest import Manifest
+from lamina.indexer.photo_source import prepare_photo
 from lamina.indexer.photos import read_photo
 from lamina.indexer.progress import TileProgress, slide_row
+from lamina.indexer.run_report import RunReport, utc_now
 from lamina.indexer.sources import SourceFile, content_id, discover
 from lamina.search.compaction import carry_over, maybe_compact
-from lamina.search.errors import StoreIOError, io_failure
-from lamina.search.roots import Roots
+from lamina.search.errors import io_failure
 from lamina.search.segments import SegmentWriter, file_stat, retire
 from lamina.search.store import Collection, Store
-from lamina.search.verify import recorded_metadata
-
-COMMIT_SOURCES_ENV = "LAMINA_COMMIT_EVERY_SOURCES"
 
 
-def _env_int(name: str) -> int:
-    try:
-        return max(0, int(os.environ.get(name, "0") or 0))
-    except ValueError:
-        return 0
-
-
-@dataclass
-class IngestOptions:
-    tile_px: int = 224
-    mpp: float = 0.5
-    mpp_override: float | None = None
-    min_tissue: float = 0.5
-    batch_size: int = 64
-    workers: int = max(1, min(8, (os.cpu_count() or 2)))
-    commit_tiles: int = 50_000
-    commit_seconds: float = 30.0
-    commit_sources: int = field(default_factory=lambda: _env_int(COMMIT_SOURCES_ENV))
-    """Also commit after this many sources (0: no such limit). Default from the environment
-    variable LAMINA_COMMIT_EVERY_SOURCES; 1 makes every slide its own segment (resume tests)."""
-    progress: bool = True
-    photo_tiles: bool = False
-    """Photos get tile vectors too (``tile_px`` tiles at the photo's own pixels) besides the
-    whole-photo vector; the CLI sets it when --tile-px is given explicitly."""
-
-
-@dataclass
-class PreparedSource:
-    """A source ready for encoding: its row, its tile rows, and a lazy stream of tile images."""
-
-    file: SourceFile
-    source: dict[str, Any]
-    tiles: list[dict[str, Any]]
-    images: Iterator[np.ndarray]
-    close: Callable[[], None] = lambda: None
-    note: str | None = None
-    """Why a source has no tiles (e.g. a slide without tissue); reported, not a failure."""
-    pending_id: Future[str] | None = None
-    """The content hash still being computed; it becomes ``source["source_id"]`` at commit."""
-
-
-@dataclass
-class Embedded:
-    """A source already embedded elsewhere (a cluster task): its rows and (n, dim) vectors.
-    ``source`` carries the file's ``file_size``/``file_mtime_ns`` as seen where it was read."""
-
-    file: SourceFile
-    source: dict[str, Any]
-    tiles: list[dict[str, Any]]
-    vectors: np.ndarray
-    note: str | None = None
-
-
-@dataclass
-class Skipped:
-    """A file already committed (same content at the same path)."""
-
-    file: SourceFile
-    source_id: str
-
-
-@dataclass
-class Moved:
-    """A photo whose bytes are already committed (or added by this run) at another path: a
-    duplicate, or a moved source whose stored rows are carried over to the new path (no
-    embedding); :meth:`Ingest._move` tells which, in file order."""
-
-    file: SourceFile
-    source_id: str
-
-
-@dataclass
-class RunReport:
-    run_id: str
-    collection: str
-    encoder: str
-    indexed: int = 0
-    tiles: int = 0
-    unchanged: int = 0
-    duplicates: list[dict[str, str]] = field(default_factory=list)
-    """Files with the same bytes as another file of the run (or one committed and indexed
-    again by this run): not indexed a second time."""
-    moved: list[dict[str, str]] = field(default_factory=list)
-    """Files with the bytes of a committed source whose recorded path this run does not
-    index: the source's path is updated (``{"file": new, "from": old}``), nothing re-embedded."""
-    replaced: list[dict[str, str]] = field(default_factory=list)
-    """Files whose bytes changed since they were indexed: re-indexed, old rows removed."""
-    empty: list[dict[str, str]] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
-    unmatched_manifest: list[str] = field(default_factory=list)
-    slides: list[dict[str, Any]] = field(default_factory=list)
-    """One row per slide committed: tiles, tissue share, mpp and its source, seconds (see
-    indexer/progress.py ``slide_row``)."""
-    updated: list[dict[str, Any]] = field(default_factory=list)
-    """Unchanged files whose manifest row changed: their metadata was rewritten (no
-    re-embedding), one entry per source with ``changes`` {column: {old, new}}."""
-    segments: list[str] = field(default_factory=list)
-    cleaned_up: list[str] = field(default_factory=list)
-    snapshot: str = ""
-    seconds: float = 0.0
-    started_at: str = ""
-    finished_at: str = ""
-    interrupted: bool = False
-    error: str = ""
-    """Why the run stopped early (e.g. the disk is full); ``indexed``/``tiles`` then count only
-    what was committed, and the next run indexes the rest."""
-    cluster: dict[str, Any] | None = None
-    """For a run on a Ray cluster: its nodes, CPUs, GPUs and encoders (None: a local run)."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted and not self.error
-
-    def stopped_by(self, exc: OSError, what: str, committed: tuple[int, int]) -> StoreIOError:
-        """Record that the run stopped on ``exc`` after committing ``committed`` (sources,
-        tiles); the error to raise says what failed and what was committed."""
-        self.indexed, self.tiles = committed
-        failure = io_failure(what, exc)
-        self.error = str(failure)
-        failure.details = {
-            "run_id": self.run_id,
-            "committed": {"sources": self.indexed, "tiles": self.tiles, "segments": self.segments},
-        }
-        failure.args = (
-            f"{failure}. Committed before the failure: {self.indexed} sources "
-            f"({self.tiles} vectors) in {len(self.segments)} segments; the next run adds the rest",
-        )
-        return failure
-
-    def save(self, collection: Collection, **extra: Any) -> None:
-        """Write the run record; a record that cannot be written (full disk) is said on stderr."""
-        try:
-            collection.write_run({**self.to_dict(), **extra})
-        except OSError as exc:
-            print(
-                f"lamina: run record {self.run_id} not written: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
-
-
-def photo_tiles(rgb: np.ndarray, tile_px: int) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-    """Non-overlapping ``tile_px`` tiles of a photo at its own pixels (partial edges dropped)."""
-    h, w = rgb.shape[:2]
-    for y in range(0, h - tile_px + 1, tile_px):
-        for x in range(0, w - tile_px + 1, tile_px):
-            row = {
-                "kind": "photo-tile",
-                "x": x,
-                "y": y,
-                "level": 0,
-                "size_px": tile_px,
-                "tile_px": tile_px,
-            }
-            yield row, rgb[y : y + tile_px, x : x + tile_px]
-
-
-def prepare_photo(
-    file: SourceFile,
-    rgb: np.ndarray,
-    source_id: str,
-    meta: dict[str, Any],
-    options: IngestOptions,
-    input_px: int,
-) -> PreparedSource:
-    """A decoded photo's source row, its whole-photo tile (and ``photo_tiles`` tiles) and images."""
-    h, w = rgb.shape[:2]
-    mpp = meta.get("mpp") if isinstance(meta.get("mpp"), int | float) else None
-    source = {
-        "source_id": source_id,
-        "source": str(file.path.resolve()),
-        "kind": "photo",
-        "width": w,
-        "height": h,
-        "mpp": mpp,
-        "properties": None,
-        **meta,
-    }
-    tile = {
-        "kind": "photo",
-        "x": 0,
-        "y": 0,
-        "level": 0,
-        "size_px": max(w, h),
-        "tile_px": input_px,
-        "mpp": mpp,
-        "tissue_fraction": None,
-        **meta,
-    }
-    tiles, images = [tile], [resize_rgb(rgb, input_px)]
-    if options.photo_tiles:
-        for row, crop in photo_tiles(rgb, options.tile_px):
-            tiles.append({**row, "mpp": mpp, "tissue_fraction": None, **meta})
-            images.append(resize_rgb(crop, input_px))
-    return PreparedSource(file, source, tiles, iter(images))
-
-
-def encoder_batches(images: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """A source's images stacked into encoder batches. The first batch is smaller so the encoder
-    starts while the readers fill the next ones; the sizes depend only on the tile count, so
-    every run (local or on a cluster) batches a source identically."""
-    limit = max(1, batch_size // 4)
-    batch: list[np.ndarray] = []
-    for image in images:
-        batch.append(image)
-        if len(batch) >= limit:
-            yield np.stack(batch)
-            batch, limit = [], batch_size
-    if batch:
-        yield np.stack(batch)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-class Ingest:
+class Ingest(SourceLedger):
     """One ingest run into one collection."""
 
     _bar: TileProgress | None = None
@@ -272,67 +57,18 @@ class Ingest:
         manifest: Manifest | None = None,
     ) -> None:
         collection.check_fingerprint(encoder.fingerprint)
-        self.collection = collection
         self.encoder = encoder
         self.options = options or IngestOptions()
-        self.manifest = manifest
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-        self.report = RunReport(
+        report = RunReport(
             run_id=self.run_id, collection=collection.name, encoder=encoder.fingerprint
         )
-        self._known: dict[str, list[str]] = {}
-        self._stored: dict[tuple[str, str], str] = {}
-        self._run_ids: dict[str, str] = {}  # source ids added by this run -> their path
-        self._run_files: set[str] = set()  # resolved paths of the files this run indexes
-        self._moves: dict[tuple[str, str], dict[str, Any]] = {}
-        self._recorded: dict[str, dict[str, Any]] = {}
-        self._known_paths: set[str] = set()
+        super().__init__(collection, manifest, report)
         self._hasher: ThreadPoolExecutor | None = None
         self._done = (0, 0)  # (sources, tiles) committed by this run
-        # manifest rows of files already committed, applied after the run's commits
-        self._metadata_updates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._started: dict[str, float] = {}  # file -> when its preparation began
 
     # -- preparation (worker threads) ---------------------------------------------------------
-    def _metadata(self, file: SourceFile) -> dict[str, Any]:
-        # a source of a damaged (quarantined) segment keeps the metadata it was indexed with
-        recorded = self._recorded.get(str(file.path.resolve()))
-        if self.manifest is None:
-            return recorded or {}
-        row = self.manifest.match(file.path)
-        if row is None:
-            if recorded is not None:
-                return recorded
-            self.report.unmatched_manifest.append(str(file.path))
-            return {}
-        return row
-
-    def _note_metadata(self, skipped: Skipped) -> None:
-        """Remember the manifest row of a file already committed (applied by
-        :meth:`_update_metadata` once the run's new sources are committed)."""
-        if self.manifest is None:
-            return
-        row = self.manifest.match(skipped.file.path)
-        if row is None:
-            return
-        sid = skipped.source_id
-        where = self._known.get(sid) or []
-        here = str(skipped.file.path.resolve())
-        found = here if here in where else (where[0] if len(where) == 1 else None)
-        if found is not None:  # the key is the path the segments hold (see _located_sources)
-            stored = getattr(self, "_stored", {}).get((sid, found), found)
-            self._metadata_updates[(sid, stored)] = row
-
-    def _update_metadata(self) -> None:
-        """Rewrite the metadata of committed sources whose manifest row changed (see
-        ``search.rewrite.annotate``: a new snapshot sharing the vectors; nothing re-embedded)."""
-        updates = self._metadata_updates
-        if not updates:
-            return
-        from lamina.search.rewrite import annotate
-
-        self.report.updated = annotate(self.collection, updates, locked=True)["changed"]
-        self._metadata_updates = {}
-
     def _prepare(self, file: SourceFile) -> PreparedSource | Skipped | Moved:
         if file.kind == "slide":
             from lamina.indexer.slides import prepare_slide
@@ -392,20 +128,13 @@ class Ingest:
 
     def _run(self, paths: Sequence[str | os.PathLike[str]]) -> RunReport:
         t0 = time.perf_counter()
-        self.report.started_at = _now()
+        self.report.started_at = utc_now()
         self.report.cleaned_up = self.collection.cleanup()
         files, problems = discover(paths)
         for path, reason in problems:
             self.report.failed.append({"file": path, "reason": reason})
-        self._known = self._located_sources()
-        roots = Roots.of(self.collection.path.parent.parent).table()
-        recorded = recorded_metadata(self.collection)
-        self._recorded = {roots.resolve(p): meta for p, meta in recorded.items()}
-        self._known_paths = {p for paths in self._known.values() for p in paths}
-        self._run_files = {str(f.path.resolve()) for f in files}
-        self._run_ids, self._moves = {}, {}
-        self._stale: set[tuple[str, str]] = set()
-        self._started: dict[str, float] = {}  # file -> when its preparation began
+        self._load_committed(files)
+        self._started = {}
         bar = self._progress_bar(files)
         writer: SegmentWriter | None = None
         last_commit = time.monotonic()
@@ -455,7 +184,7 @@ class Ingest:
             if bar is not None:
                 bar.close()
             self.report.seconds = round(time.perf_counter() - t0, 3)
-            self.report.finished_at = _now()
+            self.report.finished_at = utc_now()
             self.report.snapshot = self.collection.snapshot().id
             self.report.save(self.collection)
         return self.report
@@ -486,7 +215,7 @@ class Ingest:
                 max_workers=self.options.workers, thread_name_prefix="lamina-read"
             ) as pool,
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="lamina-hash") as hasher,
-            _cpu_share(self.encoder, self.options.workers),
+            cpu_share(self.encoder, self.options.workers),
         ):
             self._hasher = hasher
             yield from self._prepared(pool, files)
@@ -563,11 +292,7 @@ class Ingest:
             self._move(done.file, sid)
             return
         writer.add_source(done.source, done.tiles, done.vectors)
-        for old in {s for s, paths in self._known.items() if path in paths and s != sid}:
-            self._stale.add((old, self._stored.get((old, path), path)))  # its old rows go
-            self.report.replaced.append({"file": path, "old_source_id": old})
-        self._known.setdefault(sid, []).append(path)
-        self._run_ids[sid] = path
+        self._record_new(sid, path)
         self.report.indexed += 1
         self.report.tiles += len(done.tiles)
         if done.source.get("kind") == "slide":
@@ -578,38 +303,6 @@ class Ingest:
             self.report.empty.append(
                 {"file": str(done.file.path), "reason": done.note or "no tiles"}
             )
-
-    def _identity(self, sid: str, path: str) -> tuple[str, str]:
-        """("new" | "duplicate" | "moved", the other path) for a file of content ``sid`` at
-        ``path`` not committed there: a duplicate when this run already added those bytes or
-        indexes their committed path too; moved when they are committed only at paths this
-        run does not index (the source moved or was copied: its path is updated)."""
-        if sid in self._run_ids:
-            return "duplicate", self._run_ids[sid]
-        known = [p for p in self._known.get(sid, ()) if p != path]
-        if not known:
-            return "new", ""
-        for p in known:
-            if p in self._run_files:
-                return "duplicate", p
-        return "moved", known[0]
-
-    def _move(self, file: SourceFile, sid: str) -> bool:
-        """Carry the committed rows of ``sid`` over to ``file``'s path at the next commit
-        (True), or report ``file`` as a duplicate (False)."""
-        new = str(file.path.resolve())
-        how, old = self._identity(sid, new)
-        if how != "moved":
-            self.report.duplicates.append({"file": new, "same_as": old})
-            return False
-        self._moves[(sid, self._stored.get((sid, old), old))] = {
-            "source": new,
-            **file_stat(file.path),
-        }
-        self._known[sid] = [new if p == old else p for p in self._known.get(sid, [])]
-        self._run_ids[sid] = new
-        self.report.moved.append({"file": new, "from": old})
-        return True
 
     def _commit(self, writer: SegmentWriter) -> None:
         replaced = (
@@ -643,51 +336,6 @@ class Ingest:
                 f"{mpp:g} um/px; this run asks for {want[0]} px, {want[1]:g} um/px. "
                 "Use the collection's --tile-px/--mpp or index into another collection."
             )
-
-    def _located_sources(self) -> dict[str, list[str]]:
-        """source id -> where its committed files are now (stored paths resolved through the
-        home's roots, ``search.roots``); ``_stored`` maps (id, location) back to the path the
-        segments hold (the key of the rows to carry over)."""
-        roots = Roots.of(self.collection.path.parent.parent).table()
-        self._stored = {}
-        out: dict[str, list[str]] = {}
-        for sid, paths in self.collection.committed_sources().items():
-            for stored in paths:
-                here = roots.resolve(stored)
-                self._stored[(sid, here)] = stored
-                out.setdefault(sid, []).append(here)
-        return out
-
-    def _committed(self, source_id: str, file: SourceFile) -> bool:
-        return str(file.path.resolve()) in self._known.get(source_id, ())
-
-
-@contextmanager
-def _cpu_share(encoder: Encoder, readers: int) -> Iterator[None]:
-    """Leave the reader threads their cores: on a machine of 4+ cores, a torch encoder on the
-    CPU gets max(cores - readers, cores // 2) intra-op threads for the run. Oversubscribed
-    OpenMP threads stall at every barrier; measured on 16 cores with 8 readers, slide ingest
-    went from 942 to 1529 tiles/s (test/tiny-vit) and 553 to 600 (test/tiny-resnet). On 2
-    cores the cap (1 thread) was slower, so small machines are left alone."""
-    torch = sys.modules.get("torch")
-    if (
-        torch is None
-        or not str(getattr(encoder, "device", "cpu")).startswith("cpu")
-        or not hasattr(encoder, "model")
-    ):
-        yield
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    before = torch.get_num_threads()
-    want = before if cores < 4 else max(1, min(before, max(cores - readers, cores // 2)))
-    if want != before:
-        torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        if want != before:
-            torch.set_num_threads(before)
 
 
 def open_collection_for(

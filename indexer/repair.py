@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from lamina.encoders import Encoder
+from lamina.indexer.ingest_types import IngestOptions
 from lamina.indexer.manifest import Manifest
-from lamina.indexer.pipeline import Ingest, IngestOptions
+from lamina.indexer.pipeline import Ingest
 from lamina.search.segments import RESERVED_COLUMNS, committed_source_ids, retire
 from lamina.search.store import Collection
 from lamina.search.verify import quarantined_ids, recorded_sources, scan_segments

@@ -23,6 +23,7 @@ from PIL import Image
 
 from lamina.encoders.base import resize_rgb
 from lamina.indexer.errors import MissingMppError, UnreadableSourceError
+from lamina.indexer.ingest_types import IngestOptions, PreparedSource
 from lamina.indexer.tiling import LevelChoice, TileSpec, choose_level, plan_grid
 from lamina.indexer.tissue import TissueMask, detect_tissue, mask_downsample
 from lamina.search.segments import RESERVED_COLUMNS
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     import openslide
 
     from lamina.encoders import Encoder
-    from lamina.indexer.pipeline import IngestOptions, PreparedSource
     from lamina.indexer.sources import SourceFile
 
 
@@ -401,7 +401,6 @@ def prepare_slide(
     pixels are read only when the pipeline iterates ``images``. ``encoder`` is accepted for the
     pipeline's signature; tiles are always ``options.tile_px`` and the encoder resizes.
     """
-    from lamina.indexer.pipeline import PreparedSource
     from lamina.indexer.tile_stream import TileStream
 
     slide = Slide(file.path, mpp_override=options.mpp_override, metadata=metadata)

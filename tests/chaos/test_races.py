@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.search import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 from lamina.encoders import create_encoder
-from lamina.indexer.pipeline import IngestOptions, ingest
+from lamina.indexer import IngestOptions, ingest
 from lamina.search import Store
 from lamina.search.errors import EncoderMismatchError
 

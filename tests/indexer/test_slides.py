@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+
+from lamina.indexer import IngestOptions
 from lamina.indexer.errors import MissingMppError, UnreadableSourceError
-from lamina.indexer.pipeline import IngestOptions
 from lamina.indexer.slides import PROPERTY_ALLOWLIST, Slide, prepare_slide, read_region_rgb
 from lamina.indexer.sources import SourceFile, classify
 from lamina.indexer.tile_images import source_thumbnail, tile_image
