@@ -105,3 +105,10 @@ def test_two_conditions_on_one_column_both_hold(lamina: Any, tmp_path: Path) -> 
     )
     used = report["n_train"] + report["n_test"] + (report.get("n_dropped_null_label") or 0)
     assert used == n70, json.dumps({k: v for k, v in report.items() if k.startswith("n_")})
+
+
+def test_a_bad_filter_is_a_usage_error(lamina: Any) -> None:
+    for expr, said in (("age", "cannot parse filter 'age'"), ("nope>=1", "unknown filter column")):
+        res = lamina("cohort", "create", "bad", "--collection", "derm", "--filter", expr, code=2)
+        assert said in res.stderr and "Traceback" not in res.stderr
+    assert "bad" not in lamina("cohort", "list").stdout
