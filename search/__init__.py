@@ -10,7 +10,8 @@ from lamina.search.errors import (
     StoreError,
     TileNotFoundError,
 )
-from lamina.search.service import Group, Hit, SearchResult, SearchService
+from lamina.search.results import Group, Hit, SearchResult
+from lamina.search.service import SearchService
 from lamina.search.store import Collection, Snapshot, Store, default_home
 
 __all__ = [

@@ -45,11 +45,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from lamina.search.errors import InvalidQueryError, ShardUnavailableError, TileNotFoundError
 from lamina.search.filters import Condition
+from lamina.search.results import Hit, Ranking, SearchResult, hit_from_row
 from lamina.search.segment_reader import unify_types
 from lamina.search.segments import RESERVED_COLUMNS, SegmentInfo
-from lamina.search.service import Hit, Ranking, SearchResult, SearchService, _hit
+from lamina.search.service import SearchService
 from lamina.search.store import Collection, Snapshot, Store
 from lamina.search.views import _jsonable
 
@@ -237,6 +239,7 @@ class ShardedSearchService(SearchService):
         self.tag = tag or uuid.uuid4().hex[:8]
         self.timeout_s = timeout_s
         import faiss
+
         from lamina.search.shard import ShardWorker
 
         remote = ray.remote(ShardWorker)
@@ -456,7 +459,7 @@ class ShardedSearchService(SearchService):
             ids = np.concatenate([p[1] for p in parts]).astype(np.int64)
             rows = [row for p in parts for row in p[2]]
             order = np.lexsort((ids, -scores))[:k]
-            hits.append([_hit(view, rows[int(o)], float(scores[o])) for o in order])
+            hits.append([hit_from_row(view, rows[int(o)], float(scores[o])) for o in order])
         matched = sum(int(a["matched"]) for a in found.values())
         plan = merge_plans([found[i]["plan"] for i in sorted(found)], self.n_shards)
         plan["ms"]["fanout_total"] = round((time.perf_counter() - t0) * 1000, 3)

@@ -18,11 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from lamina.search.cohorts import checked_conditions
 from lamina.search.errors import InvalidQueryError, SourceNotFoundError
 from lamina.search.filters import parse_filters, value_warnings
 from lamina.search.params import effective
-from lamina.search.service import MAX_K, SearchResult, _hit, unit_queries
+from lamina.search.results import MAX_K, SearchResult, hit_from_row, unit_queries
 from lamina.search.slide_ranking import (
     EXACT_BELOW,
     exclusion,
@@ -130,7 +131,7 @@ def rank_slides_sharded(
     for name in ranked:
         m = merged[name]
         g_hits = [
-            _hit(view, rows[int(t)], float(s))  # type: ignore[arg-type]
+            hit_from_row(view, rows[int(t)], float(s))  # type: ignore[arg-type]
             for t, s in zip(m["tiles"], m["scores"], strict=True)
         ]
         slides.append((name, float(m["score"]), int(m["count"]), g_hits))

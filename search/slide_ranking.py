@@ -28,21 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from lamina.search import planner
 from lamina.search.cohorts import checked_conditions, score_positions
 from lamina.search.columns import column_by_name
 from lamina.search.errors import InvalidQueryError
 from lamina.search.filters import Condition, conditions_key, parse_filters, value_warnings
 from lamina.search.params import effective
-from lamina.search.service import (
-    MAX_K,
-    Group,
-    Hit,
-    SearchResult,
-    SearchService,
-    _hit,
-    unit_queries,
-)
+from lamina.search.results import MAX_K, Group, Hit, SearchResult, hit_from_row, unit_queries
+from lamina.search.service import SearchService
 from lamina.search.views import CollectionView
 
 EXACT_BELOW = 200_000
@@ -278,7 +272,7 @@ def rank_slides(
     slides = []
     at = 0
     for code, tiles, sc in zip(ranked, best_tiles, best_scores, strict=True):
-        g_hits = [_hit(view, rows[at + i], float(s)) for i, s in enumerate(sc)]
+        g_hits = [hit_from_row(view, rows[at + i], float(s)) for i, s in enumerate(sc)]
         at += len(tiles)
         slides.append((g.names[code], float(scores[code]), int(g.counts[code]), g_hits))
     query = slide_query(top_m, len(q), use_ann, matched)
