@@ -65,6 +65,16 @@ def test_two_conditions_on_one_column_both_hold(lamina: Any, tmp_path: Path) -> 
             {"age": {"gte": order[0].split(">=")[1]}},
             {"age": {"gte": order[1].split(">=")[1]}},
         ]
+    # with an example image the request is multipart: the expressions still all hold
+    photo = next(DERM_DIR / "images" / n for n, a in ages.items() if a >= 70)
+    near = lamina.json(
+        "cohort", "create", "old-near", "--collection", "derm", "--near", str(photo),
+        "--k", str(n60), "--filter", "age>=70", "--filter", "age>=60",
+    )["cohort"]  # fmt: skip
+    assert near["n_tiles"] == n70 and near["definition"]["filter"] == [
+        {"age": {"gte": "70"}},
+        {"age": {"gte": "60"}},
+    ]
     # a window on one column (two operators): one JSON object holds it
     window = _create(lamina, "sixties", "age>=60", "age<70")
     assert window["n_tiles"] == n60 - n70
