@@ -135,8 +135,9 @@ COLLECTION_PATHS: dict[str, Any] = {
         "post": _op(
             "Merge the collection's small segments, as a job whose result is the compaction "
             "summary (segments_before, segments_after, merged, erased_tiles); segments holding "
-            "deleted rows are written again without them, and erase=true removes the replaced "
-            "files at once and retrains the ANN index",
+            "deleted rows are written again without them; erase=true removes the replaced "
+            "files at once, and retrain_index=true (with erase; else 422 INVALID_QUERY) trains "
+            "the ANN index again on the remaining vectors",
             _ACCEPTED,
             parameters=[_name_param("c")],
             requestBody={
@@ -148,6 +149,7 @@ COLLECTION_PATHS: dict[str, Any] = {
                             "properties": {
                                 "target_rows": {"type": "integer", "minimum": 2},
                                 "erase": {"type": "boolean"},
+                                "retrain_index": {"type": "boolean"},
                             },
                         }
                     }
