@@ -66,6 +66,17 @@ _COLQ = {
 }
 
 
+# /collections/{c}/sources/{source_id}/...: the slide routes (deep zoom, QC)
+_SOURCE_PATH_PARAMS = [
+    {"name": "c", "in": "path", "required": True, "schema": _STR},
+    {"name": "source_id", "in": "path", "required": True, "schema": _STR},
+]
+# what the slide routes can answer besides 200 (no body to be 400/413/415)
+_SLIDE_ERRORS = {
+    str(s): {"$ref": "#/components/responses/Error"} for s in (401, 403, 404, 409, 422, 429, 503)
+}
+
+
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_ERRORS = {
-    str(s): {"$ref": "#/components/responses/Error"} for s in (401, 403, 404, 409, 422, 429, 503)
-}
-_PATH_PARAMS = [
-    {"name": "c", "in": "path", "required": True, "schema": _STR},
-    {"name": "source_id", "in": "path", "required": True, "schema": _STR},
-]
+from lamina.api.openapi_common import _INT, _STR
+from lamina.api.openapi_common import _SLIDE_ERRORS as _ERRORS
+from lamina.api.openapi_common import _SOURCE_PATH_PARAMS as _PATH_PARAMS
 
 
 def _int_param(name: str) -> dict[str, Any]:
