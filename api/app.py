@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
-from lamina.api.errors import DOMAIN_ERRORS, error_body
 from werkzeug.exceptions import HTTPException
+
+from lamina.api.errors import DOMAIN_ERRORS, error_body
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("lamina.api")

@@ -332,6 +332,7 @@ class Authenticator:
 def install(app: Any) -> None:
     """The request check (before every request) and the audit line (after it) of ``app``."""
     from flask import Response, g, request
+
     from lamina.api.app import API_PREFIX, error_response, state
 
     def _deny(status: int, code: str, message: str) -> Response:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lamina.api.errors import ApiError
 from PIL import Image, UnidentifiedImageError
+
+from lamina.api.errors import ApiError
 
 TILE_MAX_PX = 512
 THUMB_MAX_PX = 512

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 from flask import Request, Response, current_app, g, jsonify
 from flask import json as flask_json
+
 from lamina.api.errors import ApiError
 
 MAX_JSON_DEPTH = 32

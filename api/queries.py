@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lamina.encoders import Encoder, EncoderError, NoLocalEncoderError, create_encoder
 from lamina.indexer.photos import decode_photo
 from lamina.search import Collection

@@ -105,6 +105,7 @@ def percentiles(lat: list[float]) -> dict[str, float]:
 def raw_faiss(home: Path, queries: np.ndarray, k: int) -> dict[str, float]:
     """A FAISS IndexFlatIP over the same vectors, queried in process by the same tiles."""
     import faiss
+
     from lamina.search import SearchService, Store
 
     view = SearchService(Store(home)).view("bench")

@@ -186,6 +186,7 @@ def contents(home: Path, collection: str) -> tuple[dict[tuple[Any, ...], bytes],
     """(tile key -> vector bytes, tile id -> key) over the visible segments; raises on a
     duplicate key or id (counted by the caller)."""
     import pyarrow.parquet as pq
+
     from lamina.search import Store
 
     col = Store(home).collection(collection)

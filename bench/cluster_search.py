@@ -111,6 +111,7 @@ def _recall(got: list[list[int]], truth: np.ndarray, ids: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure (see the module doc); returns the ``"search"`` record and writes it."""
     import ray
+
     from lamina.search import SearchService, Store
     from lamina.search.ann import update_index
     from lamina.search.sharded import ShardedSearchService

@@ -66,6 +66,7 @@ def compare_path(
 ) -> dict[str, Any]:
     """Both routes on one Path-signature model; images/s and their agreement."""
     import onnxruntime as ort
+
     from lamina.encoders import create_encoder
     from lamina.encoders.tf_testing import build_path_savedmodel
 
@@ -101,6 +102,7 @@ def compare_path(
 
 def try_derm(workdir: Path) -> dict[str, Any]:
     import onnxruntime as ort
+
     from lamina.encoders.tf_testing import build_derm_savedmodel
 
     model = build_derm_savedmodel(workdir / "derm")

@@ -127,8 +127,9 @@ def bomb_before_after(url: str, pid: int) -> dict[str, Any]:
     import io
 
     import requests
-    from lamina.indexer.photos import decode_photo
     from PIL import Image
+
+    from lamina.indexer.photos import decode_photo
 
     buf = io.BytesIO()
     Image.new("RGB", (7000, 7000), (200, 120, 100)).save(buf, "JPEG", quality=10)

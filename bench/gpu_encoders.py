@@ -44,8 +44,9 @@ def _images(n: int, px: int, seed: int) -> np.ndarray:
 def main() -> None:
     import timm
     import torch
-    from lamina.encoders import create_encoder, get_config, resolve_device
     from safetensors.torch import save_file
+
+    from lamina.encoders import create_encoder, get_config, resolve_device
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_encoders.json"))

@@ -43,6 +43,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+
 from lamina.search import planner
 from lamina.search.ann import AnnIndex, update_index
 from lamina.search.filters import parse_filters

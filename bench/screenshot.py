@@ -31,11 +31,12 @@ ARGS = [
 
 def main() -> None:
     import waitress.server
+    from playwright.sync_api import sync_playwright
+
     from lamina.api.app import create_app
     from lamina.encoders import create_encoder
     from lamina.indexer import IngestOptions, Manifest, ingest
     from lamina.search import Store
-    from playwright.sync_api import sync_playwright
 
     home = Path(tempfile.mkdtemp()) / "home"
     ingest(

@@ -72,6 +72,7 @@ def child(home: Path, name: str, queries_path: Path) -> dict[str, Any]:
     """Serve ``name`` in this fresh process: open it, answer the queries, measure growth."""
     import faiss  # noqa: F401 - the search stack, imported before the baseline
     import pyarrow  # noqa: F401
+
     from lamina.search.service import SearchService
     from lamina.search.store import Store
 

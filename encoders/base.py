@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from lamina.encoders.config import EncoderConfig, fingerprint_of
 from lamina.encoders.errors import InvalidImageBatchError
-from PIL import Image
 
 ImageBatch = np.ndarray | Sequence[np.ndarray]
 

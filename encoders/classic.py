@@ -24,6 +24,7 @@ Texture (green channel, the one with most H&E contrast; scales 224, 112, 56 px b
 from __future__ import annotations
 
 import numpy as np
+
 from lamina.encoders.base import Encoder
 from lamina.encoders.config import EncoderConfig
 from lamina.encoders.errors import EncoderError

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from lamina.encoders.base import Encoder
 from lamina.encoders.config import EncoderConfig, WeightsSpec
 from lamina.encoders.errors import EncoderError, WeightsMismatchError
 from lamina.encoders.registry import register_encoder
 from lamina.encoders.weights import require_weights
-from PIL import Image
 
 SIGNATURE = "serving_default"
 HAI_DEF_TERMS = (

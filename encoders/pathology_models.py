@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from lamina.encoders.base import Encoder, TorchEncoder
 from lamina.encoders.config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, WeightsSpec
 from lamina.encoders.errors import WeightsMismatchError
 from lamina.encoders.registry import register_encoder
 from lamina.encoders.weights import load_state_dict, require_weights
-from PIL import Image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lamina.indexer.errors import ImportFormatError
 
 SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".parquet": "table", ".npz": "table", ".json": "json"}

@@ -7,8 +7,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from lamina.indexer.errors import UnreadableSourceError
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from lamina.indexer.errors import UnreadableSourceError
 
 DEFAULT_MAX_PIXELS = 80_000_000  # bigger "photos" are almost certainly not photos
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from lamina.indexer.errors import SourceChangedError, UnreadableSourceError
 from lamina.indexer.photos import read_photo
 from lamina.indexer.slides import Slide
 from lamina.indexer.sources import classify, content_id
 from lamina.indexer.tiling import TileSpec
-from PIL import Image
 
 DEFAULT_THUMBNAIL_PX = 512
 MAX_THUMBNAIL_PX = 4096

@@ -41,6 +41,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+
 from lamina.search.errors import InvalidIndexFactoryError, StoreError, io_failure
 from lamina.search.index_spec import IndexSpec, parse_factory
 from lamina.search.integrity import (

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from lamina.search.catalog_legacy import LEGACY_FILE, migrate
 from lamina.search.errors import (
     CatalogDamagedError,

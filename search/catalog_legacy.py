@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lamina.search.errors import CatalogDamagedError, CatalogLockedError, DiskFullError
 
 LEGACY_FILE = "catalog.duckdb"

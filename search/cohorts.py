@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from lamina.search.catalog import Catalog, now_utc
 from lamina.search.columns import patient_column
 from lamina.search.errors import FilterError, InvalidQueryError, StaleCohortError

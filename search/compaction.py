@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from lamina.search.ann import AnnIndex, copy_sidecars, write_assignment
 from lamina.search.integrity import check_segment
 from lamina.search.segments import (

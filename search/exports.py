@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from lamina.search.columns import patient_column, split_column
 from lamina.search.errors import InvalidQueryError
 from lamina.search.export_coords import coordinate_arrays, coordinates_of, tile_coordinates

@@ -36,6 +36,7 @@ import weakref
 from typing import Any
 
 import numpy as np
+
 from lamina.search.scan import DENSE, Backend, Found, NumpyBackend
 
 BLOCK_BYTES = 256 << 20

@@ -40,6 +40,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import xxhash
+
 from lamina.search.errors import DamagedStoreError
 
 HASH = "xxh3_64"

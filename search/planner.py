@@ -34,6 +34,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+
 from lamina.search.ann import AnnIndex, SegmentANN
 from lamina.search.filters import Condition
 from lamina.search.params import effective

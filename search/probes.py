@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
 from lamina.search.errors import InvalidQueryError
 from lamina.search.exports import LabeledSet
 from lamina.search.views import CollectionView

@@ -58,6 +58,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from lamina.search.integrity import check_segment, digest_bytes, file_entry, meta_checksum
 from lamina.search.segments import (
     DELETED_ROWS_FILE,

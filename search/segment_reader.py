@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from lamina.search.filters import Condition, condition_mask, conditions_key
 from lamina.search.integrity import DamagedSegmentError, Problem, check_segment
 from lamina.search.segments import VECTOR_DTYPES, SegmentInfo

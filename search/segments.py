@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from lamina.search.integrity import Hasher, digest_bytes, file_entry, meta_checksum
 from lamina.search.tables import concat_tables as _concat
 from lamina.search.tables import rows_table as _table

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from lamina.search import planner
 from lamina.search.ann import AnnIndex
 from lamina.search.filters import Condition

@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from lamina.search import segments as segments_mod
 from lamina.search.errors import (
     CollectionDamagedError,

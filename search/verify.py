@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+
 from lamina.search.integrity import (
     OPEN_HASH_BYTES,
     Problem,

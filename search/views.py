@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from lamina.search.ann import AnnIndex
 from lamina.search.errors import SourceNotFoundError, TileNotFoundError
 from lamina.search.filters import Condition, conditions_key

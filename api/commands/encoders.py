@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from lamina.api.cli import emit_json
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 DEFAULT_ENCODER = "classic/stain-texture"
@@ -118,9 +119,7 @@ def register(cli: click.Group) -> None:
         "the default split of probe and export, cohort patient counts.",
     )
     @click.option("--case-column", default=None, metavar="COL", help="Column naming the case.")
-    @click.option(
-        "--lesion-column", default=None, metavar="COL", help="Column naming the lesion."
-    )
+    @click.option("--lesion-column", default=None, metavar="COL", help="Column naming the lesion.")
     @click.option(
         "--source-column",
         default="file",

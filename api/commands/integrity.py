@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 

@@ -10,6 +10,7 @@ import sys
 from typing import NoReturn
 
 import click
+
 from lamina.api.cli import CliContext
 
 
@@ -90,6 +91,7 @@ def register(cli: click.Group) -> None:
                 "'Authorization: Bearer <token>'), or pass --insecure"
             )
         import waitress
+
         from lamina.api.app import create_app
 
         config: dict[str, object] = {"HOME": str(ctx.home)}

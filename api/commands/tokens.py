@@ -10,6 +10,7 @@ import getpass
 import os
 
 import click
+
 from lamina.api.cli import CliContext, emit_json, handle_errors
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
+
 from lamina.api.app import state
 from lamina.api.errors import ApiError
 from lamina.api.jobs import Job

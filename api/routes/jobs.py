@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, send_file
+
 from lamina.api.errors import ApiError
 from lamina.api.jobs import Job, JobQueue
 

@@ -82,6 +82,7 @@ def test_client_token(
 
 def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
     from lamina.api.commands.serve import is_loopback
 

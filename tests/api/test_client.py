@@ -94,7 +94,8 @@ def test_typed_results_and_errors(flask_transport: Any) -> None:
 
     c = lc.Client("http://in-process", transport=flask_transport)
     assert c.health()["ok"] and c.encoders() and c.collections()[0]["name"] == "derm"
-    assert c.collection("derm")["tiles"] == 685  # one byte-identical pair of the 686 photos is indexed once
+    # one byte-identical pair of the 686 photos is indexed once
+    assert c.collection("derm")["tiles"] == 685
     res = c.search_tile("derm", tile_id=3, k=3, group_by="patient")
     assert isinstance(res, lc.SearchResult) and isinstance(res.hits[0], lc.Hit)
     assert res.hits[0].tile_id == 3 and res.snapshot and res.encoder and len(res) == 3
@@ -140,6 +141,7 @@ def test_unreachable_server() -> None:
 
 def test_cli_search_through_url(live_url: str) -> None:
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
 
     res = CliRunner().invoke(
@@ -168,6 +170,7 @@ def test_cli_search_through_url(live_url: str) -> None:
 def test_cli_search_params_through_url(live_url: str) -> None:
     """--strategy and --explain work the same against a server: the plan comes back."""
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
 
     args = ["--url", live_url, "search", "--collection", "derm", "--tile-id", "3", "-k", "2"]

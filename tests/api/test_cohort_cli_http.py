@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+
 from lamina.api.cli import cli
 
 DERM_DIR = (

@@ -52,7 +52,8 @@ def test_search_by_tile(client: Any) -> None:
     assert scores == sorted(scores, reverse=True)
     plan = body["plan"]  # a Flat collection: every query is an exact scan of all tiles
     assert plan["strategy"] == "exact" and plan["index"] == "Flat"
-    assert plan["matched"] == plan["total"] == plan["candidates"] == 685  # 686 photos, one byte-identical pair indexed once
+    # 686 photos, one byte-identical pair indexed once
+    assert plan["matched"] == plan["total"] == plan["candidates"] == 685
 
 
 def test_search_filter_json_and_exprs(client: Any) -> None:

@@ -180,6 +180,7 @@ def test_waits_past_the_deadline_answer_503(derm_home: Path, derm_images: list[P
 def test_filter_coercion_is_the_one_path_for_cli_and_api() -> None:
     """The column-wise filter itself refuses out-of-range values (the CLI's path too)."""
     import pyarrow as pa
+
     from lamina.search.errors import FilterError
     from lamina.search.filters import condition_mask, parse_expr
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from lamina.api.errors import ApiError
 from lamina.api.jobs import Job, JobQueue
 

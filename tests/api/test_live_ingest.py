@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lamina.api.client import Client
 
+from lamina.api.client import Client
 from tests.api.conftest import poll
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+from PIL import Image
+
 from lamina.api.app import create_app
 from lamina.encoders import create_encoder
 from lamina.indexer import IngestOptions, ingest
 from lamina.indexer.tile_images import tile_image
 from lamina.search import SearchService, Store
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from lamina.search.catalog import Catalog
 
 from bench.chaos import run_inprocess
+from lamina.search.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[2]
 

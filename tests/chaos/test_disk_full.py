@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lamina.search import SearchService, Store
 
 from bench.chaos import run_inprocess
+from lamina.search import SearchService, Store
 
 REPO = Path(__file__).resolve().parents[2]
 NO_COMPACT = {"LAMINA_COMPACT_SEGMENTS": "1000"}

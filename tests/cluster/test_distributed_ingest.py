@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.search.store import Store
 
 REPO = Path(__file__).resolve().parents[2]

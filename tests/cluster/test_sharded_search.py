@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from lamina.search import SearchService, Store
 from lamina.search.ann import update_index
 from lamina.search.errors import ShardUnavailableError
 from lamina.search.sharded import ShardedSearchService, assign_segments
-
 from tests.search.clustered import clustered, write_collection
 
 pytestmark = pytest.mark.slow
@@ -464,6 +464,7 @@ def test_cli_serve_and_status_cluster(home: Path, ray_cluster: Any) -> None:
             assert r["collections"]["flat"]["heap_bytes"] > 0
         assert sum(r["collections"]["flat"]["tiles"] for r in mine) == N_FLAT
         from click.testing import CliRunner
+
         from lamina.api.cli import cli
 
         text = CliRunner().invoke(cli, ["status", "--cluster", ray_cluster.address])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lamina.encoders import EncoderError, create_encoder, get_config, list_encoders
 from PIL import Image
+
+from lamina.encoders import EncoderError, create_encoder, get_config, list_encoders
 
 KEY = "classic/stain-texture"
 

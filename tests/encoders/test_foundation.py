@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lamina.encoders.foundation import import_tensorflow  # noqa: E402
 from PIL import Image
+
+from lamina.encoders.foundation import import_tensorflow  # noqa: E402
 
 # through Lamina's import: it loads triton first (the other order segfaults); a test dependency,
 # so a missing TensorFlow fails here instead of skipping
@@ -108,6 +109,7 @@ def test_found_in_weights_dir_and_hf_cache(
     path_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants as hf_constants
+
     from lamina.encoders import encoder_table
 
     empty = tmp_path / "empty"
@@ -178,6 +180,7 @@ def _lamina(home: Path, *args: str) -> dict:
 
 def _stored(home: Path, collection: str) -> tuple[list[dict], np.ndarray]:
     import pyarrow.parquet as pq
+
     from lamina.search import Store
 
     rows: list[dict] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.encoders.foundation import import_tensorflow  # noqa: E402
 
 # test dependencies (the `test` extra): a missing one fails, never skips

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from lamina.encoders import WeightsNotFoundError, create_encoder, encoder_table, get_config
 from lamina.encoders.pathology_models import (
     RECIPES,
@@ -18,7 +20,6 @@ from lamina.encoders.pathology_models import (
     hf_dinov2_to_timm,
     preprocess,
 )
-from PIL import Image
 
 # key -> (embedding dim, tokens out of the trunk at the input size, full-size parameters, M)
 PUBLISHED = {

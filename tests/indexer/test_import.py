@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.encoders import NoLocalEncoderError, create_encoder  # noqa: E402
 from lamina.indexer.errors import DeclaredEncoderError  # noqa: E402
 from lamina.indexer.importer import (  # noqa: E402

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from lamina.encoders import create_encoder
 from lamina.indexer import IngestOptions, Manifest, ManifestError, UnreadableSourceError, ingest
 from lamina.indexer.photos import decode_photo
 from lamina.indexer.sources import discover
 from lamina.search import SearchService, Store
-from PIL import Image
 
 
 def _encode(im: Image.Image, fmt: str, **kw: object) -> bytes:

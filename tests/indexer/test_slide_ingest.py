@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tifffile
+
 from lamina.encoders import Encoder, create_encoder
 from lamina.indexer import IngestOptions, Manifest, ingest
 from lamina.indexer.slides import Slide

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.search import Store
 
 N_SLIDES = 8

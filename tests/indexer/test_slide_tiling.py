@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from lamina.indexer.errors import SlideResolutionError
 from lamina.indexer.tile_stream import TileStream
 from lamina.indexer.tiling import choose_level, grid_counts, plan_grid

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lamina.search import SearchService, Store
 from lamina.search.catalog import Catalog
 from lamina.search.exports import assign_split, column_text

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from lamina.search.catalog import Catalog
 from lamina.search.errors import CatalogDamagedError, CohortNotFoundError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search import SearchService, Store
 from lamina.search.catalog import Catalog
 from lamina.search.cohorts import create_cohort, show_cohort

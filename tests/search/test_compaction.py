@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from threadpoolctl import threadpool_limits
+
 from lamina.search import SearchService, Store, planner
 from lamina.search.ann import AnnIndex, update_index
 from lamina.search.compaction import (
@@ -31,7 +33,6 @@ from lamina.search.compaction import (
 )
 from lamina.search.segments import RETIRED_PREFIX, TMP_PREFIX, SegmentInfo, remove_stale
 from lamina.search.store import Collection
-from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -410,6 +411,7 @@ def test_ingest_compacts_at_the_end_of_a_run(
 
 def test_cli_compact_json(home: Path) -> None:
     from click.testing import CliRunner
+
     from lamina.api.cli import cli
 
     _build(home, 8, n_tiles=3)

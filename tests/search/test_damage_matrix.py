@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from lamina.api.errors import DOMAIN_ERRORS, error_info
 from lamina.search import SearchService, Store
 from lamina.search.integrity import meta_checksum

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lamina.search import SearchService, Store
 from lamina.search.catalog import Catalog
 from lamina.search.exports import assign_split, export_labeled_set, read_labeled_set

@@ -6,6 +6,7 @@ import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lamina.search.errors import FilterError
 from lamina.search.filters import (
     Condition,

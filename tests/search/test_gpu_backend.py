@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search import Store, planner
 from lamina.search.ann import AnnIndex, update_index
 from lamina.search.filters import parse_filters

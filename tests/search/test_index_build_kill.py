@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search.ann import AnnIndex, update_index
 from lamina.search.compaction import cluster
 from lamina.search.segments import remove_stale

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search import SearchService, Store
 from lamina.search.verify import verify
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search.ann import update_index
 from lamina.search.errors import InvalidQueryError
 from lamina.search.filters import parse_filters

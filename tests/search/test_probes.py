@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lamina.search import SearchService, Store
 from lamina.search.catalog import Catalog
 from lamina.search.exports import LabeledSet, export_labeled_set, read_labeled_set

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from lamina.search import Store
 from lamina.search.ann import update_index
 from lamina.search.compaction import compact

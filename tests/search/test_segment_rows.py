@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
 from lamina.search.segment_reader import reader_for
 from lamina.search.store import Store
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from lamina.search.service import SearchService
 from lamina.search.store import Store, snapshot_id_of
 
