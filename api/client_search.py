@@ -15,6 +15,25 @@ from lamina.api.client_http import _file, _multipart, _q
 from lamina.api.client_types import BatchResult, SearchResult
 
 
+def _common(
+    k: int,
+    filter: Mapping[str, Any] | None,
+    filters: Sequence[str] | None,
+    params: Mapping[str, Any] | None,
+    partial: bool,
+    offset: int,
+) -> dict[str, Any]:
+    """The fields every search request carries (None: left out of the request)."""
+    return {
+        "k": k,
+        "filter": dict(filter) if filter else None,
+        "filters": list(filters) if filters else None,
+        "params": dict(params) if params else None,
+        "partial": True if partial else None,
+        "offset": offset or None,
+    }
+
+
 class SearchMixin(ClientBase):
     """Similarity search and the pictures of tiles and sources."""
 
@@ -39,16 +58,14 @@ class SearchMixin(ClientBase):
     ) -> SearchResult:
         name, data = _file(path_or_bytes)
         fields = {
-            "k": k,
-            "filter": dict(filter) if filter else None,
-            "filters": "\n".join(filters) if filters else None,
+            **_common(k, filter, filters, params, partial, offset),
             "group_by": group_by,
             "exclude_same": exclude_same,
             "level": level,
-            "params": dict(params) if params else None,
-            "partial": "true" if partial else None,
-            "offset": offset or None,
         }
+        # a form field per value: filters one expression per line, partial as text
+        fields["filters"] = "\n".join(filters) if filters else None
+        fields["partial"] = "true" if partial else None
         body, ctype = _multipart(fields, [("image", name, data)])
         _, _, raw = self._raw(
             "POST", f"/collections/{_q(collection)}/search", body=body, content_type=ctype
@@ -73,15 +90,10 @@ class SearchMixin(ClientBase):
             collection,
             {
                 "tile_id": int(tile_id),
-                "k": k,
-                "filter": filter,
-                "filters": list(filters) if filters else None,
+                **_common(k, filter, filters, params, partial, offset),
                 "group_by": group_by,
                 "exclude_same": exclude_same,
                 "level": level,
-                "params": params,
-                "partial": True if partial else None,
-                "offset": offset or None,
             },
         )
 
@@ -103,15 +115,10 @@ class SearchMixin(ClientBase):
             collection,
             {
                 "vector": [float(v) for v in vector],
-                "k": k,
-                "filter": filter,
-                "filters": list(filters) if filters else None,
+                **_common(k, filter, filters, params, partial, offset),
                 "group_by": group_by,
                 "encoder": encoder,
                 "level": level,
-                "params": params,
-                "partial": True if partial else None,
-                "offset": offset or None,
             },
         )
 
@@ -133,13 +140,8 @@ class SearchMixin(ClientBase):
             collection,
             {
                 "region": {"slide": slide, "x": x, "y": y, "w": w, "h": h},
-                "k": k,
-                "filter": filter,
-                "filters": list(filters) if filters else None,
+                **_common(k, filter, filters, params, partial, offset),
                 "group_by": group_by,
-                "params": params,
-                "partial": True if partial else None,
-                "offset": offset or None,
             },
         )
 
@@ -159,15 +161,10 @@ class SearchMixin(ClientBase):
     ) -> BatchResult:
         """Up to 1000 query vectors (or stored tiles), all answered on one snapshot."""
         body = {
+            **_common(k, filter, filters, params, partial, offset),
             "vectors": None if vectors is None else [[float(x) for x in v] for v in vectors],
             "tile_ids": None if tile_ids is None else [int(t) for t in tile_ids],
-            "k": k,
-            "filter": filter,
-            "filters": list(filters) if filters else None,
             "encoder": encoder,
-            "params": params,
-            "partial": True if partial else None,
-            "offset": offset or None,
         }
         doc = self._json(
             "POST",
@@ -199,13 +196,9 @@ class SearchMixin(ClientBase):
                 "source_id": source_id,
                 "tile_id": tile_id,
                 "vector": None if vector is None else [float(v) for v in vector],
-                "k": k,
+                **_common(k, filter, filters, None, partial, offset),
                 "top_m": top_m,
-                "filter": filter,
-                "filters": list(filters) if filters else None,
                 "exclude_same": exclude_same,
-                "partial": True if partial else None,
-                "offset": offset or None,
             },
         )
 
