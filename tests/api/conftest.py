@@ -305,3 +305,26 @@ def cli_for(cli_mode: str) -> Iterator[Callable[[Path], CliOn]]:
             return opened[home]
 
         yield cli_on_home
+
+
+# fields that differ between two runs of one command by nature, wherever they appear
+VOLATILE = frozenset(
+    {
+        "ms",  # the plan's timings
+        "seconds",
+        "created_at",
+        "id",  # an export's id
+        "home",  # status: the home path or the URL asked
+        "memory_bytes",  # what the answering process holds
+        "resident_vector_bytes",
+    }
+)
+
+
+def stable(doc: Any) -> Any:
+    """``doc`` without the VOLATILE fields, at any depth."""
+    if isinstance(doc, dict):
+        return {k: stable(v) for k, v in doc.items() if k not in VOLATILE}
+    if isinstance(doc, list):
+        return [stable(v) for v in doc]
+    return doc

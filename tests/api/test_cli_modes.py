@@ -1,6 +1,6 @@
 """One behaviour local and remote: every store command of the CLI, run on one home both in
 process (``--home``) and through a real `lamina serve` on that home (``--url``), gives the
-same ``--json`` document, less the fields listed in VOLATILE (clocks, ids, this process's
+same ``--json`` document, less the fields listed in conftest.VOLATILE (clocks, ids, this process's
 memory, where the answer came from)."""
 
 from __future__ import annotations
@@ -13,27 +13,7 @@ from typing import Any
 
 import pytest
 
-# fields that differ between two runs of one command by nature, wherever they appear
-VOLATILE = frozenset(
-    {
-        "ms",  # the plan's timings
-        "seconds",
-        "created_at",
-        "id",  # an export's id
-        "home",  # status: the home path or the URL asked
-        "memory_bytes",  # what the answering process holds
-        "resident_vector_bytes",
-    }
-)
-
-
-def stable(doc: Any) -> Any:
-    """``doc`` without the VOLATILE fields, at any depth."""
-    if isinstance(doc, dict):
-        return {k: stable(v) for k, v in doc.items() if k not in VOLATILE}
-    if isinstance(doc, list):
-        return [stable(v) for v in doc]
-    return doc
+from tests.api.conftest import stable
 
 
 @pytest.fixture(scope="module")

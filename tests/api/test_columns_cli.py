@@ -12,17 +12,7 @@ from typing import Any
 
 import pytest
 
-VOLATILE = frozenset(
-    {"ms", "seconds", "created_at", "id", "home", "memory_bytes", "resident_vector_bytes"}
-)
-
-
-def stable(doc: Any) -> Any:
-    if isinstance(doc, dict):
-        return {k: stable(v) for k, v in doc.items() if k not in VOLATILE}
-    if isinstance(doc, list):
-        return [stable(v) for v in doc]
-    return doc
+from tests.api.conftest import stable
 
 
 @pytest.fixture(scope="module")
