@@ -200,7 +200,7 @@ def test_status_sizes_and_resident_vectors(tmp_path: Path) -> None:
     on_disk = sum(p.stat().st_size for p in col.segments_dir.rglob("*") if p.is_file())
     assert plain["disk_bytes"] == on_disk
     assert plain["index"]["factory"] == "Flat" and plain["index"]["build"] is None
-    assert "memory_bytes" not in plain
+    assert plain["memory_bytes"] == 0  # this call holds no view: nothing mapped for it
     view.vectors[np.arange(view.n_tiles)]  # touch every vector page
     served = collection_status(col, view=view)
     assert served["memory_bytes"] == view.memory_bytes() > 0
