@@ -218,9 +218,9 @@ def _coerce(value: Any, sql_type: str, cond: Condition) -> Any:
             return True
         if text in ("false", "0", "no"):
             return False
-        raise FilterError(f"column {cond.column!r} is boolean; {value!r} is not true/false")
+        raise FilterError(f"column {cond.column!r} is boolean; {_short(value)} is not true/false")
     if cond.op in ("gt", "gte", "lt", "lte") and isinstance(value, bool):
-        raise FilterError(f"cannot compare text column {cond.column!r} with {value!r}")
+        raise FilterError(f"cannot compare text column {cond.column!r} with {_short(value)}")
     return value if isinstance(value, str) else str(value)
 
 
@@ -406,7 +406,7 @@ def condition_mask(column: Any, cond: Condition, sql_type: str, n: int) -> Any:
             res = fn(column, pa.scalar(value, type=want))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             raise FilterError(
-                f"filter value {value!r} does not fit column {cond.column!r} ({sql_type})"
+                f"filter value {_short(value)} does not fit column {cond.column!r} ({sql_type})"
             ) from None
         return res.fill_null(False).to_numpy(zero_copy_only=False)
 

@@ -119,6 +119,12 @@ class ManifestTable:
         }
 
 
+def _clip(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (error messages never echo a huge cell)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_column_types(specs: Iterable[str]) -> dict[str, str]:
     """``["age=int", "site=text"]`` -> ``{"age": "int", "site": "text"}`` (usage errors named)."""
     out: dict[str, str] = {}
@@ -440,7 +446,7 @@ def _type_columns(table: ManifestTable, declared: Mapping[str, str]) -> None:
             except (ValueError, OverflowError):
                 how = "declared" if name in declared else "inferred"
                 raise ManifestFormatError(
-                    f"{_where(table, i, name)}: {v!r} is not a valid {kind} (the column is "
+                    f"{_where(table, i, name)}: {_clip(v)} is not a valid {kind} (the column is "
                     f"{how} {kind}); fix the value, declare it missing with --na-values, or "
                     f"set the column's type with --column-type {name}=TYPE"
                 ) from None
