@@ -45,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.scale_data import LABELS, ScaleData, load_or_generate, patient_name, site_name
+from bench.scale_data import ScaleData, load_or_generate, site_name
 from bench.scale_lamina import clone_collection, ensure_collection
 from bench.scale_measure import K, ivf_nlist, log
+from bench.scale_peers import lance_table
 from bench.search_scale import Stages, machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,31 +221,17 @@ def run_lancedb(home: Path, data: ScaleData, st: Stages, args: argparse.Namespac
     import lancedb
     import pyarrow as pa
 
-    n, dim = data.vectors.shape
+    n = len(data.vectors)
     slide_of, annotate_slides, delete_slides = _slides(data, args.seed)
     root = home / "lancedb_lifecycle"
     shutil.rmtree(root, ignore_errors=True)
     with st.stage("lancedb_write") as rec:
         t0 = time.perf_counter()
-        flat = pa.array(np.asarray(data.vectors, np.float32).reshape(-1), pa.float32())
-        table = pa.table(
-            {
-                "id": pa.array(np.arange(n, dtype=np.int64)),
-                "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-                "label": pa.array(np.asarray(LABELS)[data.label]),
-                "site": pa.array([site_name(int(s)) for s in data.tile_site()]),
-                "patient_id": pa.array(
-                    np.asarray(
-                        [patient_name(int(p)) for p in range(int(data.slide_patient.max()) + 1)]
-                    )[data.tile_patient()]
-                ),
-                "scan_year": pa.array(data.tile_year().astype(np.int32)),
-                "slide": pa.array(slide_of.astype(np.int32)),
-                "review": pa.nulls(n, pa.string()),
-            }
+        table = lance_table(
+            data, slide=pa.array(slide_of.astype(np.int32)), review=pa.nulls(n, pa.string())
         )
         tbl = lancedb.connect(str(root)).create_table("tiles", data=table, mode="overwrite")
-        del table, flat
+        del table
         rec["seconds"] = round(time.perf_counter() - t0, 3)
 
     def in_list(values: np.ndarray) -> str:

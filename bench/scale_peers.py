@@ -121,6 +121,27 @@ def run_faiss_ivf(
     return _faiss_rows(index, "faiss_ivf", queries, filters, gts, best, row_params), info
 
 
+def lance_table(data: ScaleData, **extra: Any) -> Any:
+    """The collection as one Arrow table for LanceDB: id, vector and the metadata columns the
+    filters use, plus ``extra`` columns (name -> Arrow array of n values)."""
+    import pyarrow as pa
+
+    n, dim = data.vectors.shape
+    flat = pa.array(np.asarray(data.vectors, np.float32).reshape(-1), pa.float32())
+    patients = [patient_name(int(p)) for p in range(int(data.slide_patient.max()) + 1)]
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "label": pa.array(np.asarray(LABELS)[data.label]),
+            "site": pa.array([site_name(int(s)) for s in data.tile_site()]),
+            "patient_id": pa.array(np.asarray(patients)[data.tile_patient()]),
+            "scan_year": pa.array(data.tile_year().astype(np.int32)),
+            **extra,
+        }
+    )
+
+
 def run_lancedb(
     home: Path,
     data: ScaleData,
@@ -130,30 +151,13 @@ def run_lancedb(
 ) -> tuple[Rows, dict[str, Any]]:
     """Embedded LanceDB, IVF_PQ with scalar indexes and prefiltering, tuned to the target."""
     import lancedb
-    import pyarrow as pa
 
     n, dim = data.vectors.shape
     queries = data.queries
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
-    flat = pa.array(np.asarray(data.vectors, np.float32).reshape(-1), pa.float32())
-    table = pa.table(
-        {
-            "id": pa.array(np.arange(n, dtype=np.int64)),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "label": pa.array(np.asarray(LABELS)[data.label]),
-            "site": pa.array([site_name(int(s)) for s in data.tile_site()]),
-            "patient_id": pa.array(
-                np.asarray(
-                    [patient_name(int(p)) for p in range(int(data.slide_patient.max()) + 1)]
-                )[data.tile_patient()]
-            ),
-            "scan_year": pa.array(data.tile_year().astype(np.int32)),
-        }
-    )
     db = lancedb.connect(str(home / "lancedb"))
-    tbl = db.create_table(f"scale_n{n}", data=table, mode="overwrite")
-    del table, flat
+    tbl = db.create_table(f"scale_n{n}", data=lance_table(data), mode="overwrite")
     info["write_seconds"] = round(time.perf_counter() - t0, 3)
     partitions = max(1, int(round(np.sqrt(n))))
     sub_vectors = dim // 8

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from lamina.api.cli import CliContext, emit_json, handle_errors
+from lamina.api.commands.index_plan import manifest_type_options
 
 
 def _value(v: Any) -> str:
@@ -46,15 +47,7 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--source-column", default="file", show_default=True, help="Column naming the files."
     )
-    @click.option(
-        "--column-type",
-        "column_types",
-        multiple=True,
-        metavar="COLUMN=TYPE",
-        help="Type of a manifest column (int, float, bool, date, text) instead of the inferred "
-        "one; repeatable.",
-    )
-    @click.option("--na-values", default=None, help="Comma-separated values read as missing.")
+    @manifest_type_options
     @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
     @click.pass_obj
     @handle_errors

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from lamina.api.cli import CliContext, emit_json, handle_errors
+from lamina.api.commands.index_plan import manifest_type_options
 
 DEFAULT_ENCODER = "classic/stain-texture"
 
@@ -76,21 +77,7 @@ def register(cli: click.Group) -> None:
         default=None,
         help="Metadata table joined to the files: CSV (any of , ; tab), TSV or Parquet.",
     )
-    @click.option(
-        "--column-type",
-        "column_types",
-        multiple=True,
-        metavar="COLUMN=TYPE",
-        help="Type of a manifest column (int, float, bool, date, text) instead of the inferred "
-        "one; repeatable.",
-    )
-    @click.option(
-        "--na-values",
-        default=None,
-        metavar="LIST",
-        help="Comma-separated manifest values read as missing, ignoring case (default "
-        "NA,N/A,NaN,unknown,UNK,none,null,-; an empty field is always missing).",
-    )
+    @manifest_type_options
     @click.option(
         "--dry-run",
         is_flag=True,

@@ -24,6 +24,25 @@ UNMATCHED_LIMIT = 0.5
 SHOWN = 10
 
 
+def manifest_type_options(fn: Any) -> Any:
+    """``--column-type`` and ``--na-values``: how a manifest is read (index and annotate)."""
+    fn = click.option(
+        "--na-values",
+        default=None,
+        metavar="LIST",
+        help="Comma-separated manifest values read as missing, ignoring case (default "
+        "NA,N/A,NaN,unknown,UNK,none,null,-; an empty field is always missing).",
+    )(fn)
+    return click.option(
+        "--column-type",
+        "column_types",
+        multiple=True,
+        metavar="COLUMN=TYPE",
+        help="Type of a manifest column (int, float, bool, date, text) instead of the inferred "
+        "one; repeatable.",
+    )(fn)
+
+
 def fail(as_json: bool, code: str, message: str, **extra: Any) -> NoReturn:
     """Print ``error: message`` (and the JSON error document with ``--json``); exit 2."""
     if as_json:
